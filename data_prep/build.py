@@ -1,0 +1,100 @@
+"""Prepare a dataset for training, embedding and probing.
+
+    python -m data_prep.build --dataset gtzan --source ~/data/gtzan --data-dir ~/tfds \
+        --workers 8
+
+Stage 1 decodes every track and computes its log-mel in --workers processes, caching each
+result so a killed run resumes; stage 2 writes tfds array_record files to
+<data-dir>/myna_<dataset>/<config>/1.0.0/, with skipped.tsv (path<TAB>reason) listing every
+file that could not be used. Run with --help for the layout each dataset expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from myna_rpe_jax.audio import MelConfig
+from myna_rpe_jax.datasets import DATASET_NAMES, LayoutError
+from myna_rpe_jax.datasets.registry import DATASETS
+
+
+def _layouts() -> str:
+    return "\n\n".join(
+        f"{name} (--split-mode {' | '.join(spec.split_modes)}):\n{spec.layout}"
+        for name, spec in DATASETS.items()
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.build",
+        description="Prepare a dataset (log-mel spectrograms + labels) as tfds array_record.",
+        epilog="Expected source layouts:\n\n" + _layouts(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument("--source", required=True, help="your copy of the dataset (see below)")
+    parser.add_argument("--data-dir", required=True, help="where prepared datasets live")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="decoding processes"
+    )
+    parser.add_argument("--split-mode", default=None, help="see the layouts below")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random splits")
+    parser.add_argument(
+        "--min-seconds", type=float, default=1.0, help="skip tracks shorter than this"
+    )
+    parser.add_argument("--keep-cache", action="store_true", help="keep the stage-1 cache")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild a prepared dataset")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    defaults = MelConfig()
+    mel = parser.add_argument_group("log-mel features (defaults: Myna-RPE)")
+    mel.add_argument("--sample-rate", type=int, default=defaults.sample_rate)
+    mel.add_argument("--n-fft", type=int, default=defaults.n_fft)
+    mel.add_argument("--win-length", type=int, default=defaults.win_length)
+    mel.add_argument("--hop-length", type=int, default=defaults.hop_length)
+    mel.add_argument("--n-mels", type=int, default=defaults.n_mels)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from myna_rpe_jax.datasets import prepare  # imports TensorFlow Datasets: after --help
+
+    try:
+        mel = MelConfig(
+            sample_rate=args.sample_rate,
+            n_fft=args.n_fft,
+            win_length=args.win_length,
+            hop_length=args.hop_length,
+            n_mels=args.n_mels,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            summary = prepare(
+                args.dataset,
+                args.source,
+                args.data_dir,
+                workers=args.workers,
+                split_mode=args.split_mode,
+                seed=args.seed,
+                mel=mel,
+                min_seconds=args.min_seconds,
+                keep_cache=args.keep_cache,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+    except (LayoutError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for warning in caught:
+        if str(warning.message) not in summary.notes:
+            print(f"warning: {warning.message}", file=sys.stderr)
+    print(summary.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Pieces shared by the dataset parsers: task specs, track listings, layout errors, splits.
+
+Nothing here imports TensorFlow: the parsers run in the build's worker processes and in tests
+on the full published annotation files, so they stay plain Python.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+SPLITS = ("train", "valid", "test")
+# Other names users reach for; every reader and builder uses the three above.
+SPLIT_ALIASES = {"validation": "valid", "val": "valid"}
+TASK_KINDS = ("multiclass", "multilabel", "regression")
+
+
+class TaskSpec(NamedTuple):
+    """One downstream task of a dataset.
+
+    kind: "multiclass" (label = class index), "multilabel" (label = multi-hot float32
+    [num_outputs]) or "regression" (label = float, num_outputs 1). label_key names the field
+    in each example; class_names is None for regression.
+    """
+
+    kind: str
+    label_key: str
+    num_outputs: int
+    class_names: tuple[str, ...] | None = None
+
+
+def multiclass(label_key: str, class_names: Sequence[str]) -> TaskSpec:
+    return TaskSpec("multiclass", label_key, len(class_names), tuple(class_names))
+
+
+def multilabel(label_key: str, class_names: Sequence[str]) -> TaskSpec:
+    return TaskSpec("multilabel", label_key, len(class_names), tuple(class_names))
+
+
+def regression(label_key: str) -> TaskSpec:
+    return TaskSpec("regression", label_key, 1, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    """One annotated audio file: its split, id, path and encoded labels.
+
+    labels maps each task's label_key to a class index (int), a float, or a multi-hot
+    float32 array, as its TaskSpec says.
+    """
+
+    split: str
+    track_id: str
+    path: Path
+    labels: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Listing:
+    """What a parser found in a source folder.
+
+    tracks: files present on disk, in a fixed order (the order of the prepared splits).
+    skipped: (path, reason) for inputs that cannot become examples before any decoding,
+      e.g. files the annotations name but the folder lacks.
+    notes: warnings for the user (e.g. "split lists absent: random split").
+    info: facts about the source recorded in the prepared dataset's metadata.
+    """
+
+    tracks: list[Track]
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        seen: dict[tuple[str, str], Path] = {}
+        for track in self.tracks:
+            if track.split not in SPLITS:
+                raise ValueError(f"{track.path}: split {track.split!r} is not one of {SPLITS}")
+            key = (track.split, track.track_id)
+            if key in seen:
+                raise ValueError(
+                    f"track id {track.track_id!r} appears twice in split {track.split!r}: "
+                    f"{seen[key]} and {track.path}; track ids must be unique in a split"
+                )
+            seen[key] = track.path
+
+
+def present_or_missing(tracks: Iterable[Track], annotation: str) -> tuple[list[Track], list]:
+    """Splits tracks into those whose file exists and (path, reason) for the others."""
+    present, missing = [], []
+    for track in tracks:
+        if track.path.is_file():
+            present.append(track)
+        else:
+            missing.append((str(track.path), f"missing: named in {annotation} but no such file"))
+    return present, missing
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """How to read one published dataset layout.
+
+    layout: the expected folder tree, shown in errors and docs.
+    split_modes: accepted --split-mode values, the first is the default.
+    list_tracks(source, split_mode, seed) -> Listing; raises LayoutError before any work
+      when the folder does not match `layout`.
+    """
+
+    name: str
+    description: str
+    layout: str
+    tasks: Mapping[str, TaskSpec]
+    split_modes: tuple[str, ...]
+    list_tracks: Callable[[Path, str, int], Listing]
+
+
+class LayoutError(ValueError):
+    """The source folder does not match a dataset's published layout."""
+
+
+def layout_error(spec_name: str, source: Path, problem: str, layout: str) -> LayoutError:
+    return LayoutError(
+        f"{source} does not look like a {spec_name} folder: {problem}.\n"
+        f"Expected layout (pass the folder shown as <source> to --source):\n{layout}"
+    )
+
+
+def first_existing(candidates: Iterable[Path]) -> Path | None:
+    """The first candidate path that exists, or None."""
+    return next((path for path in candidates if path.exists()), None)
+
+
+def read_table(path: Path, required: Sequence[str], delimiter: str = ",") -> list[dict[str, str]]:
+    """Rows of a CSV/TSV file with a header, keys and values stripped of spaces and tabs.
+
+    Raises ValueError naming the file when a required column is missing.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = [name.strip() for name in next(reader, [])]
+        missing = [name for name in required if name not in header]
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {missing}; found {header}. "
+                "Is this the published file, unmodified?"
+            )
+        return [
+            {name: value.strip() for name, value in zip(header, row, strict=False)}
+            for row in reader
+            if any(value.strip() for value in row)
+        ]
+
+
+def multi_hot(names: Iterable[str], vocabulary: Sequence[str], where: str) -> np.ndarray:
+    """float32 [len(vocabulary)] with ones at `names`; ValueError naming `where` if unknown."""
+    index = {name: i for i, name in enumerate(vocabulary)}
+    out = np.zeros(len(vocabulary), dtype=np.float32)
+    for name in names:
+        if name not in index:
+            raise ValueError(f"{where}: unknown tag {name!r} (known: {', '.join(vocabulary)})")
+        out[index[name]] = 1.0
+    return out
+
+
+def hash_bucket(text: str, num_buckets: int) -> int:
+    """A stable bucket in [0, num_buckets) from the SHA-1 of `text` (same on every machine)."""
+    return int(hashlib.sha1(text.encode("utf-8")).hexdigest(), 16) % num_buckets
+
+
+def stratified_split(
+    keys: Sequence[str], strata: Sequence[str], fractions: Mapping[str, float], seed: int
+) -> dict[str, str]:
+    """Assigns each key a split, with `fractions` of every stratum in each split.
+
+    Within a stratum, keys are sorted then shuffled by `seed`, so the result depends only on
+    the set of keys and the seed. Rounding follows the cumulative fractions, so each stratum
+    of n keys gives round(n * cumulative fraction) boundaries.
+    """
+    if abs(sum(fractions.values()) - 1.0) > 1e-9:
+        raise ValueError(f"split fractions must sum to 1, got {dict(fractions)}")
+    by_stratum: dict[str, list[str]] = {}
+    for key, stratum in zip(keys, strata, strict=True):
+        by_stratum.setdefault(stratum, []).append(key)
+    rng = np.random.default_rng(seed)
+    assignment = {}
+    for stratum in sorted(by_stratum):
+        members = sorted(by_stratum[stratum])
+        order = rng.permutation(len(members))
+        bounds = np.round(np.cumsum(list(fractions.values())) * len(members)).astype(int)
+        start = 0
+        for split, stop in zip(fractions, bounds, strict=True):
+            for i in order[start:stop]:
+                assignment[members[i]] = split
+            start = stop
+    return assignment
+
+
+def split_names_in_order(names: Iterable[str]) -> list[str]:
+    """Split names sorted train, valid, test first, then any others alphabetically."""
+    rank = {name: i for i, name in enumerate(SPLITS)}
+    return sorted(names, key=lambda name: (rank.get(name, len(SPLITS)), name))
+
+
+def canonical_split(split: str) -> str:
+    """Maps "validation" and "val" to "valid"; other names unchanged."""
+    return SPLIT_ALIASES.get(split, split)

@@ -1,0 +1,52 @@
+"""Any folder of audio files (your own music): no labels, one "train" split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from myna_rpe_jax.datasets.common import DatasetSpec, Listing, Track, layout_error
+
+# Decodable by soundfile, or by audioread/ffmpeg for the last few (AudioError without it).
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64"}
+    | {".m4a", ".mp4", ".aac", ".wma"}
+)
+
+LAYOUT = """\
+<source>/                        any tree of audio files, e.g.
+├── Artist/Album/01 Song.mp3     .wav .flac .ogg .opus .mp3 .aiff .au (.m4a/.aac need ffmpeg)
+└── ...
+Every file becomes one example of split "train"; its track_id is the path relative to
+<source>. Hidden files and folders (names starting with ".") are ignored; other non-audio
+files are listed in skipped.tsv."""
+
+
+def _visible(relative: Path) -> bool:
+    return not any(part.startswith(".") for part in relative.parts)
+
+
+def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
+    if not source.is_dir():
+        raise layout_error("folder", source, "it is not a directory", LAYOUT)
+    files = sorted(
+        path for path in source.rglob("*") if _visible(path.relative_to(source)) and path.is_file()
+    )
+    if not files:
+        raise layout_error("folder", source, "it holds no files", LAYOUT)
+    tracks, skipped = [], []
+    for path in files:
+        if path.suffix.lower() in AUDIO_EXTENSIONS:
+            tracks.append(Track("train", path.relative_to(source).as_posix(), path))
+        else:
+            skipped.append((str(path), f"not an audio file (extension {path.suffix or 'none'})"))
+    return Listing(tracks, skipped, info={"audio_root": str(source)})
+
+
+SPEC = DatasetSpec(
+    name="folder",
+    description="A folder of audio files without labels (e.g. your own music).",
+    layout=LAYOUT,
+    tasks={},
+    split_modes=("all-train",),
+    list_tracks=list_tracks,
+)
