@@ -1,5 +1,7 @@
-"""Test set-up: 4 fake CPU devices and quiet TensorFlow, fixed before jax or tf is imported."""
+"""Test set-up: 4 fake CPU devices and quiet TensorFlow, fixed before jax or tf is imported;
+a small demo dataset shared by every test (and every xdist worker) that needs prepared data."""
 
+import fcntl
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -7,3 +9,41 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+DEMO = dict(tracks=24, seconds=4.0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """A folder holding the prepared 24-track demo set (as config.data.data_dir)."""
+    from myna_rpe_jax import training_data
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "demo_data"
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one xdist worker builds, the others wait
+        training_data.ensure_demo(root, **DEMO)
+    return root
+
+
+@pytest.fixture
+def tiny_config(demo_root):
+    """configs/tiny.py on the shared demo set, sized for a test: 8 tracks a batch, 64 frames."""
+    from configs import tiny
+
+    config = tiny.get_config()
+    config.data.update(
+        data_dir=str(demo_root),
+        demo_tracks=DEMO["tracks"],
+        demo_seconds=DEMO["seconds"],
+        chunk_frames=(64,),
+        read_threads=2,
+    )
+    config.batch_size = 8
+    config.total_steps = 6
+    config.log_every = 1
+    config.checkpoint_every = 3
+    return config

@@ -1,0 +1,64 @@
+"""Shared defaults: Myna-RPE's published setup (REFERENCE.md), on the built-in demo data.
+
+Model: ViT-S/16 with a CLS token, 90% patchout. Optimiser: AdamW, lr 2e-4, weight decay 1e-4,
+batch 1024, 512 epochs. Loss: InfoNCE, temperature 0.1. Chunks of 256 frames (2.56 s at
+100 frames/s). The published runs train on MTG-Jamendo:
+`--config.data.dataset=mtg_jamendo --config.data.data_dir=DIR` after preparing it
+(README, "Datasets"). The default demo set is generated and prepared on first use.
+"""
+
+import ml_collections
+
+
+def get_config(posemb: tuple[str, ...] = ("alibi2d",)) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict(
+        dict(
+            dataset="demo",
+            data_dir="",  # "" = the cache folder ($MYNA_RPE_CACHE or ~/.cache/myna_rpe_jax).
+            split="train",
+            chunk_frames=(256,),  # several values = variable-length buckets, one per step
+            # The generated demo set (used when dataset == "demo"); big enough for batch 1024.
+            demo_tracks=1280,
+            demo_seconds=8.0,
+            demo_seed=0,
+            prefetch=2,
+            read_threads=4,
+        )
+    )
+
+    config.model = ml_collections.ConfigDict(
+        dict(
+            variant="S/16",
+            posemb=tuple(posemb),
+            patchout_keep=0.1,
+            n_mels=128,
+            max_time_patches=16,  # the learned table's length: 256 frames / 16
+            alibi_metric="manhattan",
+            rope_theta=100.0,
+            dtype="float32",
+        )
+    )
+
+    config.loss = ml_collections.ConfigDict(dict(temperature=0.1))
+
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            learning_rate=2e-4,
+            weight_decay=1e-4,
+            b1=0.9,
+            b2=0.999,
+            warmup_fraction=0.05,  # linear warmup, then cosine decay to 0
+            grad_clip_norm=1.0,
+        )
+    )
+
+    config.batch_size = 1024  # global, across all devices and processes
+    config.epochs = 512
+    config.total_steps = 0  # > 0 overrides epochs
+    config.log_every = 50
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 3
+    return config

@@ -1,0 +1,12 @@
+"""Baseline: the original Myna's learned absolute table (8 frequency x 16 time patches).
+
+It cannot embed inputs longer than 256 frames in one pass: use `embed --mode chunks`.
+
+python -m myna_rpe_jax.train --config=configs/myna.py --workdir=runs/myna
+"""
+
+from configs import common
+
+
+def get_config():
+    return common.get_config(posemb=("learned",))

@@ -1,0 +1,68 @@
+"""Orbax checkpoints of the train state, and loading an encoder for inference.
+
+A workdir holds `config.json` (the run's full config) and `checkpoints/<step>/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+
+
+def checkpoint_manager(workdir: str | Path, keep: int = 3, async_save: bool = True):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
+    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+    manager.save(step, args=ocp.args.StandardSave(state))
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None):
+    """Restores into the structure, shapes and shardings of `abstract_state`."""
+    step = manager.latest_step() if step is None else step
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def write_config(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
+    path = Path(workdir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: {workdir} is not a training workdir (train writes config.json"
+            " and checkpoints/ there: python -m myna_rpe_jax.train --workdir=...)"
+        )
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]:
+    """The encoder parameters of a checkpoint (the latest if `step` is None), and its step.
+
+    Restores without the optimiser's structure, so it works without knowing how the run was
+    optimised; arrays land on the default device.
+    """
+    manager = checkpoint_manager(workdir, async_save=False)
+    steps = manager.all_steps()
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
+    if step is None:
+        step = max(steps)
+    elif step not in steps:
+        raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}; have {sorted(steps)}")
+    restored = manager.restore(step, args=ocp.args.StandardRestore())
+    params = restored["params"] if isinstance(restored, dict) else restored.params
+    return jax.device_put(params), step
