@@ -32,7 +32,9 @@ def random_coords(rng, n, rows=8, cols=40):
     return np.stack([rng.integers(0, rows, n), rng.integers(0, cols, n)], -1).astype(np.int32)
 
 
-@pytest.mark.parametrize("metric,scipy_metric", [("manhattan", "cityblock"), ("euclidean", "euclidean")])
+@pytest.mark.parametrize(
+    "metric,scipy_metric", [("manhattan", "cityblock"), ("euclidean", "euclidean")]
+)
 def test_alibi_2d_matches_scipy_distances(metric, scipy_metric):
     coords = random_coords(np.random.default_rng(0), 30)
     slopes = positional.alibi_slopes(6)
