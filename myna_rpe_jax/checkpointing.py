@@ -53,7 +53,7 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
     """The encoder parameters of a checkpoint (the latest if `step` is None), and its step.
 
     Restores without the optimiser's structure, so it works without knowing how the run was
-    optimised; arrays land on the default device.
+    optimised, on any number of devices.
     """
     manager = checkpoint_manager(workdir, async_save=False)
     steps = manager.all_steps()
@@ -63,6 +63,9 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
         step = max(steps)
     elif step not in steps:
         raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}; have {sorted(steps)}")
-    restored = manager.restore(step, args=ocp.args.StandardRestore())
+    # The saved shardings name the training devices; land everything on one local device
+    # instead, so a run trained on N accelerators loads anywhere.
+    single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=single))
     params = restored["params"] if isinstance(restored, dict) else restored.params
-    return jax.device_put(params), step
+    return params, step

@@ -119,3 +119,18 @@ def test_batch_must_divide_over_devices(tiny_config, tmp_path):
     tiny_config.batch_size = 6
     with pytest.raises(ValueError, match="not divisible by the 4 devices"):
         train.train(tiny_config, str(tmp_path))
+
+
+def test_checkpoint_trained_on_four_devices_loads_on_one(tiny_config, tmp_path):
+    train.train(tiny_config, str(tmp_path), stop_after=1)
+    code = (
+        "import jax; from myna_rpe_jax import checkpointing;"
+        f"params, step = checkpointing.load_params({str(tmp_path)!r});"
+        "print('devices', jax.device_count(), 'step', step, len(jax.tree.leaves(params)))"
+    )
+    env = dict(os.environ, XLA_FLAGS="")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "devices 1 step 1" in out.stdout
