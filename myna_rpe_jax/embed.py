@@ -1,0 +1,366 @@
+"""Embed audio files or a prepared dataset with a trained checkpoint; the embedding file format.
+
+    python -m myna_rpe_jax.embed --workdir=runs/tiny --audio ~/Music --output music.npz
+    python -m myna_rpe_jax.embed --workdir=runs/tiny --dataset gtzan --data-dir ~/tfds \
+        --output gtzan.npz --mode chunks --parquet
+
+`--mode full` (default) embeds each track whole in one forward pass, `--mode chunks` averages
+training-length chunks (see `embedding`). Files that cannot be decoded are reported and
+skipped. The `.npz` written here is what probe and playlist read (`load_npz`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from myna_rpe_jax.audio import AudioError, MelConfig, audio_to_mel
+from myna_rpe_jax.datasets import SPLITS, dataset_tasks
+from myna_rpe_jax.datasets.folder import list_tracks as list_folder
+from myna_rpe_jax.embedding import DEFAULT_MAX_TOKENS, MODES, Embedder, load_embedder
+
+log = logging.getLogger("myna_rpe_jax.embed")
+
+# Tracks decoded or read ahead before embedding: bounds memory on folders of full tracks.
+_WINDOW_TRACKS = 256
+_WINDOW_FRAMES = 2**22  # ~1 GB of float16 mels at 128 bins
+
+
+@dataclasses.dataclass
+class Track:
+    """One input: its mel [n_mels, frames] (None if it could not be decoded) and labels."""
+
+    track_id: str
+    mel: np.ndarray | None
+    split: str = ""
+    labels: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: str | None = None  # why mel is None: "path: reason"
+
+
+def list_audio(path: str | Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(track_id, file) for a file or every audio file under a folder, and ignored files.
+
+    Track ids are paths relative to the folder without the extension (the stem for a single
+    file); where two files differ only in extension, they keep it.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [(path.stem, path)], []
+    if not path.exists():
+        raise FileNotFoundError(f"--audio {path}: no such file or folder")
+    listing = list_folder(path, "all-train", 0)
+    stems = collections.Counter(str(Path(t.track_id).with_suffix("")) for t in listing.tracks)
+    files = []
+    for track in listing.tracks:
+        stem = str(Path(track.track_id).with_suffix(""))
+        files.append((stem if stems[stem] == 1 else track.track_id, track.path))
+    return files, [f"{file}: {reason}" for file, reason in listing.skipped]
+
+
+def decode_audio(
+    files: Sequence[tuple[str, Path]], mel_config: MelConfig, workers: int
+) -> Iterator[Track]:
+    """Tracks of `files` in order, decoded in `workers` threads, at most 2 * workers ahead."""
+
+    def decode(track_id: str, file: Path) -> Track:
+        try:
+            mel, _ = audio_to_mel(file, mel_config)
+        except AudioError as err:
+            return Track(track_id, None, error=f"{file}: {err.reason}")
+        return Track(track_id, mel)
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        for item in files:
+            pending.append(pool.submit(decode, *item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def read_dataset(sources: Sequence[Any]) -> Iterator[Track]:
+    """Tracks of prepared splits (`datasets.open_split` sources), with their labels."""
+    for source in sources:
+        for i in range(len(source)):
+            example = source[i]
+            mel, track_id = example.pop("mel"), example.pop("track_id")
+            example.pop("duration_s")
+            yield Track(track_id, mel, split=source.split, labels=example)
+
+
+@dataclasses.dataclass
+class Embeddings:
+    """What an embedding run produced: one row per embedded track, and what was skipped."""
+
+    track_ids: list[str]
+    embeddings: np.ndarray  # [N, D] float32
+    split: list[str]
+    labels: dict[str, np.ndarray]  # label key -> [N] or [N, C]
+    skipped: list[str]
+    meta: dict
+
+
+def _windows(tracks: Iterable[Track]) -> Iterator[list[Track]]:
+    window, frames = [], 0
+    for track in tracks:
+        window.append(track)
+        frames += 0 if track.mel is None else track.mel.shape[1]
+        if len(window) >= _WINDOW_TRACKS or frames >= _WINDOW_FRAMES:
+            yield window
+            window, frames = [], 0
+    if window:
+        yield window
+
+
+def embed_tracks(
+    embedder: Embedder,
+    tracks: Iterable[Track],
+    mode: str,
+    total: int | None = None,
+    progress: bool = True,
+) -> Embeddings:
+    """Embeds tracks in windows of a few hundred; undecodable ones are logged and skipped."""
+    ids, rows, splits, skipped = [], [], [], []
+    labels: dict[str, list] = collections.defaultdict(list)
+    bar = tqdm(total=total, unit="track", desc=f"embed ({mode})", disable=not progress)
+    with logging_redirect_tqdm(), bar:  # skip warnings print above the bar, not through it
+        for window in _windows(tracks):
+            good = [track for track in window if track.mel is not None]
+            for track in window:
+                if track.mel is None:
+                    log.warning("skipped %s", track.error)
+                    skipped.append(track.error)
+            bar.update(len(window) - len(good))
+            if good:
+                rows.append(embedder.embed([t.mel for t in good], mode, bar.update))
+            for track in good:
+                ids.append(track.track_id)
+                splits.append(track.split)
+                for key, value in track.labels.items():
+                    labels[key].append(value)
+    if not ids:
+        raise ValueError(f"no track could be embedded ({len(skipped)} skipped)")
+    return Embeddings(
+        ids,
+        np.concatenate(rows).astype(np.float32),
+        splits,
+        {key: np.asarray(values) for key, values in labels.items()},
+        skipped,
+        {},
+    )
+
+
+def run_meta(workdir: str | Path, step: int, mode: str, config, embedder: Embedder) -> dict:
+    """The meta record of an embedding file: which checkpoint, mode and model made it."""
+    return {
+        "workdir": str(Path(workdir).absolute()),
+        "checkpoint": str(Path(workdir).absolute() / "checkpoints" / str(step)),
+        "step": step,
+        "mode": mode,
+        "chunk_frames": embedder.chunk_frames if mode == "chunks" else None,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+
+
+def save_npz(path: str | Path, result: Embeddings) -> Path:
+    """Writes the embedding file format shared with probe and playlist (see the README)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"label_{key}": value for key, value in result.labels.items()}
+    # Through a temporary name: a killed run never leaves a half-written file to be reused.
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(
+        partial,
+        track_ids=np.asarray(result.track_ids, dtype=str),
+        embeddings=result.embeddings,
+        split=np.asarray(result.split, dtype=str),
+        meta=np.asarray(json.dumps({**result.meta, "skipped": result.skipped})),
+        **arrays,
+    )
+    os.replace(partial, path)
+    return path
+
+
+def load_npz(path: str | Path) -> Embeddings:
+    """Reads a file written by `save_npz` (no pickle)."""
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["meta"]))
+        labels = {key[len("label_") :]: f[key] for key in f.files if key.startswith("label_")}
+        return Embeddings(
+            [str(t) for t in f["track_ids"]],
+            f["embeddings"],
+            [str(s) for s in f["split"]],
+            labels,
+            meta.pop("skipped", []),
+            meta,
+        )
+
+
+def save_parquet(path: str | Path, result: Embeddings) -> Path:
+    """One row per track: track_id, split, embedding (list<float32>[D]), label_* columns;
+    the meta JSON is stored in the schema metadata under b"meta"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = result.embeddings.shape[1]
+    columns = {
+        "track_id": pa.array(result.track_ids, pa.string()),
+        "split": pa.array(result.split, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(result.embeddings.reshape(-1), dim),
+    }
+    for key, value in result.labels.items():
+        columns[f"label_{key}"] = pa.array(list(value) if value.ndim > 1 else value)
+    table = pa.table(columns)
+    meta = json.dumps({**result.meta, "skipped": result.skipped})
+    table = table.replace_schema_metadata({b"meta": meta.encode("utf-8")})
+    pq.write_table(table, path)
+    return Path(path)
+
+
+def dataset_embeddings(
+    embedder: Embedder,
+    name: str,
+    data_dir: str | Path,
+    mode: str,
+    splits: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Embeddings:
+    """Embeds the prepared splits (default: all) of dataset `name` in `data_dir`."""
+    from myna_rpe_jax import datasets  # imports TensorFlow Datasets
+
+    splits = splits or datasets.available_splits(name, data_dir)
+    sources = [datasets.open_split(name, data_dir, split) for split in splits]
+    mel_config = sources[0].mel_config
+    if mel_config != embedder.mel_config:
+        log.warning(
+            "%s was prepared with %s, the model was trained on %s (%s): embeddings may suffer",
+            name,
+            mel_config,
+            embedder.mel_config,
+            embedder.mel_source,
+        )
+    result = embed_tracks(
+        embedder, read_dataset(sources), mode, sum(map(len, sources)), progress=progress
+    )
+    tasks = dataset_tasks(name)
+    result.meta.update(
+        dataset=name,
+        data_dir=str(Path(data_dir).absolute()),
+        splits=list(splits),
+        mel=dataclasses.asdict(mel_config),
+        mel_source=f"dataset {name!r} metadata",
+        labels={
+            spec.label_key: {"task": task, "kind": spec.kind, "class_names": spec.class_names}
+            for task, spec in tasks.items()
+        },
+    )
+    return result
+
+
+def audio_embeddings(
+    embedder: Embedder, path: str | Path, mode: str, workers: int = 2, progress: bool = True
+) -> Embeddings:
+    """Embeds an audio file or every audio file under a folder (split "", no labels), with
+    mels computed as the model's training data was."""
+    files, ignored = list_audio(path)
+    if ignored:
+        log.info("ignored %d non-audio file(s), e.g. %s", len(ignored), ignored[0])
+    tracks = decode_audio(files, embedder.mel_config, workers)
+    result = embed_tracks(embedder, tracks, mode, len(files), progress=progress)
+    result.meta.update(
+        audio=str(Path(path).absolute()),
+        mel=dataclasses.asdict(embedder.mel_config),
+        mel_source=embedder.mel_source,
+    )
+    return result
+
+
+def console_logging() -> None:
+    """Plain INFO messages from this package on stderr, for the command-line entry points.
+
+    force=True replaces the bare root handler that absl installs when a library logs through
+    it at import time (orbax does), which would otherwise hide INFO and prefix every line.
+    """
+    logging.basicConfig(format="%(message)s", force=True)
+    logging.getLogger("myna_rpe_jax").setLevel(logging.INFO)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m myna_rpe_jax.embed",
+        description="Embed audio files or a prepared dataset with a trained checkpoint.",
+    )
+    parser.add_argument("--workdir", required=True, help="training workdir (config.json, ckpts)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio", help="an audio file or a folder of them (searched recursively)")
+    source.add_argument("--dataset", help="a prepared dataset name (with --data-dir)")
+    parser.add_argument("--data-dir", help="where prepared datasets live (with --dataset)")
+    parser.add_argument("--splits", help=f"comma-separated splits (default: all of {SPLITS})")
+    parser.add_argument("--output", required=True, help="the .npz file to write")
+    parser.add_argument("--mode", choices=MODES, default="full", help="full track or chunks")
+    parser.add_argument("--parquet", action="store_true", help="also write OUTPUT.parquet")
+    parser.add_argument(
+        "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="tokens per forward pass"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="audio decoding threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.dataset and not args.data_dir:
+        _parser().error("--dataset needs --data-dir (where it was prepared)")
+    console_logging()
+    progress = not args.no_progress
+    try:
+        embedder, config, step = load_embedder(args.workdir, args.step, args.max_tokens)
+        if args.audio:
+            result = audio_embeddings(
+                embedder, args.audio, args.mode, args.workers, progress=progress
+            )
+        else:
+            splits = args.splits.split(",") if args.splits else None
+            result = dataset_embeddings(
+                embedder, args.dataset, args.data_dir, args.mode, splits, progress=progress
+            )
+    except (FileNotFoundError, ValueError) as err:  # missing workdir/data, bad split names
+        log.error("error: %s", err)
+        return 1
+    result.meta.update(run_meta(args.workdir, step, args.mode, config, embedder))
+    path = save_npz(args.output, result)
+    written = [str(path)]
+    if args.parquet:
+        written.append(str(save_parquet(path.with_suffix(".parquet"), result)))
+    dim = result.embeddings.shape[1]
+    log.info(
+        "embedded %d tracks (%s, step %d, dim %d; %d input shapes compiled) -> %s",
+        len(result.track_ids),
+        args.mode,
+        step,
+        dim,
+        len(embedder.shapes_compiled),
+        ", ".join(written),
+    )
+    if result.skipped:
+        log.info("skipped %d file(s):\n  %s", len(result.skipped), "\n  ".join(result.skipped))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
