@@ -2,16 +2,30 @@
 
 The bias is not an [H, N, N] array handed around but an `AlibiBias`: the coordinates and
 slopes it is computed from. Dense attention materialises it at once; blockwise attention
-(long tracks) evaluates it one block at a time.
+(whole tracks) evaluates it one [block, block] tile at a time with an online softmax, so memory
+grows linearly with the number of tokens, in the forward and in the backward pass.
+
+`attention` picks the implementation from the token count: dense up to `blockwise_threshold`
+tokens (training chunks), blockwise above it (whole tracks). On GPU, attention without an ALiBi
+bias in half precision goes to the fused cuDNN kernel; ALiBi stays blockwise there too, because
+fused kernels only take a bias as a materialised [N, N] array.
 """
 
 from __future__ import annotations
+
+import functools
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from myna_rpe_jax import positional
+
+DEFAULT_BLOCK_SIZE = 512
+DEFAULT_BLOCKWISE_THRESHOLD = 2048
+# Score of a padded key. Finite, so `max` and `exp` never see inf - inf (which is NaN); exp of
+# it minus any real score is exactly 0.
+_MASKED = -1e30
 
 
 @flax.struct.dataclass
@@ -50,11 +64,19 @@ class AlibiBias:
         n = self.coords.shape[1]
         return self.block(0, n, 0, n)
 
+    def pad(self, num_tokens: int) -> AlibiBias:
+        """Appends tokens with coordinate 0 and `is_patch` False up to `num_tokens` in all."""
+        extra = num_tokens - self.coords.shape[1]
+        return self.replace(
+            coords=jnp.pad(self.coords, ((0, 0), (0, extra), (0, 0))),
+            is_patch=jnp.pad(self.is_patch, ((0, 0), (0, extra))),
+        )
+
 
 def dense_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, bias: AlibiBias | None = None
 ) -> jax.Array:
-    """Softmax attention, scores in float32.
+    """Softmax attention, scores in float32. Memory: O(H N^2).
 
     Args:
       q, k, v: [B, N, H, Dh].
@@ -71,6 +93,199 @@ def dense_attention(
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: AlibiBias | None = None) -> jax.Array:
-    """Attention over [B, N, H, Dh] inputs; the implementation is chosen by sequence length."""
-    return dense_attention(q, k, v, bias)
+def blockwise_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: AlibiBias | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> jax.Array:
+    """Exact softmax attention in [block, block] tiles with an online softmax (flash attention).
+
+    Never forms an [H, N, N] array: the ALiBi bias of each tile is computed from the tokens'
+    coordinates, and the backward pass recomputes the tiles from the saved output and
+    log-sum-exp instead of storing them. Memory: O(N (H Dh + H block)), forward and backward.
+    N is padded up to a multiple of the block size; padded keys are masked out, padded
+    queries cropped.
+
+    Args:
+      q, k, v: [B, N, H, Dh].
+      bias: optional ALiBi bias over the N tokens.
+      block_size: tokens per query / key tile (capped at N).
+
+    Returns:
+      [B, N, H, Dh], equal to `dense_attention` up to float rounding.
+    """
+    if block_size < 1:
+        raise ValueError(f"attention block_size must be >= 1, got {block_size}")
+    num_tokens = q.shape[1]
+    block = min(block_size, num_tokens)
+    padded = -(-num_tokens // block) * block
+    pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0)))
+    if bias is not None:
+        bias = bias.pad(padded)
+    return _flash(pad(q), pad(k), pad(v), bias, block, num_tokens)[:, :num_tokens]
+
+
+def fused_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = "cudnn"
+) -> jax.Array:
+    """Attention without a bias through `jax.nn.dot_product_attention` ([B, N, H, Dh] in/out).
+
+    "cudnn" is the fused flash kernel on NVIDIA GPUs (float16/bfloat16 only); "xla" runs
+    anywhere and is what the CPU tests check the layout and scaling with.
+    """
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: AlibiBias | None = None,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    blockwise_threshold: int = DEFAULT_BLOCKWISE_THRESHOLD,
+) -> jax.Array:
+    """Attention over [B, N, H, Dh] inputs; the implementation is chosen by sequence length.
+
+    N <= blockwise_threshold: `dense_attention` (fastest for short chunks). Longer: the fused
+    cuDNN kernel on GPU when there is no ALiBi bias and q is float16/bfloat16, otherwise
+    `blockwise_attention` with `block_size` tiles. All paths compute the same function.
+    """
+    num_tokens = q.shape[1]
+    if num_tokens <= blockwise_threshold:
+        return dense_attention(q, k, v, bias)
+    if bias is None and _cudnn_applies(q):
+        return fused_attention(q, k, v)
+    return blockwise_attention(q, k, v, bias, block_size)
+
+
+def _cudnn_applies(q: jax.Array) -> bool:
+    """Whether cuDNN flash attention takes these queries: GPU, half precision, Dh <= 128 and a
+    multiple of 8."""
+    head_dim = q.shape[-1]
+    return (
+        jax.default_backend() == "gpu"
+        and q.dtype in (jnp.float16, jnp.bfloat16)
+        and head_dim <= 128
+        and head_dim % 8 == 0
+    )
+
+
+# The flash kernel. Inside it q, k, v are [B, Np, H, Dh] with Np a multiple of `block`, and
+# `num_valid` (static) tokens are real, the rest padding. Tiles are read with dynamic slices and
+# results written in place, so the only buffers of size N are the inputs, outputs and residuals.
+
+
+def _tile(x: jax.Array, index: jax.Array, block: int, axis: int = 1) -> jax.Array:
+    """Tile `index` of x along the token axis."""
+    return jax.lax.dynamic_slice_in_dim(x, index * block, block, axis)
+
+
+def _put_tile(
+    x: jax.Array, tile: jax.Array, index: jax.Array, block: int, axis: int = 1
+) -> jax.Array:
+    """Writes `tile` over tile `index` of x (in place inside a loop)."""
+    return jax.lax.dynamic_update_slice_in_dim(x, tile.astype(x.dtype), index * block, axis)
+
+
+def _tile_scores(q_tile, k_tile, bias, q_index, k_index, block, num_valid) -> jax.Array:
+    """Scaled scores plus bias of one query tile vs one key tile ([B, block, H, Dh] each):
+    [B, H, block, block] float32."""
+    scale = q_tile.shape[-1] ** -0.5
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q_tile, k_tile, preferred_element_type=jnp.float32)
+    scores = scores * scale
+    if bias is not None:
+        scores = scores + bias.block(q_index * block, block, k_index * block, block)
+    if num_valid % block:
+        key_valid = k_index * block + jnp.arange(block) < num_valid
+        scores = jnp.where(key_valid, scores, _MASKED)
+    return scores
+
+
+def _f32_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(spec, a, b.astype(a.dtype), preferred_element_type=jnp.float32)
+
+
+def _flash_forward(q, k, v, bias, block, num_valid):
+    """Returns out [B, Np, H, Dh] and the log-sum-exp of every query's scores [B, H, Np]."""
+    batch, padded, heads, head_dim = q.shape
+    num_tiles = padded // block
+
+    def query_tile(i, buffers):
+        out, logsumexp = buffers
+        q_tile = _tile(q, i, block)
+
+        def key_tile(j, carry):
+            running_max, denominator, acc = carry
+            scores = _tile_scores(q_tile, _tile(k, j, block), bias, i, j, block, num_valid)
+            new_max = jnp.maximum(running_max, scores.max(-1))
+            probs = jnp.exp(scores - new_max[..., None])
+            # Rescales what was accumulated under the old maximum.
+            correction = jnp.exp(running_max - new_max)
+            denominator = denominator * correction + probs.sum(-1)
+            pv = _f32_einsum("bhqk,bkhd->bhqd", probs.astype(v.dtype), _tile(v, j, block))
+            return new_max, denominator, acc * correction[..., None] + pv
+
+        init = (
+            jnp.full((batch, heads, block), _MASKED, jnp.float32),
+            jnp.zeros((batch, heads, block), jnp.float32),
+            jnp.zeros((batch, heads, block, head_dim), jnp.float32),
+        )
+        running_max, denominator, acc = jax.lax.fori_loop(0, num_tiles, key_tile, init)
+        # Every key tile holds at least one real key, so the denominator is >= 1.
+        out = _put_tile(out, (acc / denominator[..., None]).swapaxes(1, 2), i, block)
+        lse = running_max + jnp.log(denominator)
+        return out, _put_tile(logsumexp, lse, i, block, axis=2)
+
+    buffers = (jnp.zeros_like(q), jnp.zeros((batch, heads, padded), jnp.float32))
+    return jax.lax.fori_loop(0, num_tiles, query_tile, buffers)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _flash(q, k, v, bias, block, num_valid):
+    return _flash_forward(q, k, v, bias, block, num_valid)[0]
+
+
+def _flash_fwd(q, k, v, bias, block, num_valid):
+    out, logsumexp = _flash_forward(q, k, v, bias, block, num_valid)
+    return out, (q, k, v, bias, out, logsumexp)
+
+
+def _flash_bwd(block, num_valid, residuals, d_out):
+    """FlashAttention-2 backward: tiles of the attention weights are recomputed from the
+    saved log-sum-exp, so nothing quadratic in N is stored."""
+    q, k, v, bias, out, logsumexp = residuals
+    scale = q.shape[-1] ** -0.5
+    num_tiles = q.shape[1] // block
+    # delta_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax Jacobian's rank-one term.
+    delta = _f32_einsum("bqhd,bqhd->bhq", d_out, out)
+
+    def key_tile(j, grads):
+        k_tile, v_tile = _tile(k, j, block), _tile(v, j, block)
+
+        def query_tile(i, carry):
+            dk, dv, dq = carry
+            q_tile, do_tile = _tile(q, i, block), _tile(d_out, i, block)
+            scores = _tile_scores(q_tile, k_tile, bias, i, j, block, num_valid)
+            probs = jnp.exp(scores - _tile(logsumexp, i, block, axis=2)[..., None])
+            dv = dv + _f32_einsum("bhqk,bqhd->bkhd", probs.astype(do_tile.dtype), do_tile)
+            d_probs = _f32_einsum("bqhd,bkhd->bhqk", do_tile, v_tile)
+            d_scores = probs * (d_probs - _tile(delta, i, block, axis=2)[..., None]) * scale
+            dk = dk + _f32_einsum("bhqk,bqhd->bkhd", d_scores.astype(q.dtype), q_tile)
+            dq_tile = _tile(dq, i, block) + _f32_einsum("bhqk,bkhd->bqhd", d_scores, k_tile)
+            return dk, dv, _put_tile(dq, dq_tile, i, block)
+
+        dq, dk, dv = grads
+        zeros = jnp.zeros(k_tile.shape, jnp.float32)
+        dk_tile, dv_tile, dq = jax.lax.fori_loop(0, num_tiles, query_tile, (zeros, zeros, dq))
+        return dq, _put_tile(dk, dk_tile, j, block), _put_tile(dv, dv_tile, j, block)
+
+    grads = tuple(jnp.zeros(a.shape, jnp.float32) for a in (q, k, v))
+    dq, dk, dv = jax.lax.fori_loop(0, num_tiles, key_tile, grads)
+    # The bias is a function of coordinates, which carry no gradient.
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)

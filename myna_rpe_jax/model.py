@@ -63,7 +63,9 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        x = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype)(x))
+        # Exact GELU, as PyTorch (the original Myna); the tanh form also costs more memory on
+        # XLA:CPU at full-track lengths.
+        x = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype)(x), approximate=False)
         return nn.Dense(width, dtype=self.dtype)(x)
 
 
@@ -73,6 +75,8 @@ class SelfAttention(nn.Module):
     num_heads: int
     rope_theta: float = 100.0
     dtype: Any = jnp.float32
+    block_size: int = attention.DEFAULT_BLOCK_SIZE
+    blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
 
     @nn.compact
     def __call__(
@@ -97,7 +101,14 @@ class SelfAttention(nn.Module):
                 t.swapaxes(1, 2), rope_coords[:, None], self.rope_theta, is_patch[:, None]
             ).swapaxes(1, 2)
             q, k = rotate(q), rotate(k)
-        out = attention.attention(q, k, v, bias)
+        out = attention.attention(
+            q,
+            k,
+            v,
+            bias,
+            block_size=self.block_size,
+            blockwise_threshold=self.blockwise_threshold,
+        )
         return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
 
 
@@ -106,13 +117,15 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     rope_theta: float = 100.0
     dtype: Any = jnp.float32
+    block_size: int = attention.DEFAULT_BLOCK_SIZE
+    blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
 
     @nn.compact
     def __call__(self, x, bias, rope_coords, is_patch):
         y = nn.LayerNorm(dtype=self.dtype)(x)
-        x = x + SelfAttention(self.num_heads, self.rope_theta, self.dtype)(
-            y, bias, rope_coords, is_patch
-        )
+        x = x + SelfAttention(
+            self.num_heads, self.rope_theta, self.dtype, self.block_size, self.blockwise_threshold
+        )(y, bias, rope_coords, is_patch)
         y = nn.LayerNorm(dtype=self.dtype)(x)
         return x + MlpBlock(self.mlp_dim, self.dtype)(y)
 
@@ -136,6 +149,9 @@ class Encoder(nn.Module):
     alibi_metric: str = "manhattan"
     rope_theta: float = 100.0
     dtype: Any = jnp.float32
+    # Attention over more tokens than this (a whole track) runs blockwise, in linear memory.
+    attention_block_size: int = attention.DEFAULT_BLOCK_SIZE
+    blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
 
     @nn.compact
     def __call__(self, spec: jax.Array, *, train: bool) -> tuple[jax.Array, dict]:
@@ -175,7 +191,13 @@ class Encoder(nn.Module):
         rope_coords = all_coords if "rope" in self.posemb else None
         for i in range(self.depth):
             x = EncoderBlock(
-                self.num_heads, self.mlp_dim, self.rope_theta, self.dtype, name=f"block_{i}"
+                self.num_heads,
+                self.mlp_dim,
+                self.rope_theta,
+                self.dtype,
+                self.attention_block_size,
+                self.blockwise_threshold,
+                name=f"block_{i}",
             )(x, bias, rope_coords, is_patch)
         x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
         return x[:, 0].astype(jnp.float32), {"tokens": x[:, 1:], "coords": coords}
@@ -210,7 +232,8 @@ def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
     Fields: variant ("tiny", "S/16", "B/16"); optional width / depth / num_heads / mlp_dim
     overriding the variant; posemb (tuple of scheme names); patchout_keep (fraction kept in
     training); n_mels; max_time_patches (the learned table's length); alibi_metric;
-    rope_theta; dtype ("float32" or "bfloat16" compute).
+    rope_theta; dtype ("float32" or "bfloat16" compute); attention_block_size and
+    blockwise_threshold (attention over more tokens than the threshold runs blockwise).
     """
     cfg = (
         model_cfg.to_dict() if isinstance(model_cfg, ml_collections.ConfigDict) else dict(model_cfg)
