@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_datasets_build import MEL, assert_mel_of, read_tsv, write_tone
 
 from myna_rpe_jax.datasets import open_split, prepare
 from myna_rpe_jax.datasets.gtzan import GENRES
 from myna_rpe_jax.datasets.mtg_jamendo import SPLIT_FILES, TOP50_TAGS
 from myna_rpe_jax.keys import KEY_NAMES
+from tests.test_datasets_build import MEL, assert_mel_of, read_tsv, write_tone
 
 SHARED = Path("/work/shared/datasets")
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="published files not available")
