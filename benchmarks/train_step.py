@@ -37,9 +37,7 @@ def measure(variant: str, batch: int, posemb: str, steps: int, frames: int, dtyp
         rng, sample
     )
     step_fn = jax.jit(
-        functools.partial(
-            train.train_step, encoder=encoder, tx=tx, schedule=schedule, temperature=0.1
-        ),
+        functools.partial(train.train_step, encoder=encoder, tx=tx, schedule=schedule),
         in_shardings=(repl, distributed.batch_sharded(mesh), repl),
         out_shardings=(repl, repl),
         donate_argnums=0,

@@ -1,8 +1,9 @@
 """Shared defaults: Myna-RPE's published setup (REFERENCE.md), on the built-in demo data.
 
 Model: ViT-S/16 with a CLS token, 90% patchout. Optimiser: AdamW, lr 2e-4, weight decay 1e-4,
-batch 1024, 512 epochs. Loss: InfoNCE, temperature 0.1. Chunks of 256 frames (2.56 s at
-100 frames/s). The published runs train on MTG-Jamendo:
+batch 1024, 512 epochs. Loss: InfoNCE, temperature 0.1 (`config.loss`: SogCLR, k-means and
+convex-hull terms are off by default). Chunks of 256 frames (2.56 s at 100 frames/s).
+The published runs train on MTG-Jamendo:
 `--config.data.dataset=mtg_jamendo --config.data.data_dir=DIR` after preparing it
 (README, "Datasets"). The default demo set is generated and prepared on first use.
 """
@@ -39,10 +40,24 @@ def get_config(posemb: tuple[str, ...] = ("alibi2d",)) -> ml_collections.ConfigD
             alibi_metric="manhattan",
             rope_theta=100.0,
             dtype="float32",
+            blockwise_threshold=2048,  # more tokens than this: linear-memory attention
+            attention_block_size=512,
         )
     )
 
-    config.loss = ml_collections.ConfigDict(dict(temperature=0.1))
+    # loss = contrastive + kmeans_weight * k-means + hull_weight * convex hull (losses.Objective).
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            name="info_nce",  # or "sogclr" (Myna's loss, per-example moving averages)
+            temperature=0.1,
+            sogclr_gamma=0.9,  # SogCLR: weight of the current batch in its moving average
+            kmeans_weight=0.0,  # > 0 turns the k-means term on
+            hull_weight=0.0,  # > 0 turns the convex-hull term on
+            num_clusters=10,  # k-means centroids, seeded from the first batch
+            kmeans_momentum=0.99,  # EMA factor of the mini-batch k-means centroid update
+            hull_eps=1e-4,  # ridge of the convex-hull term's scatter matrices
+        )
+    )
 
     config.optim = ml_collections.ConfigDict(
         dict(

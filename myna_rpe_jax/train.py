@@ -4,7 +4,10 @@ python -m myna_rpe_jax.train --config=configs/alibi2d.py --workdir=runs/alibi2d 
     [--config.total_steps=1000 --config.batch_size=256 ...]
 
 One pure, jitted step, data-parallel over a ("data",) mesh of every device of every process:
-two patchout views of two chunks per track through the encoder, InfoNCE over the global batch.
+two patchout views of two chunks per track through the encoder, and the objective of
+`config.loss` over the global batch (InfoNCE or SogCLR, plus optional k-means and convex-hull
+terms; `losses.Objective`), each term logged as `loss_<term>`. With several
+`config.data.chunk_frames` buckets the step compiles once per bucket.
 Checkpoints (orbax) go to WORKDIR/checkpoints and a rerun resumes from the latest one; the
 batch of a step is a pure function of (seed, step), so the resumed run sees the same data.
 TensorBoard summaries go to WORKDIR.
@@ -36,21 +39,34 @@ class TrainState:
     """Everything a step changes, and all a checkpoint holds.
 
     step: number of completed steps; also the data position (the next batch is step `step`).
+    loss_state: the objective's own state (`losses.Objective.init_state`): k-means centroids,
+      SogCLR's per-example moving averages; {} for plain InfoNCE.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
+    loss_state: Any = flax.struct.field(default_factory=dict)
 
 
-TrainMetrics = metrics.Collection.create(
-    loss=metrics.Average.from_output("loss"),
-    contrastive_accuracy=metrics.Average.from_output("contrastive_accuracy"),
-    grad_norm=metrics.Average.from_output("grad_norm"),
-    param_norm=metrics.LastValue.from_output("param_norm"),
-    learning_rate=metrics.LastValue.from_output("learning_rate"),
-    nonfinite_steps=metrics.Average.from_output("nonfinite"),
-)
+INFO_NCE = losses.Objective()  # Myna-RPE's loss: symmetric InfoNCE, temperature 0.1
+
+
+@functools.cache
+def metrics_collection(terms: tuple[str, ...]) -> type[metrics.Collection]:
+    """The metrics of a step: the total loss, `loss_<term>` for each objective term, and more.
+
+    Cached, so every trace (one per chunk-length bucket) yields the same class to merge.
+    """
+    return metrics.Collection.create(
+        loss=metrics.Average.from_output("loss"),
+        **{f"loss_{term}": metrics.Average.from_output(f"loss_{term}") for term in terms},
+        contrastive_accuracy=metrics.Average.from_output("contrastive_accuracy"),
+        grad_norm=metrics.Average.from_output("grad_norm"),
+        param_norm=metrics.LastValue.from_output("param_norm"),
+        learning_rate=metrics.LastValue.from_output("learning_rate"),
+        nonfinite_steps=metrics.Average.from_output("nonfinite"),
+    )
 
 
 def make_optimizer(
@@ -69,10 +85,23 @@ def make_optimizer(
 
 
 def init_state(
-    encoder: model.Encoder, tx: optax.GradientTransformation, rng: jax.Array, sample: jax.Array
+    encoder: model.Encoder,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    sample: jax.Array,
+    *,
+    objective: losses.Objective | None = None,
+    num_examples: int = 1,
 ) -> TrainState:
+    """A fresh state; `num_examples` (the training-set size) sizes SogCLR's state."""
     params = encoder.init({"params": rng, "patchout": rng}, sample, train=True)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    loss_state = objective.init_state(encoder.width, num_examples) if objective else {}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        loss_state=loss_state,
+    )
 
 
 def train_step(
@@ -83,7 +112,7 @@ def train_step(
     encoder: model.Encoder,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
-    temperature: float,
+    objective: losses.Objective = INFO_NCE,
 ) -> tuple[TrainState, metrics.Collection]:
     """One update on a global batch of positive pairs.
 
@@ -91,11 +120,13 @@ def train_step(
       state: the train state.
       batch: view_a, view_b [B, n_mels, frames] the two chunks of each track; index [B].
       rng: the run's root key; this step's key is fold_in(rng, step).
+      objective: the loss and its extra terms (`losses.Objective`, from config.loss).
 
     Returns:
       the new state and this step's metrics.
     """
-    patchout_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), 0)
+    step_rng = jax.random.fold_in(rng, state.step)
+    patchout_rng, objective_rng = (jax.random.fold_in(step_rng, i) for i in range(2))
     # [B, 2, F, T] -> [2B, F, T] keeps both views of a track on the device that holds it.
     views = jnp.stack([batch["view_a"], batch["view_b"]], axis=1)
     views = views.reshape(-1, *views.shape[2:])
@@ -104,23 +135,30 @@ def train_step(
         z, _ = encoder.apply({"params": params}, views, train=True, rngs={"patchout": patchout_rng})
         z = z.reshape(-1, 2, z.shape[-1])
         z_a, z_b = z[:, 0], z[:, 1]
-        return losses.info_nce(z_a, z_b, temperature), (z_a, z_b)
+        loss, terms, loss_state = objective(
+            z_a, z_b, state.loss_state, batch["index"], objective_rng, state.step == 0
+        )
+        return loss, (z_a, z_b, terms, loss_state)
 
-    (loss, (z_a, z_b)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (z_a, z_b, terms, loss_state)), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(params)
     # A finite loss and gradient can still give NaN parameters (e.g. a NaN learning rate).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
-    step_metrics = TrainMetrics.single_from_model_output(
+    step_metrics = metrics_collection(tuple(terms)).single_from_model_output(
         loss=loss,
+        **{f"loss_{term}": value for term, value in terms.items()},
         contrastive_accuracy=losses.contrastive_accuracy(z_a, z_b),
         grad_norm=grad_norm,
         param_norm=param_norm,
         learning_rate=schedule(state.step),
         nonfinite=(~finite).astype(jnp.float32),
     )
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, loss_state=loss_state
+    )
     return new_state, step_metrics
 
 
@@ -161,6 +199,7 @@ def train(
             f"batch_size {config.batch_size} is not divisible by the {jax.device_count()}"
             " devices; choose a multiple of the device count."
         )
+    objective = losses.Objective.from_config(config.loss, config.batch_size)
     source = training_data.open_training_split(config.data)
     sampler = input_pipeline.PairSampler(
         source,
@@ -172,11 +211,12 @@ def train(
     )
     num_steps = total_steps(config, sampler.steps_per_epoch)
     logging.info(
-        "training on %d devices (%d processes), global batch %d, %d steps",
+        "training on %d devices (%d processes), global batch %d, %d steps, objective %s",
         jax.device_count(),
         jax.process_count(),
         config.batch_size,
         num_steps,
+        objective,
     )
     tx, schedule = make_optimizer(config.optim, num_steps)
     encoder = model.encoder_from_config(config.model)
@@ -184,14 +224,27 @@ def train(
 
     sample = jnp.zeros((1, config.model.n_mels, max(config.data.chunk_frames)), jnp.float32)
     repl = distributed.replicated(mesh)
-    init = jax.jit(functools.partial(init_state, encoder, tx), out_shardings=repl)
+    init = jax.jit(
+        functools.partial(
+            init_state, encoder, tx, objective=objective, num_examples=len(sampler.source)
+        ),
+        out_shardings=repl,
+    )
     manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
     if manager.latest_step() is not None:
         abstract = jax.eval_shape(init, root_rng, sample)
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract
         )
-        state = checkpointing.restore(manager, abstract)
+        try:
+            state = checkpointing.restore(manager, abstract)
+        except ValueError as e:
+            raise ValueError(
+                f"the checkpoint at step {manager.latest_step()} in {workdir}/checkpoints does not"
+                f" fit the train state of this config ({e}). Resume with the config the run"
+                f" started with ({workdir}/{checkpointing.CONFIG_FILE}: same config.model and"
+                " config.loss), or train in a fresh --workdir."
+            ) from e
         logging.info("Resumed from step %d", int(state.step))
     else:
         state = init(root_rng, sample)
@@ -204,7 +257,7 @@ def train(
             encoder=encoder,
             tx=tx,
             schedule=schedule,
-            temperature=config.loss.temperature,
+            objective=objective,
         ),
         in_shardings=(repl, distributed.batch_sharded(mesh), repl),
         out_shardings=(repl, repl),

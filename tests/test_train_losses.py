@@ -1,0 +1,148 @@
+"""Training with the extra loss terms (SogCLR, k-means, convex hull) and variable-length chunks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from myna_rpe_jax import (
+    checkpointing,
+    geometric_losses,
+    input_pipeline,
+    losses,
+    model,
+    train,
+    training_data,
+)
+
+
+def restored_state(workdir, step: int) -> dict:
+    """A checkpoint of a workdir as a plain dict of numpy arrays."""
+    manager = checkpointing.checkpoint_manager(workdir, async_save=False)
+    return manager.restore(step, args=ocp.args.StandardRestore())
+
+
+def test_sogclr_and_kmeans_state_survive_checkpoint_and_resume(tiny_config, tmp_path):
+    tiny_config.loss.update(name="sogclr", num_clusters=4, kmeans_weight=0.1, hull_weight=0.05)
+    tiny_config.total_steps = 4
+    tiny_config.checkpoint_every = 2
+    straight = train.train(tiny_config, str(tmp_path / "straight"))
+    first = train.train(tiny_config, str(tmp_path / "resumed"), stop_after=2)
+    second = train.train(tiny_config, str(tmp_path / "resumed"))
+    assert [h["step"] for h in first + second] == [1, 2, 3, 4]
+
+    # Each term is logged on its own, and the total is their weighted sum.
+    for h in straight:
+        total = h["loss_sogclr"] + 0.1 * h["loss_kmeans"] + 0.05 * h["loss_hull"]
+        np.testing.assert_allclose(h["loss"], total, rtol=1e-5)
+    for key in ("loss", "loss_sogclr", "loss_kmeans", "loss_hull", "grad_norm", "param_norm"):
+        np.testing.assert_array_equal(
+            [h[key] for h in straight], [h[key] for h in first + second], err_msg=key
+        )
+
+    a, b = restored_state(tmp_path / "straight", 4), restored_state(tmp_path / "resumed", 4)
+    flat_a, flat_b = jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b)
+    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+    for (path, x), (_, y) in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+    # After the first epoch's 2 steps, moving averages exist for exactly the tracks visited.
+    source = training_data.open_training_split(tiny_config.data)
+    sampler = input_pipeline.PairSampler(source, global_batch=8, chunk_frames=(64,))
+    seen = np.unique(np.concatenate([sampler.global_indices(s) for s in range(2)]))
+    log_u = restored_state(tmp_path / "resumed", 2)["loss_state"]["sogclr"]["log_u"]
+    assert log_u.shape == (len(source), 2) and len(seen) < len(source)
+    np.testing.assert_array_equal(np.flatnonzero(np.isfinite(log_u).all(1)), seen)
+    # Centroids were seeded from and moved towards unit-norm embeddings, not left at zero.
+    norms = np.linalg.norm(a["loss_state"]["centroids"], axis=1)
+    assert a["loss_state"]["centroids"].shape == (4, 64)
+    assert np.all((norms > 0.5) & (norms <= 1.0 + 1e-5)), norms
+
+
+def test_variable_length_compiles_once_per_bucket(tiny_config, tmp_path):
+    buckets = (32, 48, 64)
+    tiny_config.data.chunk_frames = buckets
+    tiny_config.total_steps = 8
+    tiny_config.checkpoint_every = 100
+    tiny_config.loss.update(kmeans_weight=0.1, num_clusters=4)
+    compiled = []
+
+    def on_event(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        history = train.train(tiny_config, str(tmp_path))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    sampler = input_pipeline.PairSampler(range(18), global_batch=8, chunk_frames=buckets)
+    drawn = {sampler.chunk_length(step) for step in range(8)}
+    assert len(drawn) > 1, "the test needs several buckets among its steps"
+    assert compiled.count("jit(train_step)") == len(drawn) <= len(buckets), compiled
+    assert len(history) == 8 and all(np.isfinite(h["loss_kmeans"]) for h in history)
+
+
+@pytest.mark.parametrize("frames", [32, 64, 256])
+def test_patchout_keeps_the_same_fraction_at_every_chunk_length(frames):
+    encoder = model.Encoder(width=32, depth=1, num_heads=2, mlp_dim=64, patchout_keep=0.25)
+    spec = jnp.zeros((2, 128, frames))
+    rngs = {"params": jax.random.key(0), "patchout": jax.random.key(1)}
+    (_, aux), _ = jax.eval_shape(lambda: encoder.init_with_output(rngs, spec, train=True))
+    patches = (128 // 16) * (frames // 16)
+    assert aux["coords"].shape == (2, patches // 4, 2)
+
+
+def test_hull_by_cluster_matches_the_batched_hull_loss():
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.normal(size=(40, 8)) + 3 * rng.normal(size=(4, 8)).repeat(10, 0))
+    centroids = geometric_losses.unit_rows(z[::10])  # one seed per blob
+    centroids = jnp.concatenate([centroids, jnp.full((1, 8), 5.0)])  # an empty cluster
+
+    def batched(z):
+        assignments = geometric_losses.assign_clusters(z, centroids)
+        return geometric_losses.convex_hull_loss(z, assignments, centroids)
+
+    def by_cluster(z):
+        return losses.hull_loss_by_cluster(z, centroids)
+
+    np.testing.assert_allclose(by_cluster(z), batched(z), rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(by_cluster)(z), jax.grad(batched)(z), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(name="simclr"), "config.loss.name must be one of"),
+        (dict(sogclr_gamma=0.0), "config.loss.sogclr_gamma must be in"),
+        (dict(kmeans_weight=-1.0), "config.loss.kmeans_weight must be >= 0"),
+        (dict(kmeans_momentum=1.0), "config.loss.kmeans_momentum must be in"),
+        (dict(hull_weight=1.0, num_clusters=17), "num_clusters 17 is more than the 16"),
+        (dict(temprature=0.2), "unknown config.loss field"),
+    ],
+)
+def test_bad_loss_config_names_the_field(tiny_config, tmp_path, fields, message):
+    tiny_config.loss.unlock()
+    tiny_config.loss.update(fields)
+    with pytest.raises(ValueError, match=message):
+        train.train(tiny_config, str(tmp_path))
+
+
+def test_objective_terms_and_state_follow_the_config():
+    plain = losses.Objective()
+    assert plain.term_names == ("info_nce",) and plain.init_state(16, 10) == {}
+    full = losses.Objective(name="sogclr", kmeans_weight=0.5, hull_weight=0.1, num_clusters=3)
+    assert full.term_names == ("sogclr", "kmeans", "hull")
+    state = full.init_state(16, 10)
+    assert state["centroids"].shape == (3, 16) and state["sogclr"].log_u.shape == (10, 2)
+    assert losses.Objective(hull_weight=0.1).term_names == ("info_nce", "hull")
+
+
+def test_resuming_with_another_loss_config_explains_the_mismatch(tiny_config, tmp_path):
+    tiny_config.total_steps = 1
+    train.train(tiny_config, str(tmp_path))
+    tiny_config.total_steps = 2
+    tiny_config.loss.name = "sogclr"
+    with pytest.raises(ValueError, match="same config.model and config.loss"):
+        train.train(tiny_config, str(tmp_path))
