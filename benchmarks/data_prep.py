@@ -19,22 +19,12 @@ import platform
 import tempfile
 import time
 
+import machine  # noqa: E402  benchmarks/machine.py
 import numpy as np
 import soundfile as sf
 from threadpoolctl import threadpool_limits
 
 from myna_rpe_jax import audio, demo_music
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _pin_to_one_core() -> str:
@@ -97,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
     pinned = _pin_to_one_core()
     cfg = audio.MelConfig()
-    print(f"machine: {_cpu_name()}, {os.cpu_count()} logical cores; this run: {pinned}, 1 thread")
+    print(f"machine: {machine.describe()}; this run: {pinned}, 1 thread")
     print(
         f"python {platform.python_version()}, numpy {np.__version__}, {sf.__libsndfile_version__=}"
     )

@@ -28,25 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
+import machine  # benchmarks/machine.py
+
 METHODS = ("dense", "blockwise", "chunks")
 _GB = 1024**3
-
-
-def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / _GB
-    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GB RAM"
 
 
 # ---- worker: one measurement in its own process ----------------------------------------------
@@ -229,8 +219,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from myna_rpe_jax import audio
 
     fps = args.frames_per_second or audio.MelConfig().frames_per_second
-    machine = f"{_machine()}; JAX {jax.__version__} on {jax.default_backend()}"
-    print(f"{machine}; {args.posemb}, {args.dtype}, {fps:g} frames/s, block {args.block_size}")
+    where = f"{machine.describe()}; JAX {jax.__version__} on {jax.default_backend()}"
+    print(f"{where}; {args.posemb}, {args.dtype}, {fps:g} frames/s, block {args.block_size}")
     print(f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
     rows = []
     for variant in args.variants:
@@ -264,7 +254,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(_table(rows, args.methods, args.compile_only))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(machine=machine, args=vars(args), rows=rows), f, indent=1)
+            json.dump(dict(machine=where, args=vars(args), rows=rows), f, indent=1)
     return rows
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
+import machine  # noqa: E402  benchmarks/machine.py
 import ml_collections  # noqa: E402
 from absl import logging  # noqa: E402
 
@@ -117,7 +117,7 @@ def describe_setup(args: argparse.Namespace, runs: dict[str, list[dict]]) -> str
     first = next(iter(runs.values()))[0]
     minutes = sum(run["train_s"] for seeds in runs.values() for run in seeds) / 60
     return (
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores;"
+        f"Machine: {machine.describe()};"
         f" jax {jax.__version__} on {len(devices)} x {devices[0].device_kind}.\n"
         f"Model configs/tiny.py (ViT tiny: width 64, depth 2; 2-D ALiBi; 50% patchout);"
         f" {args.steps} steps of batch {args.batch_size}, 256-frame chunks, on the demo set"

@@ -16,12 +16,11 @@ between the two solvers' objective values (positive: ours is higher).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from collections.abc import Callable
 
 import jax
+import machine  # noqa: E402  benchmarks/machine.py
 import numpy as np
 import threadpoolctl
 from scipy.special import logsumexp
@@ -30,17 +29,6 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from myna_rpe_jax import probe_metrics, solvers
 
 TASKS = ("multiclass10", "multiclass24", "ridge", "multilabel50")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _make_task(task: str, n: int, dim: int, seed: int):
@@ -217,7 +205,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     device = jax.devices()[0]
-    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} on {device}")
+    print(f"machine: {machine.describe()}; jax {jax.__version__} on {device}")
     print(
         f"N train {args.n_train}, N test {args.n_test}, D {args.dim}, "
         f"{args.num_values} values, tol {args.tol}, x64 {args.x64}, "

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import machine  # noqa: E402  benchmarks/machine.py
 import numpy as np  # noqa: E402
 
 from configs import common  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     devices = jax.devices()
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores;"
+        f"machine: {machine.describe()};"
         f" jax {jax.__version__} on {len(devices)} x {devices[0].device_kind}"
     )
     print(
