@@ -10,9 +10,20 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 DEMO = dict(tracks=24, seconds=4.0, seed=0)
+
+
+def _shared_datasets() -> Path:
+    """The benchmarks' published split/annotation files: ../shared beside the checkout."""
+    beside = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    return beside if beside.is_dir() else Path("/work/shared/datasets")
+
+
+SHARED_DATASETS = _shared_datasets()
 
 
 @pytest.fixture(scope="session")

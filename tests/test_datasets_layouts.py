@@ -17,9 +17,10 @@ from myna_rpe_jax.datasets import open_split, prepare
 from myna_rpe_jax.datasets.gtzan import GENRES
 from myna_rpe_jax.datasets.mtg_jamendo import SPLIT_FILES, TOP50_TAGS
 from myna_rpe_jax.keys import KEY_NAMES
+from tests.conftest import SHARED_DATASETS
 from tests.test_datasets_build import MEL, assert_mel_of, read_tsv, write_tone
 
-SHARED = Path("/work/shared/datasets")
+SHARED = SHARED_DATASETS
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="published files not available")
 FLATS = {"C#": "Db", "D#": "Eb", "F#": "Gb", "G#": "Ab", "A#": "Bb"}
 _frequencies = itertools.count(200, 37)

@@ -24,8 +24,9 @@ from myna_rpe_jax.datasets import (
 )
 from myna_rpe_jax.datasets.registry import DATASETS
 from myna_rpe_jax.keys import KEY_NAMES
+from tests.conftest import SHARED_DATASETS
 
-SHARED = Path("/work/shared/datasets")
+SHARED = SHARED_DATASETS
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="published files not available")
 # Enharmonic spellings the published annotations use, mapped by hand (not via keys.py).
 FLATS = {"C#": "Db", "D#": "Eb", "F#": "Gb", "G#": "Ab", "A#": "Bb"}

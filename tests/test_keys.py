@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from myna_rpe_jax import keys
+from tests.conftest import SHARED_DATASETS
 
 
 @pytest.mark.parametrize(
@@ -27,9 +28,7 @@ def test_parse_key_refuses_anything_but_one_key(text):
 
 
 def test_every_published_giantsteps_key_parses():
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[2] / "shared/datasets/giantsteps-key/annotations/key"
+    folder = SHARED_DATASETS / "giantsteps-key" / "annotations" / "key"
     files = sorted(folder.glob("*.key"))
     if not files:
         pytest.skip(f"published annotation files not found in {folder}")
