@@ -193,12 +193,7 @@ def training_mel_config(config: ml_collections.ConfigDict) -> tuple[MelConfig, s
     from myna_rpe_jax import datasets  # imports TensorFlow Datasets
 
     data = config.data
-    root = Path(data.data_dir) if data.data_dir else training_data.cache_dir()
-    data_dir = root
-    if data.dataset == "demo":
-        data_dir = training_data.demo_data_dir(
-            root, data.demo_tracks, data.demo_seconds, data.demo_seed
-        )
+    data_dir = training_data.training_dir(data)
     try:
         mel = datasets.dataset_metadata(data.dataset, data_dir)["mel"]
     except (FileNotFoundError, KeyError, ValueError) as err:

@@ -92,15 +92,13 @@ def resolve_data_dir(name: str, data_dir: str | None, config: ml_collections.Con
     `demo` is read from --data-dir when it is prepared there, else it is the run's own demo
     set (built on first use, as training does).
     """
-    data = config.data
-    root = Path(data.data_dir) if data.data_dir else training_data.cache_dir()
     if name != "demo":
-        return Path(data_dir) if data_dir else root
+        return Path(data_dir) if data_dir else training_data.data_root(config.data)
     if data_dir and training_data.is_prepared("demo", Path(data_dir)):
         return Path(data_dir)
     if data_dir:
         log.info("demo is not prepared in %s: using the run's own demo set", data_dir)
-    return training_data.ensure_demo(root, data.demo_tracks, data.demo_seconds, data.demo_seed)
+    return training_data.run_demo_dir(config.data, build=True)
 
 
 def missing_reason(name: str, data_dir: Path) -> str | None:

@@ -50,11 +50,22 @@ def ensure_demo(root: Path, tracks: int, seconds: float, seed: int, workers: int
     return data_dir
 
 
+def data_root(data: ml_collections.ConfigDict) -> Path:
+    """`data.data_dir`, or the cache folder when it is empty."""
+    return Path(data.data_dir) if data.data_dir else cache_dir()
+
+
+def run_demo_dir(data: ml_collections.ConfigDict, *, build: bool = False) -> Path:
+    """The data_dir of the run's demo set (`data.demo_*`); generated and prepared if `build`."""
+    args = (data_root(data), data.demo_tracks, data.demo_seconds, data.demo_seed)
+    return ensure_demo(*args) if build else demo_data_dir(*args)
+
+
+def training_dir(data: ml_collections.ConfigDict, *, build: bool = False) -> Path:
+    """The data_dir the run's training data is prepared in (the demo is built if `build`)."""
+    return run_demo_dir(data, build=build) if data.dataset == "demo" else data_root(data)
+
+
 def open_training_split(data: ml_collections.ConfigDict):
     """The random-access source of `data.split` of `data.dataset` (see `datasets.open_split`)."""
-    root = Path(data.data_dir) if data.data_dir else cache_dir()
-    if data.dataset == "demo":
-        data_dir = ensure_demo(root, data.demo_tracks, data.demo_seconds, data.demo_seed)
-    else:
-        data_dir = root
-    return datasets.open_split(data.dataset, data_dir, data.split)
+    return datasets.open_split(data.dataset, training_dir(data, build=True), data.split)
