@@ -24,6 +24,8 @@ import soundfile as sf
 SOUNDFILE_EXTENSIONS = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64"}
 )
+# Every extension treated as audio: the rest need audioread/ffmpeg (AudioError without it).
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | {".m4a", ".mp4", ".aac", ".wma"}
 # Peak amplitude below which a track counts as silent: about one 16-bit LSB (-90 dBFS).
 SILENCE_PEAK = 10 ** (-90 / 20)
 # The STFT runs over blocks of this many frames (~10 s at 100 frames/s): bounded memory on

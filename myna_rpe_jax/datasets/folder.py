@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from myna_rpe_jax.audio import AUDIO_EXTENSIONS
 from myna_rpe_jax.datasets.common import DatasetSpec, Listing, Track, layout_error
-
-# Decodable by soundfile, or by audioread/ffmpeg for the last few (AudioError without it).
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64"}
-    | {".m4a", ".mp4", ".aac", ".wma"}
-)
 
 LAYOUT = """\
 <source>/                        any tree of audio files, e.g.
