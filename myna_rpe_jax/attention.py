@@ -7,8 +7,11 @@ grows linearly with the number of tokens, in the forward and in the backward pas
 
 `attention` picks the implementation from the token count: dense up to `blockwise_threshold`
 tokens (training chunks), blockwise above it (whole tracks). On GPU, attention without an ALiBi
-bias in half precision goes to the fused cuDNN kernel; ALiBi stays blockwise there too, because
-fused kernels only take a bias as a materialised [N, N] array.
+bias or key mask in half precision goes to the fused cuDNN kernel; ALiBi stays blockwise there
+too, because fused kernels only take a bias as a materialised [N, N] array.
+
+Every implementation takes an optional `key_mask` [B, N]: keys where it is False get exactly
+zero weight, so a batch of tracks padded to one length attends as each track alone would.
 """
 
 from __future__ import annotations
@@ -74,13 +77,18 @@ class AlibiBias:
 
 
 def dense_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, bias: AlibiBias | None = None
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: AlibiBias | None = None,
+    key_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Softmax attention, scores in float32. Memory: O(H N^2).
 
     Args:
       q, k, v: [B, N, H, Dh].
       bias: optional ALiBi bias over the N tokens.
+      key_mask: optional [B, N] bool; False keys get zero weight (every query needs one True).
 
     Returns:
       [B, N, H, Dh].
@@ -89,6 +97,8 @@ def dense_attention(
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if bias is not None:
         logits = logits + bias.dense()
+    if key_mask is not None:
+        logits = jnp.where(key_mask[:, None, None, :], logits, _MASKED)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
@@ -99,6 +109,7 @@ def blockwise_attention(
     v: jax.Array,
     bias: AlibiBias | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    key_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Exact softmax attention in [block, block] tiles with an online softmax (flash attention).
 
@@ -112,6 +123,7 @@ def blockwise_attention(
       q, k, v: [B, N, H, Dh].
       bias: optional ALiBi bias over the N tokens.
       block_size: tokens per query / key tile (capped at N).
+      key_mask: optional [B, N] bool; False keys get zero weight (every query needs one True).
 
     Returns:
       [B, N, H, Dh], equal to `dense_attention` up to float rounding.
@@ -124,7 +136,12 @@ def blockwise_attention(
     pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0)))
     if bias is not None:
         bias = bias.pad(padded)
-    return _flash(pad(q), pad(k), pad(v), bias, block, num_tokens)[:, :num_tokens]
+    key_valid = None
+    if key_mask is not None or padded > num_tokens:
+        if key_mask is None:
+            key_mask = jnp.ones(q.shape[:2], bool)
+        key_valid = jnp.pad(key_mask, ((0, 0), (0, padded - num_tokens)))
+    return _flash(pad(q), pad(k), pad(v), bias, key_valid, block)[:, :num_tokens]
 
 
 def fused_attention(
@@ -146,19 +163,21 @@ def attention(
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
     blockwise_threshold: int = DEFAULT_BLOCKWISE_THRESHOLD,
+    key_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Attention over [B, N, H, Dh] inputs; the implementation is chosen by sequence length.
 
     N <= blockwise_threshold: `dense_attention` (fastest for short chunks). Longer: the fused
-    cuDNN kernel on GPU when there is no ALiBi bias and q is float16/bfloat16, otherwise
-    `blockwise_attention` with `block_size` tiles. All paths compute the same function.
+    cuDNN kernel on GPU when there is neither an ALiBi bias nor a key mask and q is
+    float16/bfloat16, otherwise `blockwise_attention` with `block_size` tiles. All paths
+    compute the same function; key_mask [B, N] (optional) zeroes the weight of False keys.
     """
     num_tokens = q.shape[1]
     if num_tokens <= blockwise_threshold:
-        return dense_attention(q, k, v, bias)
-    if bias is None and _cudnn_applies(q):
+        return dense_attention(q, k, v, bias, key_mask)
+    if bias is None and key_mask is None and _cudnn_applies(q):
         return fused_attention(q, k, v)
-    return blockwise_attention(q, k, v, bias, block_size)
+    return blockwise_attention(q, k, v, bias, block_size, key_mask)
 
 
 def _cudnn_applies(q: jax.Array) -> bool:
@@ -174,8 +193,9 @@ def _cudnn_applies(q: jax.Array) -> bool:
 
 
 # The flash kernel. Inside it q, k, v are [B, Np, H, Dh] with Np a multiple of `block`, and
-# `num_valid` (static) tokens are real, the rest padding. Tiles are read with dynamic slices and
-# results written in place, so the only buffers of size N are the inputs, outputs and residuals.
+# `key_valid` is None (all keys real) or [B, Np] bool (False: padding or a masked key). Tiles
+# are read with dynamic slices and results written in place, so the only buffers of size N are
+# the inputs, outputs and residuals.
 
 
 def _tile(x: jax.Array, index: jax.Array, block: int, axis: int = 1) -> jax.Array:
@@ -190,17 +210,17 @@ def _put_tile(
     return jax.lax.dynamic_update_slice_in_dim(x, tile.astype(x.dtype), index * block, axis)
 
 
-def _tile_scores(q_tile, k_tile, bias, q_index, k_index, block, num_valid) -> jax.Array:
+def _tile_scores(q_tile, k_tile, bias, key_valid, q_index, k_index, block) -> jax.Array:
     """Scaled scores plus bias of one query tile vs one key tile ([B, block, H, Dh] each):
-    [B, H, block, block] float32."""
+    [B, H, block, block] float32, _MASKED where the key is not valid."""
     scale = q_tile.shape[-1] ** -0.5
     scores = jnp.einsum("bqhd,bkhd->bhqk", q_tile, k_tile, preferred_element_type=jnp.float32)
     scores = scores * scale
     if bias is not None:
         scores = scores + bias.block(q_index * block, block, k_index * block, block)
-    if num_valid % block:
-        key_valid = k_index * block + jnp.arange(block) < num_valid
-        scores = jnp.where(key_valid, scores, _MASKED)
+    if key_valid is not None:
+        valid = _tile(key_valid, k_index, block)[:, None, None, :]
+        scores = jnp.where(valid, scores, _MASKED)
     return scores
 
 
@@ -208,7 +228,7 @@ def _f32_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a, b.astype(a.dtype), preferred_element_type=jnp.float32)
 
 
-def _flash_forward(q, k, v, bias, block, num_valid):
+def _flash_forward(q, k, v, bias, key_valid, block):
     """Returns out [B, Np, H, Dh] and the log-sum-exp of every query's scores [B, H, Np]."""
     batch, padded, heads, head_dim = q.shape
     num_tiles = padded // block
@@ -219,7 +239,7 @@ def _flash_forward(q, k, v, bias, block, num_valid):
 
         def key_tile(j, carry):
             running_max, denominator, acc = carry
-            scores = _tile_scores(q_tile, _tile(k, j, block), bias, i, j, block, num_valid)
+            scores = _tile_scores(q_tile, _tile(k, j, block), bias, key_valid, i, j, block)
             new_max = jnp.maximum(running_max, scores.max(-1))
             probs = jnp.exp(scores - new_max[..., None])
             # Rescales what was accumulated under the old maximum.
@@ -234,7 +254,9 @@ def _flash_forward(q, k, v, bias, block, num_valid):
             jnp.zeros((batch, heads, block, head_dim), jnp.float32),
         )
         running_max, denominator, acc = jax.lax.fori_loop(0, num_tiles, key_tile, init)
-        # Every key tile holds at least one real key, so the denominator is >= 1.
+        # A fully masked tile seen before any valid key adds junk under the running maximum
+        # _MASKED; the first valid key's maximum rescales it by exp(_MASKED - max) = 0. Every
+        # query has a valid key, so the final maximum is a real score and denominator >= 1.
         out = _put_tile(out, (acc / denominator[..., None]).swapaxes(1, 2), i, block)
         lse = running_max + jnp.log(denominator)
         return out, _put_tile(logsumexp, lse, i, block, axis=2)
@@ -243,20 +265,20 @@ def _flash_forward(q, k, v, bias, block, num_valid):
     return jax.lax.fori_loop(0, num_tiles, query_tile, buffers)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _flash(q, k, v, bias, block, num_valid):
-    return _flash_forward(q, k, v, bias, block, num_valid)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash(q, k, v, bias, key_valid, block):
+    return _flash_forward(q, k, v, bias, key_valid, block)[0]
 
 
-def _flash_fwd(q, k, v, bias, block, num_valid):
-    out, logsumexp = _flash_forward(q, k, v, bias, block, num_valid)
-    return out, (q, k, v, bias, out, logsumexp)
+def _flash_fwd(q, k, v, bias, key_valid, block):
+    out, logsumexp = _flash_forward(q, k, v, bias, key_valid, block)
+    return out, (q, k, v, bias, key_valid, out, logsumexp)
 
 
-def _flash_bwd(block, num_valid, residuals, d_out):
+def _flash_bwd(block, residuals, d_out):
     """FlashAttention-2 backward: tiles of the attention weights are recomputed from the
     saved log-sum-exp, so nothing quadratic in N is stored."""
-    q, k, v, bias, out, logsumexp = residuals
+    q, k, v, bias, key_valid, out, logsumexp = residuals
     scale = q.shape[-1] ** -0.5
     num_tiles = q.shape[1] // block
     # delta_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax Jacobian's rank-one term.
@@ -268,7 +290,7 @@ def _flash_bwd(block, num_valid, residuals, d_out):
         def query_tile(i, carry):
             dk, dv, dq = carry
             q_tile, do_tile = _tile(q, i, block), _tile(d_out, i, block)
-            scores = _tile_scores(q_tile, k_tile, bias, i, j, block, num_valid)
+            scores = _tile_scores(q_tile, k_tile, bias, key_valid, i, j, block)
             probs = jnp.exp(scores - _tile(logsumexp, i, block, axis=2)[..., None])
             dv = dv + _f32_einsum("bhqk,bqhd->bkhd", probs.astype(do_tile.dtype), do_tile)
             d_probs = _f32_einsum("bqhd,bkhd->bhqk", do_tile, v_tile)
@@ -284,8 +306,8 @@ def _flash_bwd(block, num_valid, residuals, d_out):
 
     grads = tuple(jnp.zeros(a.shape, jnp.float32) for a in (q, k, v))
     dq, dk, dv = jax.lax.fori_loop(0, num_tiles, key_tile, grads)
-    # The bias is a function of coordinates, which carry no gradient.
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    # The bias is a function of coordinates, which carry no gradient; the mask is boolean.
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

@@ -85,8 +85,9 @@ class SelfAttention(nn.Module):
         bias: attention.AlibiBias | None,
         rope_coords: jax.Array | None,
         is_patch: jax.Array,
+        key_mask: jax.Array | None = None,
     ) -> jax.Array:
-        """x [B, N, D]; rope_coords [B, N, 2] or None; is_patch [B, N] -> [B, N, D]."""
+        """x [B, N, D]; rope_coords [B, N, 2] or None; is_patch, key_mask [B, N] -> [B, N, D]."""
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -108,6 +109,7 @@ class SelfAttention(nn.Module):
             bias,
             block_size=self.block_size,
             blockwise_threshold=self.blockwise_threshold,
+            key_mask=key_mask,
         )
         return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
 
@@ -121,20 +123,24 @@ class EncoderBlock(nn.Module):
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
 
     @nn.compact
-    def __call__(self, x, bias, rope_coords, is_patch):
+    def __call__(self, x, bias, rope_coords, is_patch, key_mask=None):
         y = nn.LayerNorm(dtype=self.dtype)(x)
         x = x + SelfAttention(
             self.num_heads, self.rope_theta, self.dtype, self.block_size, self.blockwise_threshold
-        )(y, bias, rope_coords, is_patch)
+        )(y, bias, rope_coords, is_patch, key_mask)
         y = nn.LayerNorm(dtype=self.dtype)(x)
         return x + MlpBlock(self.mlp_dim, self.dtype)(y)
 
 
 class Encoder(nn.Module):
-    """Myna-RPE encoder. `__call__(spec [B, F, T], *, train)` -> (cls [B, D], aux).
+    """Myna-RPE encoder. `__call__(spec [B, F, T], *, train, lengths=None)` -> (cls [B, D], aux).
 
-    aux holds "tokens" [B, N', D] (the patch tokens' outputs) and "coords" [B, N', 2] (the
-    coordinates of the tokens that were kept).
+    lengths [B] (optional) gives each example's real frame count when a batch of tracks was
+    padded to one length: patches past it are no attention key for any token, so the CLS
+    output is that of the unpadded track (up to float rounding) for every positional scheme.
+    aux holds "tokens" [B, N', D] (the patch tokens' outputs, padding included), "coords"
+    [B, N', 2] (the coordinates of the tokens that were kept) and, with lengths, "valid"
+    [B, N'] (which tokens are real).
     """
 
     width: int
@@ -154,7 +160,9 @@ class Encoder(nn.Module):
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
 
     @nn.compact
-    def __call__(self, spec: jax.Array, *, train: bool) -> tuple[jax.Array, dict]:
+    def __call__(
+        self, spec: jax.Array, *, train: bool, lengths: jax.Array | None = None
+    ) -> tuple[jax.Array, dict]:
         validate_posemb(self.posemb)
         batch, num_bins, _ = spec.shape
         if num_bins != self.n_mels:
@@ -187,6 +195,14 @@ class Encoder(nn.Module):
         is_patch = jnp.arange(x.shape[1])[None, :] > 0
         is_patch = jnp.broadcast_to(is_patch, (batch, x.shape[1]))
 
+        aux = {"coords": coords}
+        key_mask = None
+        if lengths is not None:
+            # A patch is real when all its frames are: time column < lengths // patch_size.
+            valid = coords[..., positional.TIME] < (lengths // self.patch_size)[:, None]
+            aux["valid"] = valid
+            key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
+
         bias = self._alibi(all_coords, is_patch)
         rope_coords = all_coords if "rope" in self.posemb else None
         for i in range(self.depth):
@@ -198,9 +214,9 @@ class Encoder(nn.Module):
                 self.attention_block_size,
                 self.blockwise_threshold,
                 name=f"block_{i}",
-            )(x, bias, rope_coords, is_patch)
+            )(x, bias, rope_coords, is_patch, key_mask)
         x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
-        return x[:, 0].astype(jnp.float32), {"tokens": x[:, 1:], "coords": coords}
+        return x[:, 0].astype(jnp.float32), {"tokens": x[:, 1:], **aux}
 
     def _alibi(self, coords: jax.Array, is_patch: jax.Array) -> attention.AlibiBias | None:
         if "alibi2d" in self.posemb:

@@ -106,6 +106,46 @@ def test_blockwise_and_dense_outputs_equal_reference(kind, num_tokens, block_siz
     np.testing.assert_allclose(blockwise(q, k, v, bias, block_size), expected, rtol=1e-5, atol=1e-5)
 
 
+def key_mask_case(kind, num_tokens, block_size, seed=5):
+    """A case plus a key mask [B, N]: example 0 loses a random third of its keys, example 1
+    its whole first key tile (so the online softmax starts on a tile with no valid key)."""
+    case = make_case(kind, num_tokens, seed=seed)
+    rng = np.random.default_rng(seed)
+    mask = np.ones((2, num_tokens), bool)
+    mask[0, 1:] = rng.random(num_tokens - 1) > 1 / 3
+    mask[1, :block_size] = False
+    return case, jnp.asarray(mask)
+
+
+def reference_over_kept_keys(q, k, v, ref_bias, mask):
+    """Attention of every query over only the kept keys, per example: no masking involved."""
+    rows = []
+    for b, keep in enumerate(np.asarray(mask)):
+        bias = None if ref_bias is None else ref_bias[b : b + 1][..., keep]
+        rows.append(reference_attention(q[b : b + 1], k[b : b + 1, keep], v[b : b + 1, keep], bias))
+    return jnp.concatenate(rows)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_key_mask_equals_attention_over_the_kept_keys_only(kind):
+    num_tokens, block_size = 45, 16
+    (q, k, v, bias, ref_bias), mask = key_mask_case(kind, num_tokens, block_size)
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+    ref_loss = lambda q, k, v: jnp.sum(reference_over_kept_keys(q, k, v, ref_bias, mask) * weights)
+    expected, expected_grads = jax.value_and_grad(ref_loss, (0, 1, 2))(q, k, v)
+    for name, fn in [
+        ("dense", lambda q, k, v: attention.dense_attention(q, k, v, bias, mask)),
+        ("blockwise", lambda q, k, v: attention.blockwise_attention(q, k, v, bias, 16, mask)),
+    ]:
+        loss = lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v) * weights)
+        got, grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=name)
+        for axis, g, e in zip("qkv", grads, expected_grads, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"{name} d/d{axis}")
+        # A masked key has no influence, so no gradient either.
+        assert not np.any(np.asarray(grads[1])[~np.asarray(mask)])
+
+
 def test_blockwise_without_cls_and_with_large_scores():
     # Scores of several hundred: the running maximum has to rescale earlier tiles exactly.
     q, k, v, bias, ref_bias = make_case("alibi2d", 50, seed=3, cls=False)

@@ -125,3 +125,34 @@ def test_bfloat16_compute_keeps_float32_params():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     cls, _ = encoder.apply(params, spec(2, 64), train=False)
     assert cls.dtype == jnp.float32 and np.all(np.isfinite(cls))
+
+
+@pytest.mark.parametrize("posemb", RELATIVE + [("learned",), ("freq",)])
+@pytest.mark.parametrize("threshold", [4096, 64])  # dense, blockwise
+def test_padding_with_lengths_gives_each_tracks_unpadded_output(posemb, threshold):
+    """Tracks of 96 and 160 frames padded to 256 (junk in the padding): each CLS equals the
+    track's own unpadded CLS, for every scheme and both attention paths."""
+    encoder = tiny_encoder(posemb=posemb, blockwise_threshold=threshold, attention_block_size=48)
+    params = init(encoder, spec(2, 256))
+    lengths = [96, 160]
+    padded = spec(2, 256, seed=3)
+    alone = [
+        encoder.apply(params, padded[i : i + 1, :, :length], train=False)[0][0]
+        for i, length in enumerate(lengths)
+    ]
+    cls, aux = jax.jit(lambda x, n: encoder.apply(params, x, train=False, lengths=n))(
+        padded, jnp.asarray(lengths)
+    )
+    np.testing.assert_allclose(cls, np.stack(alone), rtol=1e-4, atol=2e-5)
+    np.testing.assert_array_equal(aux["valid"].sum(1), [8 * 6, 8 * 10])
+    unmasked = encoder.apply(params, padded, train=False)[0]
+    assert not np.allclose(unmasked[0], alone[0], atol=1e-3)  # the padding would matter
+
+
+def test_lengths_count_only_whole_patches():
+    encoder = tiny_encoder()
+    x = spec(1, 128)
+    params = init(encoder, x)
+    run = lambda n: encoder.apply(params, x, train=False, lengths=jnp.asarray([n]))
+    assert int(run(47)[1]["valid"].sum()) == 8 * 2  # 47 frames: two whole 16-frame patches
+    np.testing.assert_allclose(run(47)[0], run(32)[0], atol=1e-6)
