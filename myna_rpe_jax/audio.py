@@ -20,12 +20,9 @@ import numpy as np
 import scipy.fft
 import soundfile as sf
 
-# Extensions libsndfile decodes itself; anything else goes through librosa/audioread.
-SOUNDFILE_EXTENSIONS = frozenset(
-    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64"}
-)
-# Every extension treated as audio: the rest need audioread/ffmpeg (AudioError without it).
-AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | {".m4a", ".mp4", ".aac", ".wma"}
+# Re-exported: `from myna_rpe_jax.audio import AUDIO_EXTENSIONS` keeps working.
+from myna_rpe_jax.audio_formats import AUDIO_EXTENSIONS, SOUNDFILE_EXTENSIONS  # noqa: F401
+
 # Peak amplitude below which a track counts as silent: about one 16-bit LSB (-90 dBFS).
 SILENCE_PEAK = 10 ** (-90 / 20)
 # The STFT runs over blocks of this many frames (~10 s at 100 frames/s): bounded memory on

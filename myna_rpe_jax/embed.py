@@ -6,7 +6,7 @@
 
 `--mode full` (default) embeds each track whole in one forward pass, `--mode chunks` averages
 training-length chunks (see `embedding`). Files that cannot be decoded are reported and
-skipped. The `.npz` written here is what probe and playlist read (`load_npz`).
+skipped. The `.npz` written here is what probe and playlist read (`embedding_file`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,9 @@ from myna_rpe_jax.audio import AudioError, MelConfig, audio_to_mel
 from myna_rpe_jax.datasets import SPLITS, dataset_tasks
 from myna_rpe_jax.datasets.folder import list_tracks as list_folder
 from myna_rpe_jax.embedding import DEFAULT_MAX_TOKENS, MODES, Embedder, load_embedder
+
+# The file format is embedding_file's; its names stay importable from here (probe uses them).
+from myna_rpe_jax.embedding_file import Embeddings, load_npz, save_npz  # noqa: F401
 
 log = logging.getLogger("myna_rpe_jax.embed")
 
@@ -102,18 +104,6 @@ def read_dataset(sources: Sequence[Any]) -> Iterator[Track]:
             yield Track(track_id, mel, split=source.split, labels=example)
 
 
-@dataclasses.dataclass
-class Embeddings:
-    """What an embedding run produced: one row per embedded track, and what was skipped."""
-
-    track_ids: list[str]
-    embeddings: np.ndarray  # [N, D] float32
-    split: list[str]
-    labels: dict[str, np.ndarray]  # label key -> [N] or [N, C]
-    skipped: list[str]
-    meta: dict
-
-
 def _windows(tracks: Iterable[Track]) -> Iterator[list[Track]]:
     window, frames = [], 0
     for track in tracks:
@@ -174,40 +164,6 @@ def run_meta(workdir: str | Path, step: int, mode: str, config, embedder: Embedd
         "chunk_frames": embedder.chunk_frames if mode == "chunks" else None,
         "config": json.loads(config.to_json_best_effort()),
     }
-
-
-def save_npz(path: str | Path, result: Embeddings) -> Path:
-    """Writes the embedding file format shared with probe and playlist (see the README)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"label_{key}": value for key, value in result.labels.items()}
-    # Through a temporary name: a killed run never leaves a half-written file to be reused.
-    partial = path.with_name(path.name + ".partial.npz")
-    np.savez(
-        partial,
-        track_ids=np.asarray(result.track_ids, dtype=str),
-        embeddings=result.embeddings,
-        split=np.asarray(result.split, dtype=str),
-        meta=np.asarray(json.dumps({**result.meta, "skipped": result.skipped})),
-        **arrays,
-    )
-    os.replace(partial, path)
-    return path
-
-
-def load_npz(path: str | Path) -> Embeddings:
-    """Reads a file written by `save_npz` (no pickle)."""
-    with np.load(path, allow_pickle=False) as f:
-        meta = json.loads(str(f["meta"]))
-        labels = {key[len("label_") :]: f[key] for key in f.files if key.startswith("label_")}
-        return Embeddings(
-            [str(t) for t in f["track_ids"]],
-            f["embeddings"],
-            [str(s) for s in f["split"]],
-            labels,
-            meta.pop("skipped", []),
-            meta,
-        )
 
 
 def save_parquet(path: str | Path, result: Embeddings) -> Path:

@@ -34,6 +34,7 @@ import numpy as np
 import tqdm
 
 from myna_rpe_jax import hull
+from myna_rpe_jax.embedding_file import load_npz
 
 STRATEGIES = ("fill", "expand", "interpolate")
 
@@ -190,23 +191,6 @@ def interpolate(
     return Ranked(np.asarray(picks, int), np.asarray(distances, np.float32))
 
 
-def load_embeddings(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reads track_ids [N] and embeddings [N, D] from an embedding .npz (see README)."""
-    if not os.path.exists(path):
-        raise SystemExit(f"error: embeddings file {path} does not exist")
-    with np.load(path, allow_pickle=False) as data:
-        missing = {"track_ids", "embeddings"} - set(data.files)
-        if missing:
-            raise SystemExit(
-                f"error: {path} lacks {sorted(missing)}: expected an .npz written by "
-                "`python -m myna_rpe_jax.embed` (keys track_ids, embeddings, ...)"
-            )
-        ids, emb = data["track_ids"].astype(str), data["embeddings"].astype(np.float32)
-    if emb.ndim != 2 or len(ids) != len(emb):
-        raise SystemExit(f"error: {path}: embeddings {emb.shape} do not match {len(ids)} ids")
-    return ids, emb
-
-
 def parse_playlist(spec: str, ids: np.ndarray) -> np.ndarray:
     """Row indices of a playlist given as comma-separated track ids or a CSV with track_id."""
     if os.path.isfile(spec):
@@ -287,7 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.num < 1:
         raise SystemExit("error: -n must be at least 1")
-    ids, emb = load_embeddings(args.embeddings)
+    try:
+        found = load_npz(args.embeddings, strict=False)  # any .npz with track_ids, embeddings
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+    ids, emb = np.asarray(found.track_ids, dtype=str), found.embeddings
     rows_a = parse_playlist(args.playlist, ids)
     groups = {"playlist": rows_a}
     if args.strategy == "interpolate":

@@ -6,363 +6,42 @@
     python -m myna_rpe_jax.spotify create-playlist --name NAME --from generated.csv \
         --matches matches.csv --audio DIR
 
-Credentials come from SPOTIPY_CLIENT_ID, SPOTIPY_REDIRECT_URI (default
-http://127.0.0.1:8888/callback) and, for `--auth client` only, SPOTIPY_CLIENT_SECRET. User
-commands use Authorization Code with PKCE: `login` runs it once in the browser and saves the
-token (refreshed automatically) for the other commands. No credential or token is printed or
-logged: spotipy's debug logs, which contain them, pass through a redacting filter.
-
-Only endpoints open to new apps are used (playlist items, search, me, create playlist), never
-audio features/analysis, recommendations or previews. Rate limits (HTTP 429) are retried after
-the server's Retry-After delay, up to --max-wait seconds.
+The command line only: login, the API client, rate limits (HTTP 429, up to --max-wait) and
+the redaction of secrets from logs are in `spotify_api` (credentials come from
+SPOTIPY_CLIENT_ID, SPOTIPY_REDIRECT_URI and, for `--auth client` only, SPOTIPY_CLIENT_SECRET);
+reading tags and matching local files is `spotify_match`. A failure prints one line saying
+what to do (`explain`), never a credential.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
-import logging
 import os
-import re
 import sys
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 import requests
-import soundfile as sf
-import spotipy
-from spotipy.cache_handler import CacheFileHandler, MemoryCacheHandler
 from spotipy.exceptions import SpotifyException, SpotifyOauthError
-from spotipy.util import Retry
 
-API_URL = "https://api.spotify.com/v1/"
-ACCOUNTS_URL = "https://accounts.spotify.com"
-DEFAULT_REDIRECT_URI = "http://127.0.0.1:8888/callback"
-DEFAULT_TOKEN_CACHE = Path.home() / ".cache" / "myna_rpe_jax" / "spotify_token.json"
-# One scope for every user command, so one login serves them all.
-SCOPE = (
-    "playlist-read-private playlist-read-collaborative playlist-modify-private "
-    "playlist-modify-public"
+from myna_rpe_jax.spotify_api import (
+    ACCOUNTS_URL,
+    API_URL,
+    DEFAULT_TOKEN_CACHE,
+    LOGIN_HINT,
+    REDACTOR,
+    RateLimitTooLong,
+    UserError,
+    export_playlist,
+    find_on_spotify,
+    make_auth,
+    make_client,
 )
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aif", ".aiff")
+from myna_rpe_jax.spotify_match import match_tracks, scan_audio
+
 TRACK_FIELDS = ("spotify_id", "name", "artists", "album", "isrc", "duration_ms")
 MATCH_FIELDS = ("spotify_id", "track_id", "path", "matched_by", "name", "artists")
-LOGIN_HINT = "run `python -m myna_rpe_jax.spotify login`"
-
-
-class UserError(Exception):
-    """A problem the user can fix; the message says how."""
-
-
-class RateLimitTooLong(Exception):
-    """Spotify asked for a longer Retry-After than the user allows."""
-
-    def __init__(self, seconds: float):
-        super().__init__(seconds)
-        self.seconds = seconds
-
-
-class CappedRetry(Retry):
-    """spotipy's retry policy, but it refuses Retry-After delays longer than `max_wait`."""
-
-    def __init__(self, *args, max_wait: float = 60.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.max_wait = max_wait
-
-    def new(self, **kwargs):
-        retry = super().new(**kwargs)
-        retry.max_wait = self.max_wait
-        return retry
-
-    def parse_retry_after(self, retry_after: str) -> float:
-        seconds = super().parse_retry_after(retry_after)
-        if seconds > self.max_wait:
-            raise RateLimitTooLong(seconds)
-        return seconds
-
-
-class Redactor(logging.Filter):
-    """Replaces credentials and tokens in log records with [redacted]."""
-
-    _TOKENS = re.compile(
-        r"((?:Bearer|Basic) |'(?:access_token|refresh_token|code|code_verifier|client_id|"
-        r"client_secret)': '|[?&](?:client_id|code_challenge|code)=)[^'\s,}&]+"
-    )
-    LOGGERS = ("spotipy.client", "spotipy.oauth2", "spotipy.util", "spotipy.cache_handler")
-
-    def __init__(self):
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def redact(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            text = text.replace(secret, "[redacted]")
-        return self._TOKENS.sub(r"\1[redacted]", text)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self.redact(record.getMessage()), ()
-        return True
-
-    def install(self, client_id: str, client_secret: str) -> None:
-        self.secrets = {s for s in (client_id, client_secret) if s}
-        if client_id and client_secret:  # the Basic header spotipy logs at debug level
-            self.secrets.add(base64.b64encode(f"{client_id}:{client_secret}".encode()).decode())
-        for name in self.LOGGERS:
-            logging.getLogger(name).addFilter(self)
-
-
-REDACTOR = Redactor()
-
-
-def _env(name: str, default: str | None = None) -> str:
-    value = os.environ.get(name, default)
-    if not value:
-        raise UserError(
-            f"{name} is not set: create an app at https://developer.spotify.com/dashboard and "
-            f"export {name}=... (see README, 'Spotify')"
-        )
-    return value
-
-
-def make_auth(args: argparse.Namespace, *, login: bool = False):
-    """The auth manager for args.auth ('client' or 'user'), pointed at args.accounts_url."""
-    if args.auth == "client":
-        auth = spotipy.SpotifyClientCredentials(
-            _env("SPOTIPY_CLIENT_ID"),
-            _env("SPOTIPY_CLIENT_SECRET"),
-            cache_handler=MemoryCacheHandler(),
-        )
-    else:
-        Path(args.token_cache).parent.mkdir(parents=True, exist_ok=True)
-        auth = spotipy.SpotifyPKCE(
-            client_id=_env("SPOTIPY_CLIENT_ID"),
-            redirect_uri=_env("SPOTIPY_REDIRECT_URI", DEFAULT_REDIRECT_URI),
-            scope=SCOPE,
-            cache_handler=CacheFileHandler(cache_path=str(args.token_cache)),
-            open_browser=not getattr(args, "no_browser", False),
-        )
-        auth.OAUTH_AUTHORIZE_URL = args.accounts_url.rstrip("/") + "/authorize"
-    auth.OAUTH_TOKEN_URL = args.accounts_url.rstrip("/") + "/api/token"
-    # Without a saved login, spotipy would start the interactive browser flow mid-command.
-    cached = auth.cache_handler.get_cached_token
-    if args.auth == "user" and not login and auth.validate_token(cached()) is None:
-        raise UserError(f"no saved Spotify login in {args.token_cache}: {LOGIN_HINT} first")
-    return auth
-
-
-def make_client(args: argparse.Namespace, auth) -> spotipy.Spotify:
-    """A spotipy client on args.api_url whose retries honour Retry-After up to args.max_wait."""
-    retry = CappedRetry(
-        total=3,
-        connect=None,
-        read=False,
-        status=3,
-        backoff_factor=0.3,
-        allowed_methods=frozenset(["GET", "POST", "PUT", "DELETE"]),
-        status_forcelist=spotipy.Spotify.default_retry_codes,
-        max_wait=args.max_wait,
-    )
-    session = requests.Session()
-    session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
-    session.mount("https://", requests.adapters.HTTPAdapter(max_retries=retry))
-    client = spotipy.Spotify(auth_manager=auth, requests_session=session, requests_timeout=15)
-    client.prefix = args.api_url.rstrip("/") + "/"
-    return client
-
-
-def track_row(track: dict) -> dict:
-    return {
-        "spotify_id": track["id"],
-        "name": track.get("name", ""),
-        "artists": "; ".join(a["name"] for a in track.get("artists", [])),
-        "album": (track.get("album") or {}).get("name", ""),
-        "isrc": (track.get("external_ids") or {}).get("isrc", ""),
-        "duration_ms": track.get("duration_ms", ""),
-    }
-
-
-def export_playlist(client: spotipy.Spotify, playlist: str) -> tuple[list[dict], int]:
-    """All tracks of a playlist (every page) as rows, and the number of entries skipped."""
-    page = client.playlist_items(playlist, additional_types=("track",), limit=50)
-    rows, skipped = [], 0
-    while page:
-        for entry in page["items"]:
-            # Spotify renamed "track" to "item" in playlist entries in February 2026.
-            track = entry.get("item") or entry.get("track")
-            if not track or track.get("type", "track") != "track" or not track.get("id"):
-                skipped += 1  # local files, episodes, removed tracks
-                continue
-            rows.append(track_row(track))
-        page = client.next(page) if page.get("next") else None
-    return rows, skipped
-
-
-# ---- Tags and matching ----------------------------------------------------------------------
-
-_VERSION = r"(?:feat|ft|featuring|with|remaster|remastered|version|edit|mix|mono|stereo|live|"
-_VERSION += r"deluxe|bonus|demo|explicit|radio)"
-_BRACKET_NOTE = re.compile(rf"[(\[][^)\]]*\b{_VERSION}\b[^)\]]*[)\]]")
-_DASH_NOTE = re.compile(rf"\s-\s[^-]*\b{_VERSION}\b.*$")
-_FEAT = re.compile(r"\s(?:feat|ft|featuring)\b\.?.*$")
-_ARTIST_SPLIT = re.compile(r"\s*(?:[,;/&]|\bfeat\b\.?|\bft\b\.?|\bfeaturing\b)\s*")
-
-
-def _fold(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in text if not unicodedata.combining(c))
-
-
-def normalise(text: str) -> str:
-    """Casefolded, accent-free text without feat./remaster notes or punctuation."""
-    text = _FEAT.sub("", _DASH_NOTE.sub("", _BRACKET_NOTE.sub(" ", _fold(text))))
-    return " ".join(re.sub(r"[^\w\s]|_", " ", text.replace("&", " and ")).split())
-
-
-def artist_keys(artists: Sequence[str]) -> set[str]:
-    """Normalised forms of each artist, of all of them together, and of each one's first name."""
-    keys = {normalise(a) for a in artists} | {normalise(", ".join(artists))}
-    keys |= {normalise(_ARTIST_SPLIT.split(_fold(a))[0]) for a in artists}
-    return keys - {""}
-
-
-def _vorbis_comments(block: bytes) -> dict[str, str]:
-    at, out = 4 + int.from_bytes(block[:4], "little"), {}
-    for _ in range(int.from_bytes(block[at : at + 4], "little")):
-        n = int.from_bytes(block[at + 4 : at + 8], "little")
-        key, _, value = block[at + 8 : at + 8 + n].decode("utf-8", "replace").partition("=")
-        out.setdefault(key.upper(), value)
-        at += 4 + n
-    return out
-
-
-def _flac_comments(f) -> dict[str, str]:
-    """Vorbis comments (upper-cased keys) of a FLAC file's VORBIS_COMMENT metadata block."""
-    f.seek(0)
-    if f.read(4) != b"fLaC":
-        return {}
-    while len(header := f.read(4)) == 4:
-        size = int.from_bytes(header[1:], "big")
-        if header[0] & 0x7F == 4:
-            return _vorbis_comments(f.read(size))
-        if header[0] & 0x80:  # last metadata block
-            break
-        f.seek(size, 1)
-    return {}
-
-
-def _syncsafe(b: bytes) -> int:
-    return sum((x & 0x7F) << (7 * (len(b) - 1 - i)) for i, x in enumerate(b))
-
-
-def _id3_frames(f) -> dict[str, str]:
-    """Text frames (TSRC, TIT2, TPE1, ...) of an ID3v2.3/2.4 tag at the start of a file."""
-    f.seek(0)
-    header = f.read(10)
-    if header[:3] != b"ID3" or header[3] not in (3, 4):
-        return {}
-    version, flags = header[3], header[5]
-    tag = f.read(_syncsafe(header[6:10]))
-    if flags & 0x80 and version == 3:  # unsynchronised tag
-        tag = tag.replace(b"\xff\x00", b"\xff")
-    frame_size = _syncsafe if version == 4 else lambda b: int.from_bytes(b, "big")
-    pos = 0
-    if flags & 0x40:  # extended header: v2.4 counts its size field, v2.3 does not
-        pos = _syncsafe(tag[:4]) if version == 4 else 4 + int.from_bytes(tag[:4], "big")
-    out = {}
-    while pos + 10 <= len(tag) and tag[pos : pos + 4].strip(b"\0"):
-        frame_id, size = tag[pos : pos + 4].decode("latin-1"), frame_size(tag[pos + 4 : pos + 8])
-        body, pos = tag[pos + 10 : pos + 10 + size], pos + 10 + size
-        if frame_id.startswith("T") and body:
-            codec = {0: "latin-1", 1: "utf-16", 2: "utf-16-be", 3: "utf-8"}.get(body[0], "latin-1")
-            out[frame_id] = body[1:].decode(codec, "replace").split("\0")[0].strip()
-    return out
-
-
-def read_tags(path: Path) -> dict[str, str]:
-    """artist, title and isrc of an audio file: its tags, else 'Artist - Title' in its name."""
-    tags = {"artist": "", "title": "", "isrc": ""}
-    try:
-        with sf.SoundFile(path) as f:
-            tags.update({k: v for k, v in f.copy_metadata().items() if k in tags and v})
-    except sf.LibsndfileError:
-        pass  # formats libsndfile cannot open (m4a): tags from the name below
-    with open(path, "rb") as f:
-        comments, frames = _flac_comments(f), _id3_frames(f)
-    tags["isrc"] = comments.get("ISRC") or frames.get("TSRC") or ""
-    tags["artist"] = tags["artist"] or comments.get("ARTIST") or frames.get("TPE1", "")
-    tags["title"] = tags["title"] or comments.get("TITLE") or frames.get("TIT2", "")
-    if not (tags["artist"] and tags["title"]):
-        stem = re.sub(r"^\d{1,3}[\s.\-_]+", "", path.stem)  # leading track number
-        artist, sep, title = stem.partition(" - ")
-        tags["artist"], tags["title"] = (artist, title) if sep else ("", stem)
-    tags["isrc"] = re.sub(r"[^A-Z0-9]", "", tags["isrc"].upper())
-    return tags
-
-
-def scan_audio(audio_dir: Path) -> list[tuple[str, Path, dict]]:
-    """(track_id, path, tags) of every audio file under audio_dir, sorted by path.
-
-    track_id is the path relative to audio_dir without its extension, with "/" separators:
-    the name `python -m myna_rpe_jax.embed` gives the file's embedding.
-    """
-    if not audio_dir.is_dir():
-        raise UserError(f"audio folder {audio_dir} does not exist")
-    files = sorted(p for p in audio_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-    return [(p.relative_to(audio_dir).with_suffix("").as_posix(), p, read_tags(p)) for p in files]
-
-
-def match_tracks(tracks: list[dict], local: list[tuple[str, Path, dict]]):
-    """Links Spotify track rows to local files (from `scan_audio`) by ISRC, else normalised
-    artist + title. Returns (matches, unmatched rows)."""
-    by_isrc, by_name = {}, {}
-    for track_id, path, tags in local:
-        if tags["isrc"]:
-            by_isrc.setdefault(tags["isrc"], (track_id, path))
-        for artist in artist_keys([tags["artist"]]):
-            by_name.setdefault((artist, normalise(tags["title"])), (track_id, path))
-    matches, unmatched = [], []
-    for row in tracks:
-        isrc = re.sub(r"[^A-Z0-9]", "", row.get("isrc", "").upper())
-        names = [(a, normalise(row["name"])) for a in artist_keys(row["artists"].split("; "))]
-        found = [(by_isrc[isrc], "isrc")] if isrc in by_isrc else []
-        found += [(by_name[key], "artist+title") for key in names if key in by_name]
-        if not found:
-            unmatched.append(row)
-            continue
-        (track_id, path), how = found[0]
-        matches.append(
-            {
-                "spotify_id": row["spotify_id"],
-                "track_id": track_id,
-                "path": str(path),
-                "matched_by": how,
-                "name": row["name"],
-                "artists": row["artists"],
-            }
-        )
-    return matches, unmatched
-
-
-def find_on_spotify(client: spotipy.Spotify, tags: dict) -> str | None:
-    """The Spotify id of a local track: by ISRC, else by a search checked on artist + title."""
-    want = {(a, normalise(tags["title"])) for a in artist_keys([tags["artist"]])}
-    queries = [f"isrc:{tags['isrc']}"] if tags["isrc"] else []
-    queries += [f"track:{tags['title']} artist:{tags['artist']}"] if tags["artist"] else []
-    for query in queries:
-        for track in client.search(q=query, type="track", limit=10)["tracks"]["items"]:
-            names = {
-                (a, normalise(track["name"]))
-                for a in artist_keys([a["name"] for a in track["artists"]])
-            }
-            isrc = (track.get("external_ids") or {}).get("isrc", "")
-            if (tags["isrc"] and isrc == tags["isrc"]) or names & want:
-                return track["id"]
-    return None
-
-
-# ---- Command line ---------------------------------------------------------------------------
 
 
 def read_csv(path: str, required: Sequence[str]) -> list[dict]:
@@ -543,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
         return 0
-    except UserError as error:
+    except (UserError, NotADirectoryError) as error:  # the latter: no --audio folder
         message = str(error)
     except (
         RateLimitTooLong,

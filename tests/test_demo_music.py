@@ -10,7 +10,7 @@ import scipy.stats
 import soundfile as sf
 
 from data_prep import make_demo
-from myna_rpe_jax import demo_music, keys
+from myna_rpe_jax import demo_music, demo_synth, keys
 
 SECONDS = 8.0
 RATE = 22050
@@ -131,6 +131,18 @@ def test_arousal_follows_brightness_and_activity(demo):
     # of a brightness measure (centroid) and an activity measure (onset count).
     activity = scipy.stats.rankdata(centroid) + scipy.stats.rankdata(onsets)
     assert scipy.stats.spearmanr(arousal, activity)[0] > 0.5
+
+
+def test_every_instrument_has_a_timbre():
+    assert set(demo_music.INSTRUMENTS) == set(demo_synth.TIMBRES)
+
+
+def test_mix_in_adds_from_the_start_and_cuts_at_the_end():
+    rate = 8000
+    out = np.zeros(10, np.float32)
+    demo_synth.mix_in(out, 8 / rate, np.ones(5, np.float32), rate)  # cut at the end
+    demo_synth.mix_in(out, 0.0, np.ones(2, np.float32), rate)
+    np.testing.assert_array_equal(out, [1, 1, 0, 0, 0, 0, 0, 0, 1, 1])
 
 
 def test_generate_rejects_bad_arguments(tmp_path):

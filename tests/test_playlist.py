@@ -138,3 +138,18 @@ def test_cli_reports_bad_inputs(tmp_path, plane):
         playlist.main(
             ["--embeddings", str(tmp_path / "bad.npz"), "--playlist", "a,b", "--strategy", "fill"]
         )
+    with pytest.raises(SystemExit, match="error: embeddings file .*missing.npz does not exist"):
+        playlist.main(
+            ["--embeddings", str(tmp_path / "missing.npz"), *base[2:], "--playlist", "a,b"]
+        )
+
+
+def test_cli_reads_a_file_with_only_track_ids_and_embeddings(tmp_path, plane):
+    """Embeddings from another tool: np.savez of track_ids and embeddings, nothing else."""
+    emb_path = tmp_path / "other.npz"
+    xy = [(0, 0), (1, 0), (0, 1), (0.4, 0.4), (3, 3)]
+    np.savez(emb_path, track_ids=np.array(list("abcde")), embeddings=plane(xy).astype(np.float64))
+    out = tmp_path / "gen.csv"
+    argv = ["--embeddings", str(emb_path), "--playlist", "a,b,c", "--strategy", "fill"]
+    assert playlist.main([*argv, "-n", "1", "--out", str(out)]) == 0
+    assert [r["track_id"] for r in csv.DictReader(out.open())] == ["d"]

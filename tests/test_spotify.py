@@ -10,6 +10,8 @@ import hashlib
 import json
 import logging
 import re
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +21,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from myna_rpe_jax import spotify
+from myna_rpe_jax import spotify, spotify_api, spotify_match
+from myna_rpe_jax.audio_formats import AUDIO_EXTENSIONS
 
 CLIENT_ID, CLIENT_SECRET = "cid-Zx81qPaQ", "csecret-Qm42LrTu"
 TOKENS = ("cc-token-9f3", "user-token-7d1", "refresh-ok-5b2")
@@ -184,7 +187,7 @@ class Handler(BaseHTTPRequestHandler):
                 "token_type": "Bearer",
                 "expires_in": 3600,
                 "refresh_token": TOKENS[2],
-                "scope": spotify.SCOPE,
+                "scope": spotify_api.SCOPE,
             },
         )
 
@@ -237,7 +240,7 @@ def save_login(path, token=TOKENS[1], expires_in=3600, refresh=TOKENS[2]):
                 "expires_in": 3600,
                 "refresh_token": refresh,
                 "expires_at": int(time.time()) + expires_in,
-                "scope": spotify.SCOPE,
+                "scope": spotify_api.SCOPE,
             }
         )
     )
@@ -425,6 +428,44 @@ def test_match_links_by_isrc_tags_and_file_names(cli, tmp_path):
         "s3": ("joga", "artist+title"),
         "s4": ("sub/03 - Daft Punk - One More Time", "artist+title"),
     }
+
+
+def test_match_scans_every_audio_extension_that_embedding_reads(tmp_path):
+    """One list of extensions: each one embedding accepts (any case) is scanned and matched."""
+    audio = tmp_path / "music"
+    audio.mkdir()
+    names = {
+        ext: f"Band {i} - Song {i}{ext.upper() if i % 2 else ext}"
+        for i, ext in enumerate(sorted(AUDIO_EXTENSIONS))
+    }
+    for name in names.values():
+        (audio / name).write_bytes(b"not decodable: tags come from the name")
+    (audio / "Band x - Notes.txt").write_text("not audio")
+    local = spotify_match.scan_audio(audio)
+    assert sorted(path.name for _, path, _ in local) == sorted(names.values())
+    tracks = [
+        {"spotify_id": ext, "name": f"Song {i}", "artists": f"Band {i}"}
+        for i, ext in enumerate(sorted(AUDIO_EXTENSIONS))
+    ]
+    matches, unmatched = spotify_match.match_tracks(tracks, local)
+    assert not unmatched
+    assert {m["spotify_id"]: m["path"] for m in matches} == {
+        ext: str(audio / name) for ext, name in names.items()
+    }
+
+
+def test_match_reports_a_missing_audio_folder(cli, tmp_path):
+    tracks = tmp_path / "tracks.csv"
+    spotify.write_csv(str(tracks), spotify.TRACK_FIELDS, [])
+    code, _, err = cli("match", "--tracks", str(tracks), "--audio", str(tmp_path / "nowhere"))
+    assert code == 1 and err == f"error: audio folder {tmp_path / 'nowhere'} does not exist\n"
+
+
+def test_cli_imports_no_audio_decoders():
+    """The Spotify CLI stays light: no librosa (audio.py) or jax on import."""
+    code = "import sys, myna_rpe_jax.spotify; print(sorted({'librosa', 'jax'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_create_playlist_from_generated_tracks(cli, server, tmp_path):

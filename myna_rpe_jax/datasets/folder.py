@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from myna_rpe_jax.audio import AUDIO_EXTENSIONS
+from myna_rpe_jax.audio_formats import AUDIO_EXTENSIONS
 from myna_rpe_jax.datasets.common import DatasetSpec, Listing, Track, layout_error
 
 LAYOUT = """\

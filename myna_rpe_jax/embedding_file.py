@@ -1,0 +1,97 @@
+"""The embedding file format (`.npz`): one reader and one writer for embed, probe and playlist.
+
+Arrays, one row per track (N tracks, D dimensions), never pickled:
+
+    track_ids   [N] str
+    embeddings  [N, D] float32
+    split       [N] str ("" outside a prepared dataset)
+    meta        [] str, JSON: how the file was made, and "skipped" (files that failed)
+    label_<key> [N] or [N, C], one per label of a prepared dataset
+
+Only numpy and json here, so light tools (playlist) read the format without importing the
+model or the audio decoders that `embed` needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+# What `save_npz` writes and `load_npz` requires; strict=False needs only the first two.
+FIELDS = ("track_ids", "embeddings", "split", "meta")
+MINIMAL_FIELDS = FIELDS[:2]
+
+
+@dataclasses.dataclass
+class Embeddings:
+    """What an embedding run produced: one row per embedded track, and what was skipped."""
+
+    track_ids: list[str]
+    embeddings: np.ndarray  # [N, D] float32
+    split: list[str]
+    labels: dict[str, np.ndarray]  # label key -> [N] or [N, C]
+    skipped: list[str]
+    meta: dict
+
+
+def save_npz(path: str | Path, result: Embeddings) -> Path:
+    """Writes the embedding file format shared with probe and playlist (see the README)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"label_{key}": value for key, value in result.labels.items()}
+    # Through a temporary name: a killed run never leaves a half-written file to be reused.
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(
+        partial,
+        track_ids=np.asarray(result.track_ids, dtype=str),
+        embeddings=result.embeddings,
+        split=np.asarray(result.split, dtype=str),
+        meta=np.asarray(json.dumps({**result.meta, "skipped": result.skipped})),
+        **arrays,
+    )
+    os.replace(partial, path)
+    return path
+
+
+def load_npz(path: str | Path, *, strict: bool = True) -> Embeddings:
+    """Reads an embedding file (no pickle).
+
+    strict=True requires every field `save_npz` writes (FIELDS). strict=False reads any .npz
+    holding track_ids [N] and embeddings [N, D], e.g. one written with `np.savez` by another
+    tool: a missing split reads as "" for every track, a missing meta as {} (no skipped).
+
+    Raises FileNotFoundError when path does not exist, and ValueError naming the file and the
+    field when it is not an .npz, lacks a required field or its fields disagree in length.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embeddings file {path} does not exist")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{path} is not an .npz embedding file: {err}") from err
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not an .npz embedding file")
+    with f:
+        missing = sorted(set(FIELDS if strict else MINIMAL_FIELDS) - set(f.files))
+        if missing:
+            fix = "expected an .npz written by `python -m myna_rpe_jax.embed` (keys "
+            fix += "track_ids, embeddings, ...)"
+            if not set(missing) & set(MINIMAL_FIELDS):
+                fix += "; load_npz(path, strict=False) reads one without split and meta"
+            raise ValueError(f"{path} lacks {missing}: {fix}")
+        ids = [str(t) for t in f["track_ids"]]
+        emb = np.asarray(f["embeddings"], np.float32)
+        split = [str(s) for s in f["split"]] if "split" in f.files else [""] * len(ids)
+        meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+        labels = {key[len("label_") :]: f[key] for key in f.files if key.startswith("label_")}
+    if emb.ndim != 2 or len(emb) != len(ids) or len(split) != len(ids):
+        raise ValueError(
+            f"{path}: embeddings {emb.shape} and split ({len(split)}) do not match "
+            f"{len(ids)} track_ids; expected embeddings [N, D] and split [N]"
+        )
+    return Embeddings(ids, emb, split, labels, meta.pop("skipped", []), meta)
