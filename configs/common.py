@@ -21,8 +21,9 @@ def get_config(posemb: tuple[str, ...] = ("alibi2d",)) -> ml_collections.ConfigD
             data_dir="",  # "" = the cache folder ($MYNA_RPE_CACHE or ~/.cache/myna_rpe_jax).
             split="train",
             chunk_frames=(256,),  # several values = variable-length buckets, one per step
-            # The generated demo set (used when dataset == "demo"); big enough for batch 1024.
-            demo_tracks=1280,
+            # The generated demo set (used when dataset == "demo"): 1440 tracks put 1028 in
+            # the train split (~5/7), enough for a batch of 1024 (tests/test_configs.py).
+            demo_tracks=1440,
             demo_seconds=8.0,
             demo_seed=0,
             prefetch=2,

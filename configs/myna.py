@@ -1,4 +1,5 @@
-"""Baseline: the original Myna's learned absolute table (8 frequency x 16 time patches).
+"""Baseline: the learned absolute table the Myna-RPE paper compares against (8 frequency x 16
+time patches). The original Myna used fixed 2-D sin-cos: that is configs/sinusoidal.py.
 
 It cannot embed inputs longer than 256 frames in one pass: use `embed --mode chunks`.
 

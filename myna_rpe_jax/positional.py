@@ -1,8 +1,8 @@
 """Positional schemes, all computed from patch coordinates (freq_row, time_col).
 
 Relative schemes (ALiBi 1D/2D, RoPE) and the sinusoidal embedding exist at any length, so an
-encoder trained on short chunks runs on whole tracks. The learned absolute table (the original
-Myna's baseline) and the learned frequency embedding are flax modules; everything else is a
+encoder trained on short chunks runs on whole tracks. The learned absolute table (the baseline
+the Myna-RPE paper compares against) and the learned frequency embedding are flax modules; everything else is a
 pure function of arrays.
 
 Coordinates: `coords[..., 0]` = frequency row, `coords[..., 1]` = time column (patch units).
@@ -174,7 +174,8 @@ class LearnedFrequencyEmbedding(nn.Module):
 
 
 class LearnedAbsoluteEmbedding(nn.Module):
-    """The original Myna-style learned table, one vector per (freq_row, time_col).
+    """The learned absolute table (the Myna-RPE paper's baseline), one vector per
+    (freq_row, time_col).
 
     It cannot extrapolate: asking for more time columns than `max_cols` is an error, not a
     silent crop or broadcast.
