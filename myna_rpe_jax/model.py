@@ -26,7 +26,6 @@ _EXCLUSIVE = (
     ("sinusoidal", "freq"),
     ("alibi1d", "alibi2d"),
 )
-_EXTRAPOLATING = ("sinusoidal", "freq", "alibi1d", "alibi2d", "rope")
 
 # width, depth, heads, MLP width. S is Myna's ViT-S (22M parameters).
 VARIANTS = {
@@ -37,6 +36,12 @@ VARIANTS = {
 
 # Log-mel dB values lie in [-80, 0]; this maps them to about [-1, 1].
 _DB_CENTER, _DB_SCALE = -40.0, 40.0
+
+
+def extrapolates(posemb: Sequence[str]) -> bool:
+    """Whether an encoder with these schemes runs on inputs longer than its training chunks:
+    every scheme does except the learned absolute table (`max_time_patches` columns)."""
+    return "learned" not in posemb
 
 
 def validate_posemb(posemb: Sequence[str]) -> tuple[str, ...]:

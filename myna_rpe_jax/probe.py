@@ -26,7 +26,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from myna_rpe_jax import embed, embedding, probe_tasks, training_data
+from myna_rpe_jax import embed, embedding, model, probe_tasks, training_data
 from myna_rpe_jax.datasets import TaskSpec, dataset_tasks
 from myna_rpe_jax.keys import KEY_NAMES
 
@@ -279,6 +279,7 @@ def run(
     modes=embedding.MODES,
     max_tokens: int = embedding.DEFAULT_MAX_TOKENS,
     progress: bool = True,
+    max_padding: float = embedding.DEFAULT_MAX_PADDING,
 ) -> dict:
     """Probes checkpoint `step` (latest if None) of `workdir` on `tasks`; writes the reports
     to out_dir and returns the results dict (the content of results.json)."""
@@ -287,7 +288,17 @@ def run(
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(PROBE_DATASETS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    embedder, config, step = embedding.load_embedder(workdir, step, max_tokens)
+    embedder, config, step = embedding.load_embedder(workdir, step, max_tokens, max_padding)
+    skipped_modes = {}
+    if "full" in modes and not model.extrapolates(config.model.posemb):
+        skipped_modes["full"] = (
+            f"posemb {tuple(config.model.posemb)} has a learned absolute table of"
+            f" {config.model.max_time_patches} time patches: it cannot embed whole tracks"
+        )
+        log.warning("skipping mode full: %s; probing chunks only", skipped_modes["full"])
+        modes = [mode for mode in modes if mode != "full"]
+        if not modes:
+            raise ValueError(f"{skipped_modes['full']}; probe it with --modes chunks")
     run_info = {"workdir": str(Path(workdir).absolute()), "step": step, "config": config}
     results = {
         "workdir": run_info["workdir"],
@@ -295,6 +306,7 @@ def run(
         "model": model_label(config),
         "config": json.loads(config.to_json_best_effort()),
         "modes": list(modes),
+        "skipped_modes": skipped_modes,
         "reg_grid": list(probe_tasks.REG_GRID),
         "tasks": {},
     }
@@ -333,6 +345,12 @@ def _parser() -> argparse.ArgumentParser:
         "--modes", default=",".join(embedding.MODES), help="comma-separated: full, chunks"
     )
     parser.add_argument("--max-tokens", type=int, default=embedding.DEFAULT_MAX_TOKENS)
+    parser.add_argument(
+        "--max-padding",
+        type=float,
+        default=embedding.DEFAULT_MAX_PADDING,
+        help="padding of full tracks into length buckets, a fraction of their length",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -353,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             modes,
             args.max_tokens,
             progress=not args.no_progress,
+            max_padding=args.max_padding,
         )
     except (FileNotFoundError, ValueError) as err:  # no workdir / checkpoint, unknown task
         log.error("error: %s", err)

@@ -119,3 +119,19 @@ def test_cached_embeddings_are_reused(demo_probe, caplog):
     assert all(again["tasks"]["demo"]["modes"][m]["cached"] for m in first["modes"])
     for row, scores in again["table"].items():  # deterministic probes: the same scores
         assert scores == {title: first["table"][row][title] for title in scores}
+
+
+def test_learned_table_model_is_probed_on_chunks_only(tiny_config, tmp_path):
+    """The learned-table baseline cannot embed whole tracks: `full` is skipped and said so,
+    chunks are probed; asking for `full` alone is a clear error, not a traceback."""
+    from myna_rpe_jax import train
+
+    tiny_config.model.posemb = ("learned",)
+    tiny_config.total_steps = 2
+    train.train(tiny_config, str(tmp_path / "run"))
+    results = probe.run(str(tmp_path / "run"), ["demo"], tmp_path / "out", progress=False)
+    assert results["modes"] == ["chunks"] and "learned" in results["skipped_modes"]["full"]
+    assert results["tasks"]["demo"]["status"] == "ok"
+    assert list(results["table"]) == ["learned tiny (chunks)"]
+    argv = ["--workdir", str(tmp_path / "run"), "--tasks", "demo", "--modes", "full"]
+    assert probe.main([*argv, "--output", str(tmp_path / "out2"), "--no-progress"]) == 1
