@@ -2,8 +2,8 @@
 
 Relative schemes (ALiBi 1D/2D, RoPE) and the sinusoidal embedding exist at any length, so an
 encoder trained on short chunks runs on whole tracks. The learned absolute table (the baseline
-the Myna-RPE paper compares against) and the learned frequency embedding are flax modules; everything else is a
-pure function of arrays.
+the Myna-RPE paper compares against) and the learned frequency embedding are flax modules;
+everything else is a pure function of arrays.
 
 Coordinates: `coords[..., 0]` = frequency row, `coords[..., 1]` = time column (patch units).
 """
