@@ -18,6 +18,7 @@ import warnings
 
 from myna_rpe_jax.audio import MelConfig
 from myna_rpe_jax.datasets import DATASET_NAMES, LayoutError
+from myna_rpe_jax.datasets.cache import UnexpectedDecodeError
 from myna_rpe_jax.datasets.registry import DATASETS
 
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 overwrite=args.overwrite,
                 progress=not args.no_progress,
             )
-    except (LayoutError, ValueError) as err:
+    except (LayoutError, ValueError, UnexpectedDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for warning in caught:

@@ -23,7 +23,14 @@ from myna_rpe_jax.datasets import (
     prepare,
 )
 from myna_rpe_jax.datasets.builder import cache_dir, make_config
-from myna_rpe_jax.datasets.cache import CRASH_REASON, MelEntry, ensure_mels, load_mel
+from myna_rpe_jax.datasets.cache import (
+    CRASH_REASON,
+    MelEntry,
+    UnexpectedDecodeError,
+    check_unexpected,
+    ensure_mels,
+    load_mel,
+)
 from myna_rpe_jax.demo_music import DEMO_GENRES, DEMO_TAGS, generate_demo
 from myna_rpe_jax.keys import KEY_NAMES
 
@@ -177,6 +184,28 @@ def test_a_crashing_file_does_not_stop_the_others(tmp_path):
     assert load_mel(entries[0].file)[0].shape == (32, 10)
     again = ensure_mels(paths, tmp_path / "cache", MEL, 1.0, mel_fn=_crash_on_marker)
     assert again == entries  # all cached, the crash included: nothing runs (or crashes) again
+
+
+def _out_of_memory_on_marker(path: str, mel: MelConfig, min_seconds: float):
+    """Stands in for a failure that is not the file's fault."""
+    if "big" in Path(path).name:
+        raise MemoryError("cannot allocate 3.1 GiB")
+    return np.zeros((mel.n_mels, 10), np.float16), 1.0
+
+
+def test_a_failure_that_is_not_the_files_is_not_cached_and_stops_the_build(tmp_path):
+    paths = [tmp_path / name for name in ("a.wav", "big.wav", "b.wav")]
+    for path in paths:
+        path.write_bytes(b"x")
+    entries = ensure_mels(paths, tmp_path / "cache", MEL, 1.0, mel_fn=_out_of_memory_on_marker)
+    assert [(e.ok, e.unexpected) for e in entries] == [(True, False), (False, True), (True, False)]
+    assert "MemoryError" in entries[1].reason
+    with pytest.raises(UnexpectedDecodeError, match=r"(?s)1 track.*big\.wav.*MemoryError"):
+        check_unexpected(paths, entries)
+    check_unexpected(paths[::2], entries[::2])  # nothing unexpected: no error
+    # Not cached: the next run decodes it again (and here succeeds).
+    again = ensure_mels(paths, tmp_path / "cache", MEL, 1.0, mel_fn=_crash_on_marker)
+    assert all(entry.ok for entry in again)
 
 
 def test_wrong_layout_fails_at_once(tmp_path, capsys):

@@ -4,7 +4,9 @@ Each result is written under a temporary name and renamed into place (os.replace
 so a killed build leaves finished tracks whole and never a half-written file under a final
 name; a re-run reuses them. Cache names hash the file's absolute path, size and mtime, so a
 replaced or edited file is decoded again. Failures (AudioError) are cached too, with their
-reason, so a re-run does not retry a file known to be bad.
+reason, so a re-run does not retry a file known to be bad. Any other exception (a bug, a full
+disk, out of memory) is not the file's fault: it is not cached, and `check_unexpected` stops the
+build so that no track silently goes missing from a split.
 
 Workers are separate processes started with "spawn": forking a process that has loaded
 TensorFlow or JAX threads can deadlock. A worker that dies (a decoder crash, the OOM killer)
@@ -39,11 +41,15 @@ MelFn = Callable[[str, MelConfig, float], tuple[np.ndarray, float]]
 
 @dataclasses.dataclass(frozen=True)
 class MelEntry:
-    """The cached outcome for one file: ok with the .npz path, or the reason it failed."""
+    """The cached outcome for one file: ok with the .npz path, or the reason it failed.
+
+    unexpected: it failed for a reason that is not the file's (not cached, retried next run).
+    """
 
     ok: bool
     file: str = ""
     reason: str = ""
+    unexpected: bool = False
 
 
 def cache_key(path: Path) -> str:
@@ -92,7 +98,7 @@ def compute_entry(
     except AudioError as err:
         return _cache_error(Path(cache_dir), key, err.reason)
     except Exception as err:  # not a property of the file (a bug, a full disk): retry next run
-        return MelEntry(False, reason=f"unexpected {type(err).__name__}: {err}")
+        return MelEntry(False, reason=f"unexpected {type(err).__name__}: {err}", unexpected=True)
     final = Path(cache_dir) / f"{key}{MEL_SUFFIX}"
     _write_atomic(final, lambda f: np.savez(f, mel=spectrogram, duration_s=np.float64(duration)))
     return MelEntry(True, str(final))
@@ -180,3 +186,21 @@ def ensure_mels(
         else:
             _run_pool(list(todo.items()), workers, job, cache_dir, record)
     return [entries[key] for key in keys]
+
+
+class UnexpectedDecodeError(RuntimeError):
+    """Tracks failed for reasons that are not the files' own: the build must not go on."""
+
+
+def check_unexpected(paths: Sequence[Path], entries: Sequence[MelEntry]) -> None:
+    """Raises UnexpectedDecodeError listing the tracks whose entries are `unexpected`."""
+    failed = [(path, e.reason) for path, e in zip(paths, entries, strict=True) if e.unexpected]
+    if failed:
+        listed = "\n".join(f"  {path}: {reason}" for path, reason in failed[:10])
+        more = f"\n  ... and {len(failed) - 10} more" if len(failed) > 10 else ""
+        raise UnexpectedDecodeError(
+            f"{len(failed)} track(s) failed for a reason that is not a bad file, so the"
+            f" dataset was not written (it would silently lack them):\n{listed}{more}\n"
+            "Fix the cause (memory, disk space, a library bug) and run the build again: the"
+            " tracks decoded so far are cached and not decoded again."
+        )

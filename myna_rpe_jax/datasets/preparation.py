@@ -27,7 +27,7 @@ from myna_rpe_jax.datasets.builder import (
     make_builder,
     make_config,
 )
-from myna_rpe_jax.datasets.cache import ensure_mels
+from myna_rpe_jax.datasets.cache import check_unexpected, ensure_mels
 from myna_rpe_jax.datasets.common import layout_error, split_names_in_order
 from myna_rpe_jax.datasets.registry import get_spec
 
@@ -110,7 +110,8 @@ def prepare(
     Returns at once when it is already prepared with these settings (unless overwrite).
     Raises LayoutError before any work when `source` does not match the published layout,
     and ValueError when `data_dir` lies inside `source`.
-    Unusable or missing files never stop the build: they are listed in skipped.tsv.
+    Unusable or missing files never stop the build: they are listed in skipped.tsv. A failure
+    that is not the file's (cache.UnexpectedDecodeError: out of memory, a library bug) does.
     """
     start = time.perf_counter()
     spec = get_spec(name)
@@ -129,8 +130,9 @@ def prepare(
     for note in listing.notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     work = cache_dir(data_dir, name, config.name)
-    ensure_mels(
-        [track.path for track in listing.tracks],
+    paths = [track.path for track in listing.tracks]
+    entries = ensure_mels(
+        paths,
         work,
         mel,
         min_seconds,
@@ -138,6 +140,7 @@ def prepare(
         progress=progress,
         desc=f"{name}: decode + log-mel",
     )
+    check_unexpected(paths, entries)
     for stale in builder.data_path.parent.glob("incomplete.*"):  # from a build killed in tfds
         shutil.rmtree(stale)
     if overwrite and builder.data_path.exists():
