@@ -1,6 +1,7 @@
 """Orbax checkpoints of the train state, and loading an encoder for inference.
 
-A workdir holds `config.json` (the run's full config) and `checkpoints/<step>/`.
+A workdir holds `config.json` (the run's full config), `checkpoints/<step>/` and, when a run
+was resumed with a changed config, `config.until_step<N>.json`: the config steps 1..N ran with.
 """
 
 from __future__ import annotations
@@ -33,10 +34,38 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
     return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
-def write_config(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Dotted field name -> (old value, new value) for every field that differs (None: absent)."""
+    old, new = _flatten(old), _flatten(new)
+    return {
+        key.rstrip("."): (old.get(key), new.get(key))
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    }
+
+
+def write_config(
+    workdir: str | Path, config: ml_collections.ConfigDict, step: int = 0
+) -> dict[str, tuple[Any, Any]]:
+    """Writes `config.json`; returns what changed from the one already there (see
+    `config_changes`). A changed config of a run at `step` > 0 (a resume) is first kept as
+    `config.until_step<step>.json`, so what earlier steps ran with is never lost."""
     path = Path(workdir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    changes = {}
+    if path.exists():
+        changes = config_changes(json.loads(path.read_text()), json.loads(text))
+        if changes and step > 0:
+            path.replace(path.with_name(f"config.until_step{step}.json"))
+    path.write_text(text)
+    return changes
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:

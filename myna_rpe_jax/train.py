@@ -249,7 +249,17 @@ def train(
     else:
         state = init(root_rng, sample)
     if jax.process_index() == 0:
-        checkpointing.write_config(workdir, config)
+        changes = checkpointing.write_config(workdir, config, int(state.step))
+        if changes and int(state.step) > 0:
+            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+            logging.warning(
+                "resuming at step %d with a changed config (%s); the previous one is kept as"
+                " %s/config.until_step%d.json",
+                int(state.step),
+                listed,
+                workdir,
+                int(state.step),
+            )
 
     step_fn = jax.jit(
         functools.partial(

@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 import subprocess
@@ -84,6 +85,21 @@ def test_resume_logs_its_step(tiny_config, tmp_path, caplog):
     with caplog.at_level("INFO"):
         train.train(tiny_config, str(tmp_path), stop_after=2)
     assert "Resumed from step 1" in caplog.text
+
+
+def test_resume_with_a_changed_config_keeps_the_old_one_and_says_what_changed(
+    tiny_config, tmp_path, caplog
+):
+    train.train(tiny_config, str(tmp_path), stop_after=1)
+    train.train(tiny_config, str(tmp_path), stop_after=2)  # same config: nothing archived
+    assert sorted(p.name for p in tmp_path.glob("config*.json")) == ["config.json"]
+    tiny_config.total_steps = 4
+    with caplog.at_level("WARNING"):
+        train.train(tiny_config, str(tmp_path))
+    assert "changed config (total_steps: 6 -> 4)" in caplog.text
+    assert checkpointing.read_config(tmp_path).total_steps == 4
+    old = json.loads((tmp_path / "config.until_step2.json").read_text())
+    assert old["total_steps"] == 6
 
 
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
