@@ -8,13 +8,15 @@ only config.loss differs), probes each final checkpoint on the demo set's tasks 
 `myna_rpe_jax.probe` (whole-track embeddings; train split to fit, valid to choose the
 regularisation, test reported), and prints a markdown table of the test scores side by side,
 also written to OUT/results.md (OUT/results.json holds every number). A finished run is reused
-when the script is rerun with the same settings. The default takes a few minutes on 2 CPU
-cores; for a more telling comparison use e.g. --steps 1000 --seeds 0,1,2 --demo-tracks 384.
+when the script is rerun with the same settings (the run folder's name holds a hash of the
+config). The default takes a few minutes on 2 CPU cores; for a more telling comparison use
+e.g. --steps 1000 --seeds 0,1,2 --demo-tracks 384.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -156,9 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {}
     for variant in variants:
         for seed in seeds:
-            tag = f"{variant}-seed{seed}-{args.steps}steps-b{args.batch_size}-{args.demo_tracks}t"
-            print(f"[{variant}, seed {seed}] training + probing in {out / tag}", flush=True)
             config = variant_config(variant, seed, args)
+            # Every setting is in the name (through the config's hash): a run is reused only
+            # when it was made with exactly this config.
+            digest = hashlib.sha1(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()
+            tag = f"{variant}-seed{seed}-{args.steps}steps-{digest[:10]}"
+            print(f"[{variant}, seed {seed}] training + probing in {out / tag}", flush=True)
             run = train_and_probe(config, out / tag)
             runs.setdefault(variant, []).append(run)
             shown = ", ".join(f"{k} {v}" for k, v in run["probe"].items())
