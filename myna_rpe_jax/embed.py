@@ -29,7 +29,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from myna_rpe_jax.audio import AudioError, MelConfig, audio_to_mel
 from myna_rpe_jax.datasets import SPLITS, dataset_tasks
 from myna_rpe_jax.datasets.folder import list_tracks as list_folder
-from myna_rpe_jax.embedding import DEFAULT_MAX_TOKENS, MODES, Embedder, load_embedder
+from myna_rpe_jax.embedding import (
+    DEFAULT_MAX_PADDING,
+    DEFAULT_MAX_TOKENS,
+    MODES,
+    Embedder,
+    load_embedder,
+)
 
 # The file format is embedding_file's; its names stay importable from here (probe uses them).
 from myna_rpe_jax.embedding_file import Embeddings, load_npz, save_npz  # noqa: F401
@@ -273,6 +279,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="tokens per forward pass"
     )
+    parser.add_argument(
+        "--max-padding",
+        type=float,
+        default=DEFAULT_MAX_PADDING,
+        help="pad full tracks by at most this fraction of their length into shared length"
+        " buckets, masked out (fewer compilations; 0: every length exact)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="audio decoding threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -285,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     console_logging()
     progress = not args.no_progress
     try:
-        embedder, config, step = load_embedder(args.workdir, args.step, args.max_tokens)
+        embedder, config, step = load_embedder(
+            args.workdir, args.step, args.max_tokens, args.max_padding
+        )
         if args.audio:
             result = audio_embeddings(
                 embedder, args.audio, args.mode, args.workers, progress=progress

@@ -4,17 +4,21 @@
 the training chunk length. `chunks` cuts a track into non-overlapping chunks of the training
 length and averages their embeddings, as Myna does.
 
-Tracks are never padded: padding would change the output of a model that attends to every
-token. Each track is cropped to whole 16-frame patch columns (patchify drops the rest anyway)
-and tracks of equal length are batched together, up to a token budget, so a long track runs
-alone. The encoder compiles once per (batch, length) shape; batch sizes are rounded up to
-powers of two (with repeated tracks whose outputs are dropped) so few shapes occur.
+Each track is cropped to whole 16-frame patch columns (patchify drops the rest anyway), then
+padded up to a length bucket: its column count rounded up to a multiple of the largest power of
+two <= max_padding x columns, so padding adds at most `max_padding` (12.5%) of the track and a
+collection of full tracks of every length compiles for a few dozen shapes, not one per track.
+The padding changes nothing: the encoder gets each track's real length and masks the padded
+patches out of attention (`Encoder(..., lengths=)`). Tracks of one bucket are batched together
+up to a token budget, so a long track runs alone; the rest of a bucket after its full batches
+is split into powers of two, so few batch shapes occur.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +34,12 @@ log = logging.getLogger("myna_rpe_jax.embedding")
 
 MODES = ("full", "chunks")
 # Tokens (batch x tokens per track) per forward pass. Dense attention holds
-# batch x heads x N^2 scores for N <= 2048 tokens: ~1.6 GB for ViT-S at this budget.
+# batch x heads x N^2 scores for N <= 1024 tokens: ~0.8 GB for ViT-S at this budget.
 DEFAULT_MAX_TOKENS = 32768
+# Padding of a full track to its length bucket, at most this fraction of its length.
+DEFAULT_MAX_PADDING = 0.125
+# Log-mel value of padded frames (silence); the encoder masks them out, so any value works.
+_PAD_DB = -80.0
 
 
 def crop_to_patches(mel: np.ndarray, patch_size: int) -> np.ndarray:
@@ -52,24 +60,42 @@ def chunk_mel(mel: np.ndarray, chunk_frames: int) -> np.ndarray:
     return chunks.transpose(1, 0, 2)
 
 
-def batch_sizes(count: int, max_batch: int) -> list[tuple[int, int]]:
-    """Splits `count` equal-length inputs into (real, padded) batch sizes.
+def bucket_frames(frames: int, patch_size: int, max_padding: float) -> int:
+    """The padded length of a track of `frames` frames (>= one patch): a multiple of patch_size.
 
-    Full batches hold max_batch inputs; the rest pads up to the next power of two (at most
-    max_batch), so a length compiles for at most log2(max_batch) + 1 batch shapes.
+    Its c whole patch columns are rounded up to a multiple of the largest power of two
+    <= max_padding * c (1 when that is below 1, i.e. no padding for short tracks), so the
+    padding is at most max_padding * c columns and there are at most 2 / max_padding buckets
+    per doubling of length. max_padding = 0 keeps every length exact.
     """
-    sizes = [(max_batch, max_batch)] * (count // max_batch)
+    cols = frames // patch_size
+    step = 1 << math.floor(math.log2(cols * max_padding)) if cols * max_padding >= 1 else 1
+    return -(-cols // step) * step * patch_size
+
+
+def pad_frames(mel: np.ndarray, frames: int) -> np.ndarray:
+    """mel [F, T] -> [F, frames], T <= frames, padded at the end with silence."""
+    return np.pad(mel, ((0, 0), (0, frames - mel.shape[1])), constant_values=_PAD_DB)
+
+
+def batch_sizes(count: int, max_batch: int) -> list[int]:
+    """Splits `count` same-length inputs into batches of at most max_batch, all shapes few.
+
+    Full batches of max_batch, then the rest as distinct powers of two (13 = 8 + 4 + 1), so a
+    length compiles for at most log2(max_batch) + 2 batch shapes and nothing is computed twice.
+    """
+    sizes = [max_batch] * (count // max_batch)
     rest = count % max_batch
-    if rest:
-        sizes.append((rest, min(max_batch, 1 << (rest - 1).bit_length())))
+    sizes += [1 << bit for bit in reversed(range(rest.bit_length())) if rest >> bit & 1]
     return sizes
 
 
 class Embedder:
-    """A frozen encoder that embeds spectrograms of any length in shape-grouped batches.
+    """A frozen encoder that embeds spectrograms of any length in length-bucketed batches.
 
     mel_config is the feature setting the model was trained on (mel_source says how it is
-    known): audio files are turned into mels with it.
+    known): audio files are turned into mels with it. max_padding bounds the padding of a track
+    to its length bucket (0: one bucket per length, nothing padded).
     """
 
     def __init__(
@@ -80,42 +106,66 @@ class Embedder:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         mel_config: MelConfig | None = None,
         mel_source: str = "MelConfig defaults",
+        max_padding: float = DEFAULT_MAX_PADDING,
     ):
+        if not 0.0 <= max_padding < 1.0:
+            raise ValueError(f"max_padding must be in [0, 1), got {max_padding}")
         self.encoder, self.params = encoder, params
         self.chunk_frames, self.max_tokens = chunk_frames, max_tokens
         self.mel_config, self.mel_source = mel_config or MelConfig(), mel_source
+        self.max_padding = max_padding
         self.shapes_compiled: set[tuple[int, ...]] = set()
         # jit caches one executable per input shape: every batch of a seen shape reuses it.
-        self._apply = jax.jit(lambda p, spec: encoder.apply({"params": p}, spec, train=False)[0])
+        self._apply = jax.jit(
+            lambda p, spec, lengths: encoder.apply(
+                {"params": p}, spec, train=False, lengths=lengths
+            )[0]
+        )
 
     def _tokens_per_frame(self) -> float:
         return (self.encoder.n_mels // self.encoder.patch_size) / self.encoder.patch_size
 
-    def forward(self, specs: np.ndarray) -> np.ndarray:
-        """CLS embeddings [B, D] float32 of one batch specs: [B, n_mels, frames]."""
+    def forward(self, specs: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        """CLS embeddings [B, D] float32 of one batch specs [B, n_mels, frames], each example
+        cut to its lengths[b] frames (default: all of them)."""
         if specs.shape not in self.shapes_compiled:
             self.shapes_compiled.add(specs.shape)
             log.debug("compiling the encoder for input shape %s", specs.shape)
-        return np.asarray(self._apply(self.params, specs), dtype=np.float32)
+        if lengths is not None:
+            lengths = np.asarray(lengths, np.int32)
+        return np.asarray(self._apply(self.params, specs, lengths), dtype=np.float32)
 
-    def _equal_length_batches(
+    def bucket(self, frames: int) -> int:
+        """The padded length a `frames`-frame input is embedded at (see `bucket_frames`)."""
+        padded = bucket_frames(frames, self.encoder.patch_size, self.max_padding)
+        if "learned" in self.encoder.posemb:
+            # The learned table has max_time_patches columns: pad no further than it reaches.
+            table_frames = self.encoder.max_time_patches * self.encoder.patch_size
+            padded = max(frames, min(padded, table_frames))
+        return padded
+
+    def _bucketed_batches(
         self, specs: Sequence[np.ndarray], on_batch: Callable[[list[int]], None]
     ) -> np.ndarray:
         """Embeds specs (each [F, T_i], T_i a multiple of the patch size) -> [N, D]."""
         groups: dict[int, list[int]] = collections.defaultdict(list)
         for i, spec in enumerate(specs):
-            groups[spec.shape[1]].append(i)
+            groups[self.bucket(spec.shape[1])].append(i)
         out: list[np.ndarray | None] = [None] * len(specs)
         for frames in sorted(groups):
             members = groups[frames]
+            # A bucket where nothing is padded runs without a key mask: on GPU that lets
+            # models without ALiBi use the fused kernel. Decided per bucket, so a shape
+            # compiles once either way.
+            padding = any(specs[i].shape[1] != frames for i in members)
             max_batch = max(1, int(self.max_tokens // (frames * self._tokens_per_frame())))
             start = 0
-            for real, padded in batch_sizes(len(members), max_batch):
-                chosen = members[start : start + real]
-                start += real
-                # Repeating the first track fills the batch without touching the others.
-                batch = np.stack([specs[i] for i in chosen + chosen[:1] * (padded - real)])
-                for i, row in zip(chosen, self.forward(batch)[:real], strict=True):
+            for size in batch_sizes(len(members), max_batch):
+                chosen = members[start : start + size]
+                start += size
+                batch = np.stack([pad_frames(specs[i], frames) for i in chosen])
+                lengths = [specs[i].shape[1] for i in chosen] if padding else None
+                for i, row in zip(chosen, self.forward(batch, lengths), strict=True):
                     out[i] = row
                 on_batch(chosen)
         return np.stack(out)
@@ -147,7 +197,7 @@ class Embedder:
         report = on_done or (lambda k: None)
         if mode == "full":
             specs = [crop_to_patches(mel, self.encoder.patch_size) for mel in mels]
-            return self._equal_length_batches(specs, lambda chosen: report(len(chosen)))
+            return self._bucketed_batches(specs, lambda chosen: report(len(chosen)))
         if mode != "chunks":
             raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
         per_track = [chunk_mel(mel, self.chunk_frames) for mel in mels]
@@ -162,12 +212,15 @@ class Embedder:
             report(finished - done[1])
             done[1] = finished
 
-        embedded = self._equal_length_batches(chunks, chunk_progress)
+        embedded = self._bucketed_batches(chunks, chunk_progress)
         return np.stack([part.mean(axis=0) for part in np.split(embedded, ends[:-1])])
 
 
 def load_embedder(
-    workdir: str | Path, step: int | None = None, max_tokens: int = DEFAULT_MAX_TOKENS
+    workdir: str | Path,
+    step: int | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    max_padding: float = DEFAULT_MAX_PADDING,
 ) -> tuple[Embedder, ml_collections.ConfigDict, int]:
     """The Embedder of a training workdir's checkpoint (latest if step is None), its config,
     and the step loaded."""
@@ -181,7 +234,9 @@ def load_embedder(
             f"{workdir}: the model takes {encoder.n_mels} mel bins but its training data"
             f" ({mel_source}) has {mel_config.n_mels}; check config.model.n_mels"
         )
-    embedder = Embedder(encoder, params, chunk_frames, max_tokens, mel_config, mel_source)
+    embedder = Embedder(
+        encoder, params, chunk_frames, max_tokens, mel_config, mel_source, max_padding
+    )
     return embedder, config, step
 
 

@@ -82,24 +82,54 @@ def test_chunk_mel_drops_the_tail_and_loops_short_tracks():
     np.testing.assert_array_equal(embedding.chunk_mel(short, 256)[0], np.tile(short, 3)[:, :256])
 
 
-@pytest.mark.parametrize("count,max_batch", [(1, 8), (8, 8), (13, 8), (5, 6), (3, 1)])
-def test_batch_sizes_cover_every_input_with_few_shapes(count, max_batch):
+@pytest.mark.parametrize("count,max_batch", [(1, 8), (8, 8), (13, 8), (5, 6), (3, 1), (255, 256)])
+def test_batch_sizes_cover_every_input_once_with_few_shapes(count, max_batch):
     sizes = embedding.batch_sizes(count, max_batch)
-    assert sum(real for real, _ in sizes) == count
-    for real, padded in sizes:
-        assert real <= padded <= max_batch
-        assert padded == max_batch or padded & (padded - 1) == 0  # a power of two
+    assert sum(sizes) == count and all(size <= max_batch for size in sizes)
+    rest = [size for size in sizes if size != max_batch]
+    assert all(size & (size - 1) == 0 for size in rest)  # powers of two ...
+    assert len(set(rest)) == len(rest)  # ... each at most once
 
 
 def test_full_mode_equals_each_track_alone(embedder):
-    """Tracks of several lengths (333 and 330 both crop to 320) in one call: each is the encoder on
-    that track alone, cropped to whole patches; nothing is padded."""
-    mels = [random_mel(frames, seed) for seed, frames in enumerate([300, 333, 330])]
+    """Tracks of several lengths in one call (333 and 330 both crop to 320 frames; 350 crops to
+    336 and is padded to a 352-frame bucket): each is the encoder on that track alone, cropped
+    to whole patches, unpadded."""
+    mels = [random_mel(frames, seed) for seed, frames in enumerate([300, 333, 330, 350])]
+    assert embedder.bucket(336) == 352
     out = embedder.embed(mels, "full")
-    assert out.shape == (3, 64) and out.dtype == np.float32
+    assert out.shape == (4, 64) and out.dtype == np.float32
     for mel, row in zip(mels, out, strict=True):
         cropped = mel[:, : mel.shape[1] // 16 * 16]
         np.testing.assert_allclose(row, apply_alone(embedder, cropped), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_padding", [0.0, 0.05, 0.125, 0.5])
+def test_length_buckets_pad_little_and_are_few(max_padding):
+    frames = np.arange(16, 16 * 5000, 16)
+    buckets = np.array([embedding.bucket_frames(f, 16, max_padding) for f in frames])
+    assert np.all(buckets % 16 == 0) and np.all(buckets >= frames)
+    assert np.all(buckets - frames <= max_padding * frames)
+    if max_padding == 0:
+        np.testing.assert_array_equal(buckets, frames)
+    else:  # at most 2 / max_padding buckets per doubling of length, past the exact short ones
+        octaves = np.log2(frames[-1] * max_padding)
+        assert len(set(buckets)) <= 1 / max_padding + octaves * 2 / max_padding
+
+
+def test_bucketing_keeps_embeddings_and_compiles_fewer_shapes(tiny_run):
+    lengths = [640, 656, 688, 700, 720, 752, 800, 811]
+    mels = [random_mel(frames, seed) for seed, frames in enumerate(lengths)]
+    exact = embedding.load_embedder(tiny_run.workdir, max_padding=0.0)[0]
+    bucketed = embedding.load_embedder(tiny_run.workdir, max_padding=0.125)[0]
+    np.testing.assert_allclose(
+        bucketed.embed(mels, "full"), exact.embed(mels, "full"), rtol=1e-4, atol=1e-5
+    )
+    compiled_lengths = lambda e: sorted({shape[2] for shape in e.shapes_compiled})
+    # 700 and 811 frames crop to 688 and 800 (whole patches): six lengths, six programs.
+    assert compiled_lengths(exact) == [640, 656, 688, 720, 752, 800]
+    # 40-50 patch columns round up to multiples of 4 (12.5% of 40 is 5 > 4): four programs.
+    assert compiled_lengths(bucketed) == [640, 704, 768, 832]
 
 
 def test_chunks_mode_is_the_mean_of_each_chunk_embedded_alone(embedder):
