@@ -48,7 +48,7 @@ def _encoder(variant: str, posemb: str, method: str, block_size: int, dtype: str
     from myna_rpe_jax import model
 
     # The blockwise column is blockwise at every length; `attention` itself would stay dense
-    # up to its threshold (2048 tokens).
+    # up to its threshold (1024 tokens).
     threshold = {"dense": sys.maxsize, "blockwise": 0, "chunks": sys.maxsize}[method]
     cfg = dict(variant=variant, posemb=(posemb,), dtype=dtype, attention_block_size=block_size)
     return model.encoder_from_config(

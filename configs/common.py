@@ -41,7 +41,7 @@ def get_config(posemb: tuple[str, ...] = ("alibi2d",)) -> ml_collections.ConfigD
             alibi_metric="manhattan",
             rope_theta=100.0,
             dtype="float32",
-            blockwise_threshold=2048,  # more tokens than this: linear-memory attention
+            blockwise_threshold=1024,  # more tokens than this: blockwise, linear-memory attention
             attention_block_size=512,
         )
     )

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from myna_rpe_jax import positional
 
 DEFAULT_BLOCK_SIZE = 512
-DEFAULT_BLOCKWISE_THRESHOLD = 2048
+DEFAULT_BLOCKWISE_THRESHOLD = 1024
 # Score of a padded key. Finite, so `max` and `exp` never see inf - inf (which is NaN); exp of
 # it minus any real score is exactly 0.
 _MASKED = -1e30
@@ -116,8 +116,8 @@ def blockwise_attention(
     Never forms an [H, N, N] array: the ALiBi bias of each tile is computed from the tokens'
     coordinates, and the backward pass recomputes the tiles from the saved output and
     log-sum-exp instead of storing them. Memory: O(N (H Dh + H block)), forward and backward.
-    N is padded up to a multiple of the block size; padded keys are masked out, padded
-    queries cropped.
+    The N tokens are cut into the fewest tiles of at most block_size (`tile_layout`), padded
+    by a few tokens at most; padded keys are masked out, padded queries cropped.
 
     Args:
       q, k, v: [B, N, H, Dh].
@@ -128,11 +128,9 @@ def blockwise_attention(
     Returns:
       [B, N, H, Dh], equal to `dense_attention` up to float rounding.
     """
-    if block_size < 1:
-        raise ValueError(f"attention block_size must be >= 1, got {block_size}")
     num_tokens = q.shape[1]
-    block = min(block_size, num_tokens)
-    padded = -(-num_tokens // block) * block
+    block, num_tiles = tile_layout(num_tokens, block_size)
+    padded = block * num_tiles
     pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0)))
     if bias is not None:
         bias = bias.pad(padded)
@@ -142,6 +140,19 @@ def blockwise_attention(
             key_mask = jnp.ones(q.shape[:2], bool)
         key_valid = jnp.pad(key_mask, ((0, 0), (0, padded - num_tokens)))
     return _flash(pad(q), pad(k), pad(v), bias, key_valid, block)[:, :num_tokens]
+
+
+def tile_layout(num_tokens: int, block_size: int) -> tuple[int, int]:
+    """(tile, number of tiles) for N tokens: the fewest tiles of at most block_size tokens,
+    all of one size, so that fewer tokens than tiles are padding.
+
+    Padding N up to a multiple of block_size instead would nearly double the work of N just
+    above it (513 tokens in two tiles of 512: 4x the score tiles of one).
+    """
+    if block_size < 1:
+        raise ValueError(f"attention block_size must be >= 1, got {block_size}")
+    num_tiles = -(-num_tokens // block_size)
+    return -(-num_tokens // num_tiles), num_tiles
 
 
 def fused_attention(

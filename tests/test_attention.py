@@ -219,6 +219,14 @@ def test_fused_attention_layout_matches_reference():
     )
 
 
+@pytest.mark.parametrize("num_tokens", [1, 5, 37, 512, 513, 2049, 30001])
+@pytest.mark.parametrize("block_size", [1, 16, 512])
+def test_tiles_are_as_few_as_the_block_size_allows_and_barely_padded(num_tokens, block_size):
+    block, num_tiles = attention.tile_layout(num_tokens, block_size)
+    assert block <= block_size and num_tiles == -(-num_tokens // block_size)
+    assert 0 <= block * num_tiles - num_tokens < num_tiles
+
+
 def test_blockwise_rejects_bad_block_size():
     q, k, v, bias, _ = make_case("alibi2d", 20)
     with pytest.raises(ValueError, match="block_size"):
