@@ -19,7 +19,10 @@ def get_config(posemb: tuple[str, ...] = ("alibi2d",)) -> ml_collections.ConfigD
         dict(
             dataset="demo",
             data_dir="",  # "" = the cache folder ($MYNA_RPE_CACHE or ~/.cache/myna_rpe_jax).
-            split="train",
+            split="train",  # or several: "train+valid+test" (the paper pretrains on all)
+            # Copy the split(s) once into a memory-mapped frame store, so each step reads only
+            # its chunks, not whole tracks (doubles the disk used by the training data).
+            frame_store=True,
             chunk_frames=(256,),  # several values = variable-length buckets, one per step
             # The generated demo set (used when dataset == "demo"): 1440 tracks put 1028 in
             # the train split (~5/7), enough for a batch of 1024 (tests/test_configs.py).

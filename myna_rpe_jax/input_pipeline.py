@@ -48,7 +48,9 @@ class PairSampler:
     """Deterministic positive-pair batches from a random-access source.
 
     Attributes:
-      source: `len(source)`, `source[i]` -> dict with "mel" [n_mels, frames] (float16).
+      source: `len(source)`, `source[i]` -> dict with "mel" [n_mels, frames] (float16); a
+        source that also has `num_frames(i)` and `read(i, start, length)` (`FrameStore`) is
+        read chunk by chunk instead of track by track, with the same result.
       global_batch: tracks per step across all processes.
       chunk_frames: chunk length(s) in frames; several values are buckets drawn per step.
       seed: data seed.
@@ -115,8 +117,16 @@ class PairSampler:
         seeds = rng.integers(2**32, size=self.global_batch)[lo : lo + self.local_batch]
 
         def read(i: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-            mel = np.asarray(self.source[int(i)]["mel"])
-            a, b = pair_offsets(np.random.default_rng(seed), mel.shape[1], length)
+            rng, i = np.random.default_rng(seed), int(i)
+            if hasattr(self.source, "read"):  # a FrameStore: read only the two chunks
+                frames = self.source.num_frames(i)
+                a, b = pair_offsets(rng, frames, length)
+                if frames >= length:
+                    return self.source.read(i, a, length), self.source.read(i, b, length)
+                mel = self.source.read(i, 0, frames)
+            else:
+                mel = np.asarray(self.source[i]["mel"])
+                a, b = pair_offsets(rng, mel.shape[1], length)
             return crop(mel, a, length), crop(mel, b, length)
 
         reads = pool.map(read, indices, seeds) if pool else map(read, indices, seeds)
