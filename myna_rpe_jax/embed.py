@@ -27,6 +27,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from myna_rpe_jax.audio import AudioError, MelConfig, audio_to_mel
+from myna_rpe_jax.audio_formats import track_ids
 from myna_rpe_jax.datasets import SPLITS, dataset_tasks
 from myna_rpe_jax.datasets.folder import list_tracks as list_folder
 from myna_rpe_jax.embedding import (
@@ -70,11 +71,8 @@ def list_audio(path: str | Path) -> tuple[list[tuple[str, Path]], list[str]]:
     if not path.exists():
         raise FileNotFoundError(f"--audio {path}: no such file or folder")
     listing = list_folder(path, "all-train", 0)
-    stems = collections.Counter(str(Path(t.track_id).with_suffix("")) for t in listing.tracks)
-    files = []
-    for track in listing.tracks:
-        stem = str(Path(track.track_id).with_suffix(""))
-        files.append((stem if stems[stem] == 1 else track.track_id, track.path))
+    paths = [track.path for track in listing.tracks]
+    files = list(zip(track_ids(path, paths), paths, strict=True))
     return files, [f"{file}: {reason}" for file, reason in listing.skipped]
 
 

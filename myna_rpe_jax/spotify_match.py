@@ -15,7 +15,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from myna_rpe_jax.audio_formats import AUDIO_EXTENSIONS
+from myna_rpe_jax.audio_formats import is_audio, track_ids, visible_files
 
 _VERSION = r"(?:feat|ft|featuring|with|remaster|remastered|version|edit|mix|mono|stereo|live|"
 _VERSION += r"deluxe|bonus|demo|explicit|radio)"
@@ -120,15 +120,15 @@ def read_tags(path: Path) -> dict[str, str]:
 def scan_audio(audio_dir: Path) -> list[tuple[str, Path, dict]]:
     """(track_id, path, tags) of every audio file under audio_dir, sorted by path.
 
-    Audio files are those with an extension in AUDIO_EXTENSIONS (any case), the list that
-    embedding uses. track_id is the path relative to audio_dir without its extension, with "/"
-    separators: the name `python -m myna_rpe_jax.embed` gives the file's embedding. Raises
-    NotADirectoryError when audio_dir is not a folder.
+    The files and their track ids are exactly those `python -m myna_rpe_jax.embed` embeds
+    (`audio_formats`: audio extensions in any case, hidden files skipped, ids are relative
+    paths without extension). Raises NotADirectoryError when audio_dir is not a folder.
     """
     if not audio_dir.is_dir():
-        raise NotADirectoryError(f"audio folder {audio_dir} does not exist")
-    files = sorted(p for p in audio_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-    return [(p.relative_to(audio_dir).with_suffix("").as_posix(), p, read_tags(p)) for p in files]
+        raise NotADirectoryError(f"audio folder {audio_dir} is not a folder")
+    files = [path for path in visible_files(audio_dir) if is_audio(path)]
+    ids = track_ids(audio_dir, files)
+    return [(track_id, path, read_tags(path)) for track_id, path in zip(ids, files, strict=True)]
 
 
 def match_tracks(tracks: list[dict], local: list[tuple[str, Path, dict]]):

@@ -454,11 +454,27 @@ def test_match_scans_every_audio_extension_that_embedding_reads(tmp_path):
     }
 
 
+def test_match_sees_the_files_and_track_ids_that_embedding_sees(tmp_path):
+    """Hidden files (macOS `._` forks) are skipped by both; files that differ only in
+    extension keep it in both; the ids are the same."""
+    from myna_rpe_jax.embed import list_audio
+
+    audio = tmp_path / "music"
+    for name in ["A/Song.mp3", "A/._Song.mp3", ".hidden/B - C.wav", "Twin.wav", "Twin.flac"]:
+        (audio / name).parent.mkdir(parents=True, exist_ok=True)
+        (audio / name).write_bytes(b"x")
+    local = spotify_match.scan_audio(audio)
+    ids = [track_id for track_id, _, _ in local]
+    assert ids == ["A/Song", "Twin.flac", "Twin.wav"]
+    embedded, _ = list_audio(audio)
+    assert [(track_id, path) for track_id, path, _ in local] == embedded
+
+
 def test_match_reports_a_missing_audio_folder(cli, tmp_path):
     tracks = tmp_path / "tracks.csv"
     spotify.write_csv(str(tracks), spotify.TRACK_FIELDS, [])
     code, _, err = cli("match", "--tracks", str(tracks), "--audio", str(tmp_path / "nowhere"))
-    assert code == 1 and err == f"error: audio folder {tmp_path / 'nowhere'} does not exist\n"
+    assert code == 1 and err == f"error: audio folder {tmp_path / 'nowhere'} is not a folder\n"
 
 
 def test_cli_imports_no_audio_decoders():

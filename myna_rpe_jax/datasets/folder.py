@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from myna_rpe_jax.audio_formats import AUDIO_EXTENSIONS
+from myna_rpe_jax.audio_formats import is_audio, visible_files
 from myna_rpe_jax.datasets.common import DatasetSpec, Listing, Track, layout_error
 
 LAYOUT = """\
@@ -16,21 +16,15 @@ Every file becomes one example of split "train"; its track_id is the path relati
 files are listed in skipped.tsv."""
 
 
-def _visible(relative: Path) -> bool:
-    return not any(part.startswith(".") for part in relative.parts)
-
-
 def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
     if not source.is_dir():
         raise layout_error("folder", source, "it is not a directory", LAYOUT)
-    files = sorted(
-        path for path in source.rglob("*") if _visible(path.relative_to(source)) and path.is_file()
-    )
+    files = visible_files(source)
     if not files:
         raise layout_error("folder", source, "it holds no files", LAYOUT)
     tracks, skipped = [], []
     for path in files:
-        if path.suffix.lower() in AUDIO_EXTENSIONS:
+        if is_audio(path):
             tracks.append(Track("train", path.relative_to(source).as_posix(), path))
         else:
             skipped.append((str(path), f"not an audio file (extension {path.suffix or 'none'})"))
