@@ -22,6 +22,8 @@ fi
 PY=.venv/bin/python
 RUNS=${RUNS:-runs}
 export TF_CPP_MIN_LOG_LEVEL=2
+# TensorFlow only reads and writes the tfds files here: its oneDNN notice is noise.
+export TF_ENABLE_ONEDNN_OPTS=0
 
 command=${1:-demo}
 [ $# -gt 0 ] && shift

@@ -172,14 +172,15 @@ def _copy(name, data_dir, splits, path, identity, progress) -> FrameStore:
     from myna_rpe_jax import datasets
 
     sources = [datasets.open_split(name, data_dir, split) for split in splits]
-    size_gb = sum(source_num_bytes(source) for source in sources) / 1e9
+    size = sum(source_num_bytes(source) for source in sources)
+    size_text = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
     log.info(
-        "copying %s %s into a frame store at %s (once; ~%.1f GB): training then reads only"
-        " the chunks it uses",
+        "copying %s %s into a frame store at %s (once; ~%s): training then reads only the"
+        " chunks it uses",
         name,
         "+".join(splits),
         path,
-        size_gb,
+        size_text,
     )
     return write_store(sources, path, identity, sources[0].mel_config.n_mels, progress)
 
