@@ -38,13 +38,13 @@ def maybe_initialize(
     )
 
 
-def data_mesh() -> Mesh:
-    """A 1-D ("data",) mesh over every device of every process.
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D ("data",) mesh over `devices` (default: every device of every process).
 
     Built as a plain Mesh (implicit sharding): `jax.make_mesh` now defaults to Explicit axis
     types, which breaks implicit sharding of gradients (REFERENCE.md, traps).
     """
-    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -10,8 +10,10 @@ two <= max_padding x columns, so padding adds at most `max_padding` (12.5%) of t
 collection of full tracks of every length compiles for a few dozen shapes, not one per track.
 The padding changes nothing: the encoder gets each track's real length and masks the padded
 patches out of attention (`Encoder(..., lengths=)`). Tracks of one bucket are batched together
-up to a token budget, so a long track runs alone; the rest of a bucket after its full batches
-is split into powers of two, so few batch shapes occur.
+up to a token budget per device, so a long track runs alone; the rest of a bucket after its
+full batches is split into powers of two, so few batch shapes occur. Batches are split over
+all local devices (data parallel; a batch smaller than the device count is padded with
+repeats).
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from myna_rpe_jax import checkpointing, input_pipeline, model, training_data
+from myna_rpe_jax import checkpointing, distributed, input_pipeline, model, training_data
 from myna_rpe_jax.audio import MelConfig
 
 log = logging.getLogger("myna_rpe_jax.embedding")
 
 MODES = ("full", "chunks")
-# Tokens (batch x tokens per track) per forward pass. Dense attention holds
+# Tokens (batch x tokens per track) per device and forward pass. Dense attention holds
 # batch x heads x N^2 scores for N <= 1024 tokens: ~0.8 GB for ViT-S at this budget.
 DEFAULT_MAX_TOKENS = 32768
 # Padding of a full track to its length bucket, at most this fraction of its length.
@@ -78,15 +80,24 @@ def pad_frames(mel: np.ndarray, frames: int) -> np.ndarray:
     return np.pad(mel, ((0, 0), (0, frames - mel.shape[1])), constant_values=_PAD_DB)
 
 
-def batch_sizes(count: int, max_batch: int) -> list[int]:
-    """Splits `count` same-length inputs into batches of at most max_batch, all shapes few.
+def batch_sizes(count: int, max_batch: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """Splits `count` same-length inputs into (real, padded) batch sizes with few shapes.
 
-    Full batches of max_batch, then the rest as distinct powers of two (13 = 8 + 4 + 1), so a
-    length compiles for at most log2(max_batch) + 2 batch shapes and nothing is computed twice.
+    Every padded size is a multiple of `multiple` (the device count; max_batch must be one).
+    Full batches of max_batch, then the rest as distinct powers of two times `multiple`
+    (multiple 1: 13 = 8 + 4 + 1), and what is left below `multiple` as one batch padded to
+    `multiple` (with repeated inputs whose outputs are dropped). So a length compiles for at
+    most log2(max_batch / multiple) + 2 batch shapes, and only that last batch repeats work.
     """
-    sizes = [max_batch] * (count // max_batch)
-    rest = count % max_batch
-    sizes += [1 << bit for bit in reversed(range(rest.bit_length())) if rest >> bit & 1]
+    if max_batch % multiple:
+        raise ValueError(f"max_batch {max_batch} is not a multiple of {multiple}")
+    sizes = [(max_batch, max_batch)] * (count // max_batch)
+    groups, left = divmod(count % max_batch, multiple)
+    for bit in reversed(range(groups.bit_length())):
+        if groups >> bit & 1:
+            sizes.append(((1 << bit) * multiple,) * 2)
+    if left:
+        sizes.append((left, multiple))
     return sizes
 
 
@@ -107,10 +118,16 @@ class Embedder:
         mel_config: MelConfig | None = None,
         mel_source: str = "MelConfig defaults",
         max_padding: float = DEFAULT_MAX_PADDING,
+        devices: Sequence[jax.Device] | None = None,
     ):
         if not 0.0 <= max_padding < 1.0:
             raise ValueError(f"max_padding must be in [0, 1), got {max_padding}")
-        self.encoder, self.params = encoder, params
+        self.encoder = encoder
+        # Data parallel over this process's devices: batches are split, parameters copied.
+        self.devices = list(devices or jax.local_devices())
+        mesh = distributed.data_mesh(self.devices)
+        self._batch_sharding = distributed.batch_sharded(mesh)
+        self.params = jax.device_put(params, distributed.replicated(mesh))
         self.chunk_frames, self.max_tokens = chunk_frames, max_tokens
         self.mel_config, self.mel_source = mel_config or MelConfig(), mel_source
         self.max_padding = max_padding
@@ -127,13 +144,19 @@ class Embedder:
 
     def forward(self, specs: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """CLS embeddings [B, D] float32 of one batch specs [B, n_mels, frames], each example
-        cut to its lengths[b] frames (default: all of them)."""
+        cut to its lengths[b] frames (default: all of them). B: a multiple of the devices."""
+        if len(specs) % len(self.devices):
+            raise ValueError(
+                f"a batch of {len(specs)} does not split over {len(self.devices)} devices"
+            )
         if specs.shape not in self.shapes_compiled:
             self.shapes_compiled.add(specs.shape)
             log.debug("compiling the encoder for input shape %s", specs.shape)
+        shard = lambda a: jax.device_put(a, self._batch_sharding)
         if lengths is not None:
-            lengths = np.asarray(lengths, np.int32)
-        return np.asarray(self._apply(self.params, specs, lengths), dtype=np.float32)
+            lengths = shard(np.asarray(lengths, np.int32))
+        out = self._apply(self.params, shard(specs), lengths)
+        return np.asarray(out, dtype=np.float32)
 
     def bucket(self, frames: int) -> int:
         """The padded length a `frames`-frame input is embedded at (see `bucket_frames`)."""
@@ -158,14 +181,17 @@ class Embedder:
             # models without ALiBi use the fused kernel. Decided per bucket, so a shape
             # compiles once either way.
             padding = any(specs[i].shape[1] != frames for i in members)
-            max_batch = max(1, int(self.max_tokens // (frames * self._tokens_per_frame())))
+            per_device = max(1, int(self.max_tokens // (frames * self._tokens_per_frame())))
+            num_devices = len(self.devices)
             start = 0
-            for size in batch_sizes(len(members), max_batch):
-                chosen = members[start : start + size]
-                start += size
-                batch = np.stack([pad_frames(specs[i], frames) for i in chosen])
-                lengths = [specs[i].shape[1] for i in chosen] if padding else None
-                for i, row in zip(chosen, self.forward(batch, lengths), strict=True):
+            for real, padded in batch_sizes(len(members), per_device * num_devices, num_devices):
+                chosen = members[start : start + real]
+                start += real
+                # Repeating the first track fills the batch without touching the others.
+                rows = chosen + chosen[:1] * (padded - real)
+                batch = np.stack([pad_frames(specs[i], frames) for i in rows])
+                lengths = [specs[i].shape[1] for i in rows] if padding else None
+                for i, row in zip(chosen, self.forward(batch, lengths)[:real], strict=True):
                     out[i] = row
                 on_batch(chosen)
         return np.stack(out)

@@ -82,13 +82,39 @@ def test_chunk_mel_drops_the_tail_and_loops_short_tracks():
     np.testing.assert_array_equal(embedding.chunk_mel(short, 256)[0], np.tile(short, 3)[:, :256])
 
 
-@pytest.mark.parametrize("count,max_batch", [(1, 8), (8, 8), (13, 8), (5, 6), (3, 1), (255, 256)])
-def test_batch_sizes_cover_every_input_once_with_few_shapes(count, max_batch):
-    sizes = embedding.batch_sizes(count, max_batch)
-    assert sum(sizes) == count and all(size <= max_batch for size in sizes)
-    rest = [size for size in sizes if size != max_batch]
-    assert all(size & (size - 1) == 0 for size in rest)  # powers of two ...
+@pytest.mark.parametrize(
+    "count,max_batch,multiple",
+    [(1, 8, 1), (8, 8, 1), (13, 8, 1), (5, 6, 1), (3, 1, 1), (255, 256, 1), (1, 8, 4), (27, 16, 4)],
+)
+def test_batch_sizes_cover_every_input_once_with_few_shapes(count, max_batch, multiple):
+    sizes = embedding.batch_sizes(count, max_batch, multiple)
+    assert sum(real for real, _ in sizes) == count
+    assert all(padded % multiple == 0 and real <= padded <= max_batch for real, padded in sizes)
+    rest = [padded // multiple for _, padded in sizes if padded != max_batch]
+    assert all(size & (size - 1) == 0 for size in rest)  # powers of two (times multiple) ...
     assert len(set(rest)) == len(rest)  # ... each at most once
+    # Only the last batch repeats inputs, and fewer than `multiple` of them.
+    assert all(real == padded for real, padded in sizes[:-1])
+    assert sizes[-1][1] - sizes[-1][0] < multiple
+
+
+def test_batches_split_over_devices_give_the_one_device_result(tiny_run):
+    """The tests run with 4 (fake CPU) devices: 5 tracks of one bucket become a batch of 4 and
+    one of 1 padded to 4; the same embeddings as on one device."""
+    import jax
+
+    assert len(jax.local_devices()) == 4
+    mels = [random_mel(frames, seed) for seed, frames in enumerate([320, 320, 330, 333, 300, 500])]
+    four = embedding.load_embedder(tiny_run.workdir)[0]
+    one = embedding.load_embedder(tiny_run.workdir)[0]
+    one = embedding.Embedder(
+        one.encoder, one.params, one.chunk_frames, devices=jax.local_devices()[:1]
+    )
+    assert len(four.devices) == 4
+    np.testing.assert_allclose(
+        four.embed(mels, "full"), one.embed(mels, "full"), rtol=1e-5, atol=1e-6
+    )
+    assert all(shape[0] % 4 == 0 for shape in four.shapes_compiled)
 
 
 def test_full_mode_equals_each_track_alone(embedder):
