@@ -21,6 +21,7 @@ Typical use in a train step (z: [B, D] embeddings, centroids from the train stat
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -93,6 +94,20 @@ def kmeans_loss(z: jax.Array, centroids: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum((x - nearest) ** 2, axis=-1))
 
 
+def _ridge_log_det(scatter: jax.Array, eps: float) -> jax.Array:
+    """log det(S + eps I) of one [D, D] scatter matrix S.
+
+    Cholesky of S + eps I (eigenvalues >= eps) is stable and its gradient stays finite even
+    when S is rank-deficient, unlike an eigendecomposition with repeated zero eigenvalues.
+    `convex_hull_loss` factors its K matrices one at a time (lax.map), not as one batched
+    call: XLA:CPU spreads a batched factorisation over its intra-op thread pool from inside
+    that pool, and with several devices in one process (each running the step on a pool
+    thread) that deadlocked a data-parallel train step (4 CPU devices on 2 cores).
+    """
+    chol = jnp.linalg.cholesky(scatter + eps * jnp.eye(scatter.shape[-1], dtype=scatter.dtype))
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+
+
 def convex_hull_loss(
     z: jax.Array, assignments: jax.Array, centroids: jax.Array, eps: float = 1e-4
 ) -> jax.Array:
@@ -146,10 +161,7 @@ def convex_hull_loss(
     centred = x[None, :, :] - c[:, None, :]  # [K, B, D]
     scatter = jnp.einsum("bk,kbd,kbe->kde", member, centred, centred)
     scatter = scatter / jnp.maximum(counts, 1.0)[:, None, None]
-    # Cholesky of S + eps I (eigenvalues >= eps) is stable and its gradient stays finite even
-    # when S is rank-deficient, unlike an eigendecomposition with repeated zero eigenvalues.
-    chol = jnp.linalg.cholesky(scatter + eps * jnp.eye(dim, dtype=jnp.float32))
-    log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)  # [K]
+    log_det = jax.lax.map(functools.partial(_ridge_log_det, eps=eps), scatter)  # [K]
     present = (counts > 0).astype(jnp.float32)
     per_cluster = -log_det / (2.0 * dim)
     return jnp.sum(present * per_cluster) / jnp.maximum(present.sum(), 1.0)

@@ -55,35 +55,6 @@ def contrastive_accuracy(z_a: jax.Array, z_b: jax.Array) -> jax.Array:
     return 0.5 * ((logits.argmax(1) == labels).mean() + (logits.argmax(0) == labels).mean())
 
 
-def hull_loss_by_cluster(z: jax.Array, centroids: jax.Array, eps: float = 1e-4) -> jax.Array:
-    """`geometric_losses.convex_hull_loss` of the nearest-centroid clusters, one at a time.
-
-    Same value and gradient as convex_hull_loss(z, assign_clusters(z, centroids), centroids,
-    eps), but each call factors a single [D, D] matrix. A batch of K Cholesky factorisations
-    on the CPU backend is spread over XLA's intra-op thread pool from inside that pool; with
-    several devices in one process (each running the step on a pool thread) every thread can
-    end up waiting for sub-tasks that no thread is free to run: a deadlock, seen with 4 CPU
-    devices on 2 cores. A single matrix is factored in place.
-
-    Args:
-      z: [B, D] embeddings; centroids: [K, D].
-
-    Returns:
-      scalar: the mean over non-empty clusters of each cluster's hull term.
-    """
-    assignments = geometric_losses.assign_clusters(z, centroids)
-
-    def one_cluster(k: jax.Array) -> tuple[jax.Array, jax.Array]:
-        # Index -1 one-hot encodes to zeros: rows outside cluster k are not members.
-        members = jnp.where(assignments == k, 0, -1)
-        centroid = jax.lax.dynamic_slice_in_dim(centroids, k, 1)
-        loss = geometric_losses.convex_hull_loss(z, members, centroid, eps)
-        return loss, jnp.any(assignments == k).astype(jnp.float32)
-
-    per_cluster, present = jax.lax.map(one_cluster, jnp.arange(centroids.shape[0]))
-    return jnp.sum(per_cluster) / jnp.maximum(jnp.sum(present), 1.0)
-
-
 CONTRASTIVE_LOSSES = ("info_nce", "sogclr")
 
 
@@ -219,7 +190,10 @@ class Objective:
                 terms["kmeans"] = geometric_losses.kmeans_loss(z, centroids)
                 loss = loss + self.kmeans_weight * terms["kmeans"]
             if self.hull_weight > 0:
-                terms["hull"] = hull_loss_by_cluster(z, centroids, self.hull_eps)
+                assignments = geometric_losses.assign_clusters(z, centroids)
+                terms["hull"] = geometric_losses.convex_hull_loss(
+                    z, assignments, centroids, self.hull_eps
+                )
                 loss = loss + self.hull_weight * terms["hull"]
             new_state["centroids"] = geometric_losses.kmeans_update(
                 centroids, z, self.kmeans_momentum

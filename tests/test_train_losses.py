@@ -8,7 +8,6 @@ import pytest
 
 from myna_rpe_jax import (
     checkpointing,
-    geometric_losses,
     input_pipeline,
     losses,
     model,
@@ -94,21 +93,25 @@ def test_patchout_keeps_the_same_fraction_at_every_chunk_length(frames):
     assert aux["coords"].shape == (2, patches // 4, 2)
 
 
-def test_hull_by_cluster_matches_the_batched_hull_loss():
-    rng = np.random.default_rng(0)
-    z = jnp.asarray(rng.normal(size=(40, 8)) + 3 * rng.normal(size=(4, 8)).repeat(10, 0))
-    centroids = geometric_losses.unit_rows(z[::10])  # one seed per blob
-    centroids = jnp.concatenate([centroids, jnp.full((1, 8), 5.0)])  # an empty cluster
+def test_hull_term_trains_data_parallel_on_four_devices_without_hanging(tiny_config, tmp_path):
+    """Regression: a batched Cholesky of the K cluster scatters deadlocked the 4-device CPU
+    train step on 2 cores (convex_hull_loss now factors one matrix at a time). In a
+    subprocess with a timeout, so a hang fails the test instead of stopping the suite."""
+    import subprocess
 
-    def batched(z):
-        assignments = geometric_losses.assign_clusters(z, centroids)
-        return geometric_losses.convex_hull_loss(z, assignments, centroids)
+    from tests.test_train import overrides, run_train
 
-    def by_cluster(z):
-        return losses.hull_loss_by_cluster(z, centroids)
-
-    np.testing.assert_allclose(by_cluster(z), batched(z), rtol=1e-5)
-    np.testing.assert_allclose(jax.grad(by_cluster)(z), jax.grad(batched)(z), atol=1e-5)
+    flags = ["--config.loss.hull_weight=0.05", "--config.loss.num_clusters=4"]
+    proc = run_train(
+        [f"--workdir={tmp_path}", "--config.total_steps=30", *flags, *overrides(tiny_config)]
+    )
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the 4-device train step with the hull term hung (no step 30 in 240 s)")
+    assert proc.returncode == 0, out
+    assert "training on 4 devices" in out and "[30]" in out and "hull=" in out
 
 
 @pytest.mark.parametrize(
