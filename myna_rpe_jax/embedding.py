@@ -170,7 +170,9 @@ class Embedder:
     def _bucketed_batches(
         self, specs: Sequence[np.ndarray], on_batch: Callable[[list[int]], None]
     ) -> np.ndarray:
-        """Embeds specs (each [F, T_i], T_i a multiple of the patch size) -> [N, D]."""
+        """Embeds specs (each [F, T_i]) -> [N, D]."""
+        # Frames past the last whole patch column are dropped by patchify anyway.
+        specs = [crop_to_patches(spec, self.encoder.patch_size) for spec in specs]
         groups: dict[int, list[int]] = collections.defaultdict(list)
         for i, spec in enumerate(specs):
             groups[self.bucket(spec.shape[1])].append(i)
@@ -222,8 +224,7 @@ class Embedder:
                 )
         report = on_done or (lambda k: None)
         if mode == "full":
-            specs = [crop_to_patches(mel, self.encoder.patch_size) for mel in mels]
-            return self._bucketed_batches(specs, lambda chosen: report(len(chosen)))
+            return self._bucketed_batches(mels, lambda chosen: report(len(chosen)))
         if mode != "chunks":
             raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
         per_track = [chunk_mel(mel, self.chunk_frames) for mel in mels]

@@ -172,6 +172,14 @@ def test_chunks_mode_is_the_mean_of_each_chunk_embedded_alone(embedder):
     np.testing.assert_allclose(out[1], apply_alone(embedder, looped), rtol=1e-4, atol=1e-5)
 
 
+def test_chunks_that_are_not_whole_patches_lose_only_their_last_frames(embedder):
+    """200-frame chunks (12.5 patch columns): each is embedded as its first 192 frames."""
+    odd = embedding.Embedder(embedder.encoder, embedder.params, chunk_frames=200)
+    track = random_mel(450, 7)
+    expected = np.mean([apply_alone(embedder, track[:, k : k + 192]) for k in (0, 200)], axis=0)
+    np.testing.assert_allclose(odd.embed([track], "chunks")[0], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_embed_cli_on_a_folder_of_long_tracks(tiny_run, tmp_path):
     """60 s tracks (23x the 2.56 s training chunks) in one pass each: finite embeddings,
     equal alone and batched; a corrupt file is skipped and reported, not fatal."""
