@@ -9,8 +9,9 @@ per step. The frame store copies the training split(s) once into
                      so a chunk is one contiguous read (256 frames x 128 mels = 64 KB)
         index.npz    offsets int64 [N + 1] (track i = rows offsets[i]:offsets[i + 1]),
                      track_ids str [N]
-        meta.json    what it was copied from (dataset, splits, prepared folder, the sha1 of its
-                     dataset_info.json), checked on open: a rebuilt dataset means a new copy
+        meta.json    what it was copied from (dataset, splits, and the name, size and mtime of
+                     every file of the prepared dataset), checked on open: a rebuilt dataset
+                     means a new copy
 
 It is written under `<name>.partial` and renamed when complete, so a killed copy is never
 used. Track i is example i of the splits in the order given, so dataset indices (the
@@ -85,20 +86,28 @@ class FrameStore(Sequence):
 
 
 def store_dir(data_dir: str | Path, prepared: Path, splits: Sequence[str]) -> Path:
-    """Where the frame store of `splits` of the dataset prepared in `prepared` lives."""
-    relative = prepared.resolve().relative_to(Path(data_dir).resolve())
-    return Path(data_dir) / FOLDER / relative / "+".join(splits)
+    """Where the frame store of `splits` of the dataset prepared in `prepared` lives.
+
+    prepared is <data_dir>/myna_<name>/<config>/<version>; its last three parts are reused
+    as they are (not resolved), so "~" and symlinked dataset folders work.
+    """
+    return Path(data_dir).expanduser() / FOLDER / Path(*prepared.parts[-3:]) / "+".join(splits)
 
 
 def source_identity(name: str, prepared: Path, splits: Sequence[str]) -> dict:
-    """What a frame store is a copy of; a store whose meta differs is out of date."""
-    info = (prepared / "dataset_info.json").read_bytes()
+    """What a frame store is a copy of; a store whose meta differs is out of date.
+
+    The name, size and mtime of every file of the prepared dataset: a rebuild rewrites them
+    even when dataset_info.json comes out the same. No absolute path, so hosts that mount
+    the data at different places agree.
+    """
+    files = sorted(path for path in prepared.iterdir() if path.is_file())
+    listing = "\n".join(f"{p.name} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in files)
     return {
         "version": VERSION,
         "dataset": name,
         "splits": list(splits),
-        "prepared_dir": str(prepared.resolve()),
-        "dataset_info_sha1": hashlib.sha1(info).hexdigest(),
+        "files_sha1": hashlib.sha1(listing.encode()).hexdigest(),
     }
 
 

@@ -87,7 +87,8 @@ def open_training_split(data: ml_collections.ConfigDict):
 
     With `data.frame_store` (the default) a `FrameStore`: the splits copied once into one
     memory-mapped file, so a step reads only its chunks. Otherwise the tfds records, read
-    whole. In a multi-process run process 0 copies while the others wait.
+    whole. In a multi-process run process 0 copies first while the others wait; then each
+    process opens the copy, or makes its own where its data_dir is not on shared storage.
     """
     splits = training_splits(data)
     data_dir = training_dir(data, build=True)
@@ -96,7 +97,7 @@ def open_training_split(data: ml_collections.ConfigDict):
             frame_store.open_frame_store(data.dataset, data_dir, splits)  # copies if needed
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("frame store ready")
-        return frame_store.open_frame_store(data.dataset, data_dir, splits, build=False)
+        return frame_store.open_frame_store(data.dataset, data_dir, splits)
     sources = [datasets.open_split(data.dataset, data_dir, split) for split in splits]
     return sources[0] if len(sources) == 1 else ConcatSource(sources)
 

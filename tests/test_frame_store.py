@@ -1,11 +1,10 @@
 """The frame store: an exact copy of the training split(s), read chunk by chunk."""
 
-import json
-
 import numpy as np
 import pytest
 
 from myna_rpe_jax import datasets, frame_store, input_pipeline, training_data
+from myna_rpe_jax.demo_music import generate_demo
 from tests.conftest import DEMO
 
 
@@ -74,20 +73,33 @@ def test_bad_split_lists_are_refused(tiny_config, split):
         training_data.training_splits(tiny_config.data)
 
 
-def test_an_out_of_date_or_unfinished_copy_is_redone(data_dir):
-    prepared = datasets.prepared_dir("demo", data_dir)
-    path = frame_store.store_dir(data_dir, prepared, ["test"])
+def test_an_unchanged_copy_is_reused_and_an_unfinished_one_is_redone(data_dir):
+    path = frame_store.store_dir(data_dir, datasets.prepared_dir("demo", data_dir), ["test"])
     store = frame_store.open_frame_store("demo", data_dir, ["test"], progress=False)
     stamp = (path / "mels.f16").stat().st_mtime_ns
     frame_store.open_frame_store("demo", data_dir, ["test"], progress=False)
     assert (path / "mels.f16").stat().st_mtime_ns == stamp  # current: reused
-    meta = json.loads((path / "meta.json").read_text())
-    # As if the dataset had been rebuilt since the copy (its dataset_info.json changed).
-    (path / "meta.json").write_text(json.dumps({**meta, "dataset_info_sha1": "0" * 40}))
-    (path.with_name(path.name + ".partial")).mkdir()  # as if a copy had been killed
+    (path / "meta.json").unlink()  # as if a copy had been killed before its last file
+    (path.with_name(path.name + ".partial")).mkdir()  # and another one earlier
     again = frame_store.open_frame_store("demo", data_dir, ["test"], progress=False)
-    assert json.loads((path / "meta.json").read_text()) == meta
     assert not path.with_name(path.name + ".partial").exists()
     assert again.track_ids == store.track_ids
     with pytest.raises(FileNotFoundError, match="no up-to-date frame store"):
         frame_store.open_frame_store("demo", data_dir, ["valid"], build=False)
+
+
+def test_a_rebuilt_dataset_is_copied_again(tmp_path):
+    """Other audio of the same length, prepared again with --overwrite: dataset_info.json
+    comes out the same, but the store must serve the new mels. Opened through a symlink."""
+    audio, data_dir = tmp_path / "audio", tmp_path / "data"
+    generate_demo(audio, num_tracks=8, seconds=2.0, seed=0, progress=False)
+    datasets.prepare("demo", audio, data_dir, progress=False)
+    (tmp_path / "link").symlink_to(data_dir)
+    before = frame_store.open_frame_store("demo", tmp_path / "link", ["train"], progress=False)
+    old = before[0]["mel"]
+    generate_demo(audio, num_tracks=8, seconds=2.0, seed=1, progress=False)
+    datasets.prepare("demo", audio, data_dir, overwrite=True, progress=False)
+    after = frame_store.open_frame_store("demo", tmp_path / "link", ["train"], progress=False)
+    new = datasets.open_split("demo", data_dir, "train")[0]["mel"]
+    assert not np.array_equal(old, new)
+    np.testing.assert_array_equal(after[0]["mel"], new)
