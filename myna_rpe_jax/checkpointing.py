@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state, and loading an encoder for inference.
 
-A workdir holds `config.json` (the run's full config), `checkpoints/<step>/` and, when a run
-was resumed with a changed config, `config.until_step<N>.json`: the config steps 1..N ran with.
+A workdir holds `config.json` (the run's full config), `checkpoints/<step>/` and, for each
+resume with a changed config, `config.until_step<N>.json`: the config in force up to step N
+(since the previous archive, if any).
 """
 
 from __future__ import annotations
@@ -54,16 +55,19 @@ def write_config(
     workdir: str | Path, config: ml_collections.ConfigDict, step: int = 0
 ) -> dict[str, tuple[Any, Any]]:
     """Writes `config.json`; returns what changed from the one already there (see
-    `config_changes`). A changed config of a run at `step` > 0 (a resume) is first kept as
-    `config.until_step<step>.json`, so what earlier steps ran with is never lost."""
+    `config_changes`). On a resume at `step` > 0 with a changed config the old file is first
+    kept as `config.until_step<step>.json`, unless that exists: then a resume at the same
+    step already archived the config the steps up to it ran with (the file being replaced
+    ran no checkpointed step), and it is kept."""
     path = Path(workdir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     changes = {}
     if path.exists():
         changes = config_changes(json.loads(path.read_text()), json.loads(text))
-        if changes and step > 0:
-            path.replace(path.with_name(f"config.until_step{step}.json"))
+        archive = path.with_name(f"config.until_step{step}.json")
+        if changes and step > 0 and not archive.exists():
+            path.replace(archive)
     path.write_text(text)
     return changes
 

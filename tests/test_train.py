@@ -100,6 +100,12 @@ def test_resume_with_a_changed_config_keeps_the_old_one_and_says_what_changed(
     assert checkpointing.read_config(tmp_path).total_steps == 4
     old = json.loads((tmp_path / "config.until_step2.json").read_text())
     assert old["total_steps"] == 6
+    # A second resume at step 2 (as if the last run had crashed before its next checkpoint):
+    # the archive of what steps 1-2 ran with stays.
+    tiny_config.total_steps = 8
+    checkpointing.write_config(tmp_path, tiny_config, 2)
+    assert json.loads((tmp_path / "config.until_step2.json").read_text())["total_steps"] == 6
+    assert checkpointing.read_config(tmp_path).total_steps == 8
 
 
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
