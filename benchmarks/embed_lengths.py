@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from myna_rpe_jax import embedding, model  # noqa: E402
 
-FRAMES_PER_SECOND = 100  # MelConfig defaults: 16 kHz, hop 160
+FRAMES_PER_SECOND = 100  # MelConfig defaults: 44.1 kHz, hop 441
 
 
 def collection(tracks: int, min_s: float, max_s: float, seed: int = 0) -> list[np.ndarray]:

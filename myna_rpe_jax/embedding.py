@@ -67,8 +67,8 @@ def bucket_frames(frames: int, patch_size: int, max_padding: float) -> int:
 
     Its c whole patch columns are rounded up to a multiple of the largest power of two
     <= max_padding * c (1 when that is below 1, i.e. no padding for short tracks), so the
-    padding is at most max_padding * c columns and there are at most 2 / max_padding buckets
-    per doubling of length. max_padding = 0 keeps every length exact.
+    padding is at most max_padding * c columns and, for max_padding <= 0.5, there are at most
+    2 / max_padding buckets per doubling of length. max_padding = 0 keeps every length exact.
     """
     cols = frames // patch_size
     step = 1 << math.floor(math.log2(cols * max_padding)) if cols * max_padding >= 1 else 1
@@ -179,10 +179,6 @@ class Embedder:
         out: list[np.ndarray | None] = [None] * len(specs)
         for frames in sorted(groups):
             members = groups[frames]
-            # A bucket where nothing is padded runs without a key mask: on GPU that lets
-            # models without ALiBi use the fused kernel. Decided per bucket, so a shape
-            # compiles once either way.
-            padding = any(specs[i].shape[1] != frames for i in members)
             per_device = max(1, int(self.max_tokens // (frames * self._tokens_per_frame())))
             num_devices = len(self.devices)
             start = 0
@@ -192,7 +188,10 @@ class Embedder:
                 # Repeating the first track fills the batch without touching the others.
                 rows = chosen + chosen[:1] * (padded - real)
                 batch = np.stack([pad_frames(specs[i], frames) for i in rows])
-                lengths = [specs[i].shape[1] for i in rows] if padding else None
+                # With buckets every batch carries its lengths (a shape compiles once, masked);
+                # max_padding 0 pads nothing and runs unmasked (on GPU, models without ALiBi
+                # can then use the fused cuDNN kernel).
+                lengths = [specs[i].shape[1] for i in rows] if self.max_padding else None
                 for i, row in zip(chosen, self.forward(batch, lengths)[:real], strict=True):
                     out[i] = row
                 on_batch(chosen)

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from myna_rpe_jax.audio import MelConfig
 from myna_rpe_jax.datasets import demo, emomusic, folder, giantsteps_key, gtzan, mtg_jamendo
-from myna_rpe_jax.datasets.cache import ensure_mels, load_mel
+from myna_rpe_jax.datasets.cache import check_unexpected, ensure_mels, load_mel
 from myna_rpe_jax.datasets.common import DatasetSpec, Track, split_names_in_order
 from myna_rpe_jax.datasets.registry import get_spec
 
@@ -166,6 +166,7 @@ class MynaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             config.mel,
             config.min_seconds,
         )
+        check_unexpected([track.path for track in listing.tracks], entries)
         self._skipped = list(listing.skipped)
         self._source_info = {"source": str(source), **listing.info}
         self._hours = 0.0

@@ -4,9 +4,10 @@ Each result is written under a temporary name and renamed into place (os.replace
 so a killed build leaves finished tracks whole and never a half-written file under a final
 name; a re-run reuses them. Cache names hash the file's absolute path, size and mtime, so a
 replaced or edited file is decoded again. Failures (AudioError) are cached too, with their
-reason, so a re-run does not retry a file known to be bad. Any other exception (a bug, a full
-disk, out of memory) is not the file's fault: it is not cached, and `check_unexpected` stops the
-build so that no track silently goes missing from a split.
+reason, so a re-run does not retry a file known to be bad. Any other exception while decoding
+(MemoryError, a library bug) is not the file's fault: it is not cached, and `check_unexpected`
+stops the build so that no track silently goes missing from a split. A failure to write the
+cache (a full disk) stops the build at once.
 
 Workers are separate processes started with "spawn": forking a process that has loaded
 TensorFlow or JAX threads can deadlock. A worker that dies (a decoder crash, the OOM killer)
