@@ -259,6 +259,23 @@ def console_logging() -> None:
     logging.getLogger("myna_rpe_jax").setLevel(logging.INFO)
 
 
+def add_embedder_flags(parser: argparse.ArgumentParser) -> None:
+    """--max-tokens and --max-padding, the Embedder's settings (embed and probe take both)."""
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="tokens per device and forward pass",
+    )
+    parser.add_argument(
+        "--max-padding",
+        type=float,
+        default=DEFAULT_MAX_PADDING,
+        help="pad full tracks by at most this fraction of their length into shared length"
+        " buckets, masked out (fewer compilations; 0: every length exact)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m myna_rpe_jax.embed",
@@ -274,16 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="the .npz file to write")
     parser.add_argument("--mode", choices=MODES, default="full", help="full track or chunks")
     parser.add_argument("--parquet", action="store_true", help="also write OUTPUT.parquet")
-    parser.add_argument(
-        "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="tokens per forward pass"
-    )
-    parser.add_argument(
-        "--max-padding",
-        type=float,
-        default=DEFAULT_MAX_PADDING,
-        help="pad full tracks by at most this fraction of their length into shared length"
-        " buckets, masked out (fewer compilations; 0: every length exact)",
-    )
+    add_embedder_flags(parser)
     parser.add_argument("--workers", type=int, default=2, help="audio decoding threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

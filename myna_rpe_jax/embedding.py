@@ -161,7 +161,7 @@ class Embedder:
     def bucket(self, frames: int) -> int:
         """The padded length a `frames`-frame input is embedded at (see `bucket_frames`)."""
         padded = bucket_frames(frames, self.encoder.patch_size, self.max_padding)
-        if "learned" in self.encoder.posemb:
+        if not model.extrapolates(self.encoder.posemb):
             # The learned table has max_time_patches columns: pad no further than it reaches.
             table_frames = self.encoder.max_time_patches * self.encoder.patch_size
             padded = max(frames, min(padded, table_frames))

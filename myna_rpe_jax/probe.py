@@ -344,13 +344,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--modes", default=",".join(embedding.MODES), help="comma-separated: full, chunks"
     )
-    parser.add_argument("--max-tokens", type=int, default=embedding.DEFAULT_MAX_TOKENS)
-    parser.add_argument(
-        "--max-padding",
-        type=float,
-        default=embedding.DEFAULT_MAX_PADDING,
-        help="padding of full tracks into length buckets, a fraction of their length",
-    )
+    embed.add_embedder_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
