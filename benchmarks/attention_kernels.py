@@ -1,4 +1,4 @@
-"""Dense vs blockwise attention alone, by token count: where to put `model.blockwise_threshold`.
+"""Dense vs blockwise attention alone, by token count: where to put `vit.blockwise_threshold`.
 
 python benchmarks/attention_kernels.py [--variant S/16] [--batch 1] [--tokens 129,257,...]
                                        [--block-sizes 256,512] [--grad]
@@ -23,7 +23,12 @@ import jax.numpy as jnp  # noqa: E402
 import machine  # noqa: E402  benchmarks/machine.py
 import numpy as np  # noqa: E402
 
-from myna_rpe_jax import attention, model, patching, positional  # noqa: E402
+from myna_rpe_jax.model import (
+    attention,  # noqa: E402
+    patching,  # noqa: E402
+    positional,  # noqa: E402
+    vit,  # noqa: E402
+)
 
 
 def case(batch: int, num_tokens: int, heads: int, head_dim: int):
@@ -61,7 +66,7 @@ def main() -> None:
     parser.add_argument("--grad", action="store_true", help="time value and gradient")
     args = parser.parse_args()
 
-    sizes, _ = model.parse_variant(args.variant)
+    sizes, _ = vit.parse_variant(args.variant)
     heads, head_dim = sizes["num_heads"], sizes["width"] // sizes["num_heads"]
     blocks = [int(b) for b in args.block_sizes.split(",")]
     kernels = {"dense": lambda q, k, v, bias: attention.dense_attention(q, k, v, bias)}

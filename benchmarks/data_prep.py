@@ -1,7 +1,7 @@
 """Times the feature pipeline (decode + resample + log-mel [+ write]) per CPU core.
 
 Writes a few generated demo tracks in each format and source sample rate, then runs
-`myna_rpe_jax.audio` on them in this one process, pinned to one core with BLAS limited to one
+`myna_rpe_jax.data.audio` on them in this one process, pinned to one core with BLAS limited to one
 thread, so the numbers are per core: a machine with C free cores prepares about C times as
 much audio per second with one worker per core. Reported: seconds of audio processed per
 wall second ("x real time") for decoding + resampling to 44.1 kHz, for the log-mel alone,
@@ -24,7 +24,8 @@ import numpy as np
 import soundfile as sf
 from threadpoolctl import threadpool_limits
 
-from myna_rpe_jax import audio, demo_music
+from myna_rpe_jax.data import audio
+from myna_rpe_jax.data.demo import music
 
 
 def _pin_to_one_core() -> str:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(limits=1):
         for rate in (int(r) for r in args.sample_rates.split(",")):
             tracks = [
-                demo_music.render_track(demo_music.track_spec(i), args.seconds, rate)
+                music.render_track(music.track_spec(i), args.seconds, rate)
                 for i in range(args.tracks)
             ]
             for fmt in args.formats.split(","):

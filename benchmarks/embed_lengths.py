@@ -24,7 +24,8 @@ import machine  # noqa: E402  benchmarks/machine.py
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from myna_rpe_jax import embedding, model  # noqa: E402
+from myna_rpe_jax.embed import embedder as embedder_lib  # noqa: E402
+from myna_rpe_jax.model import vit  # noqa: E402
 
 FRAMES_PER_SECOND = 100  # MelConfig defaults: 44.1 kHz, hop 441
 
@@ -36,7 +37,7 @@ def collection(tracks: int, min_s: float, max_s: float, seed: int = 0) -> list[n
     return [rng.uniform(-80, 0, (128, n)).astype(np.float16) for n in frames]
 
 
-def timed_pass(embedder: embedding.Embedder, mels: list[np.ndarray]) -> tuple[float, np.ndarray]:
+def timed_pass(embedder: embedder_lib.Embedder, mels: list[np.ndarray]) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     out = embedder.embed(mels, "full")
     return time.perf_counter() - start, out
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--max-padding", default="0,0.05,0.125,0.25")
     args = parser.parse_args()
 
-    encoder = model.encoder_from_config(ml_collections.ConfigDict(dict(variant=args.variant)))
+    encoder = vit.encoder_from_config(ml_collections.ConfigDict(dict(variant=args.variant)))
     params = jax.jit(lambda: encoder.init(jax.random.key(0), np.zeros((1, 128, 64)), train=False))()
     mels = collection(args.tracks, args.min_s, args.max_s)
     cropped = sum(mel.shape[1] // 16 * 16 for mel in mels)
@@ -66,7 +67,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     reference = None
     for max_padding in (float(x) for x in args.max_padding.split(",")):
-        embedder = embedding.Embedder(
+        embedder = embedder_lib.Embedder(
             encoder, params["params"], chunk_frames=256, max_padding=max_padding
         )
         padded = sum(embedder.bucket(mel.shape[1] // 16 * 16) for mel in mels)

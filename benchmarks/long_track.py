@@ -45,13 +45,13 @@ _GB = 1024**3
 def _encoder(variant: str, posemb: str, method: str, block_size: int, dtype: str):
     import ml_collections
 
-    from myna_rpe_jax import model
+    from myna_rpe_jax.model import vit
 
     # The blockwise column is blockwise at every length; `attention` itself would stay dense
     # up to its threshold (1024 tokens).
     threshold = {"dense": sys.maxsize, "blockwise": 0, "chunks": sys.maxsize}[method]
     cfg = dict(variant=variant, posemb=(posemb,), dtype=dtype, attention_block_size=block_size)
-    return model.encoder_from_config(
+    return vit.encoder_from_config(
         ml_collections.ConfigDict(dict(cfg, blockwise_threshold=threshold))
     )
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     import jax
 
-    from myna_rpe_jax import audio
+    from myna_rpe_jax.data import audio
 
     fps = args.frames_per_second or audio.MelConfig().frames_per_second
     where = f"{machine.describe()}; JAX {jax.__version__} on {jax.default_backend()}"

@@ -32,7 +32,8 @@ import ml_collections  # noqa: E402
 from absl import logging  # noqa: E402
 
 from configs import tiny  # noqa: E402
-from myna_rpe_jax import probe, train  # noqa: E402
+from myna_rpe_jax.probe import evaluate  # noqa: E402
+from myna_rpe_jax.train import loop  # noqa: E402
 
 # variant -> (contrastive loss, k-means term on, convex-hull term on)
 VARIANTS = {
@@ -73,10 +74,12 @@ def train_and_probe(config: ml_collections.ConfigDict, run_dir: Path) -> dict:
     if history_file.exists():
         history = json.loads(history_file.read_text())
     else:
-        history = train.train(config, str(run_dir))
+        history = loop.train(config, str(run_dir))
         history_file.write_text(json.dumps(history, indent=1))
     train_s = time.perf_counter() - start
-    results = probe.run(str(run_dir), ["demo"], run_dir / "probe", modes=("full",), progress=False)
+    results = evaluate.run(
+        str(run_dir), ["demo"], run_dir / "probe", modes=("full",), progress=False
+    )
     scores = next(iter(results["table"].values()))
     probes = results["tasks"]["demo"]["modes"]["full"]["probes"]
     test_sizes = {p["num_examples"]["test"] for p in probes.values() if p["status"] == "ok"}

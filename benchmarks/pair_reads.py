@@ -24,10 +24,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import machine  # noqa: E402  benchmarks/machine.py
 import numpy as np  # noqa: E402
 
-from myna_rpe_jax import datasets, frame_store, input_pipeline, training_data  # noqa: E402
+from myna_rpe_jax.data import (
+    datasets,  # noqa: E402
+    locations,
+)
+from myna_rpe_jax.train import (
+    frame_store,  # noqa: E402
+    pairs,  # noqa: E402
+)
 
 
-def time_batches(sampler: input_pipeline.PairSampler, steps: int) -> tuple[float, list]:
+def time_batches(sampler: pairs.PairSampler, steps: int) -> tuple[float, list]:
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         sampler.batch(0, pool)  # warm the page cache and the readers alike
         start = time.perf_counter()
@@ -45,8 +52,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="demo data root (default: the cache)")
     args = parser.parse_args()
 
-    root = Path(args.data_dir) if args.data_dir else training_data.cache_dir()
-    data_dir = training_data.ensure_demo(root, args.tracks, args.seconds, seed=0)
+    root = Path(args.data_dir) if args.data_dir else locations.cache_dir()
+    data_dir = locations.ensure_demo(root, args.tracks, args.seconds, seed=0)
     records = datasets.open_split("demo", data_dir, "train")
     prepared = datasets.prepared_dir("demo", data_dir)
     shutil.rmtree(frame_store.store_dir(data_dir, prepared, ["train"]), ignore_errors=True)
@@ -57,7 +64,7 @@ def main() -> None:
     batch = min(args.batch, len(store))
     results = {}
     for name, source in [("tfds records", records), ("frame store", store)]:
-        sampler = input_pipeline.PairSampler(source, batch, (args.chunk,), seed=0)
+        sampler = pairs.PairSampler(source, batch, (args.chunk,), seed=0)
         results[name] = time_batches(sampler, args.steps)
     for key in results["frame store"][1][0]:
         for a, b in zip(results["frame store"][1], results["tfds records"][1], strict=True):

@@ -26,7 +26,8 @@ import threadpoolctl
 from scipy.special import logsumexp
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from myna_rpe_jax import probe_metrics, solvers
+from myna_rpe_jax.probe import metrics as probe_metrics
+from myna_rpe_jax.probe import solvers
 
 TASKS = ("multiclass10", "multiclass24", "ridge", "multilabel50")
 

@@ -2,7 +2,7 @@
 
 python benchmarks/train_step.py [--variant S/16] [--batch 1024] [--posemb alibi2d] [--steps 3]
 
-Times the real jitted, data-parallel `train.train_step` on random spectrograms (no data
+Times the real jitted, data-parallel `loop.train_step` on random spectrograms (no data
 loading), after one compile step, and prints a table with the device.
 """
 
@@ -21,23 +21,25 @@ import machine  # noqa: E402  benchmarks/machine.py
 import numpy as np  # noqa: E402
 
 from configs import common  # noqa: E402
-from myna_rpe_jax import distributed, model, train  # noqa: E402
+from myna_rpe_jax import distributed  # noqa: E402
+from myna_rpe_jax.model import vit  # noqa: E402
+from myna_rpe_jax.train import loop  # noqa: E402
 
 
 def measure(variant: str, batch: int, posemb: str, steps: int, frames: int, dtype: str) -> dict:
     config = common.get_config(posemb=tuple(posemb.split(",")))
     config.model.update(variant=variant, dtype=dtype)
-    encoder = model.encoder_from_config(config.model)
-    tx, schedule = train.make_optimizer(config.optim, total_steps=1000)
+    encoder = vit.encoder_from_config(config.model)
+    tx, schedule = loop.make_optimizer(config.optim, total_steps=1000)
     mesh = distributed.data_mesh()
     repl = distributed.replicated(mesh)
     rng = jax.random.key(0)
     sample = jnp.zeros((1, 128, frames))
-    state = jax.jit(functools.partial(train.init_state, encoder, tx), out_shardings=repl)(
+    state = jax.jit(functools.partial(loop.init_state, encoder, tx), out_shardings=repl)(
         rng, sample
     )
     step_fn = jax.jit(
-        functools.partial(train.train_step, encoder=encoder, tx=tx, schedule=schedule),
+        functools.partial(loop.train_step, encoder=encoder, tx=tx, schedule=schedule),
         in_shardings=(repl, distributed.batch_sharded(mesh), repl),
         out_shardings=(repl, repl),
         donate_argnums=0,

@@ -16,10 +16,10 @@ import os
 import sys
 import warnings
 
-from myna_rpe_jax.audio import MelConfig
-from myna_rpe_jax.datasets import DATASET_NAMES, LayoutError
-from myna_rpe_jax.datasets.cache import UnexpectedDecodeError
-from myna_rpe_jax.datasets.registry import DATASETS
+from myna_rpe_jax.data.audio import MelConfig
+from myna_rpe_jax.data.datasets import DATASET_NAMES, LayoutError
+from myna_rpe_jax.data.datasets.cache import UnexpectedDecodeError
+from myna_rpe_jax.data.datasets.registry import DATASETS
 
 
 def _layouts() -> str:
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from myna_rpe_jax.datasets import prepare  # imports TensorFlow Datasets: after --help
+    from myna_rpe_jax.data.datasets import prepare  # imports TensorFlow Datasets: after --help
 
     try:
         mel = MelConfig(

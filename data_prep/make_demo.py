@@ -2,7 +2,7 @@
 
     python -m data_prep.make_demo --out /tmp/demo_music --tracks 96 --seconds 20
 
-The set is deterministic for a seed; see myna_rpe_jax/demo_music.py for what it contains.
+The set is deterministic for a seed; see myna_rpe_jax/music.py for what it contains.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import collections
 import sys
 import time
 
-from myna_rpe_jax import demo_music
+from myna_rpe_jax.data.demo import music
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    rows = demo_music.generate_demo(
+    rows = music.generate_demo(
         args.out,
         num_tracks=args.tracks,
         seconds=args.seconds,
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrote {len(rows)} tracks x {args.seconds:g} s to {args.out} in "
         f"{time.perf_counter() - start:.1f} s: {artists} artists, {keys}/24 keys, "
-        f"{genres}/{len(demo_music.DEMO_GENRES)} genres, splits "
+        f"{genres}/{len(music.DEMO_GENRES)} genres, splits "
         + ", ".join(f"{name} {splits[name]}" for name in ("train", "valid", "test"))
     )
     return 0

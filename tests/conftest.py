@@ -29,14 +29,14 @@ SHARED_DATASETS = _shared_datasets()
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A folder holding the prepared 24-track demo set (as config.data.data_dir)."""
-    from myna_rpe_jax import training_data
+    from myna_rpe_jax.data import locations
 
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "demo_data"
     root.mkdir(exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one xdist worker builds, the others wait
-        training_data.ensure_demo(root, **DEMO)
+        locations.ensure_demo(root, **DEMO)
     return root
 
 

@@ -7,7 +7,8 @@ import pkgutil
 import pytest
 
 import configs
-from myna_rpe_jax import demo_music, model
+from myna_rpe_jax.data.demo import music
+from myna_rpe_jax.model import vit
 
 CONFIGS = sorted(name for _, name, _ in pkgutil.iter_modules(configs.__path__) if name != "common")
 
@@ -19,11 +20,11 @@ def test_every_config_is_found():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds_its_encoder_and_fits_its_batch_in_the_demo_train_split(name):
     config = importlib.import_module(f"configs.{name}").get_config()
-    model.encoder_from_config(config.model)  # validates every model field
+    vit.encoder_from_config(config.model)  # validates every model field
     assert config.data.dataset == "demo"
     data = config.data
     splits = collections.Counter(
-        demo_music.track_spec(i, data.demo_seed).split for i in range(data.demo_tracks)
+        music.track_spec(i, data.demo_seed).split for i in range(data.demo_tracks)
     )
     # A batch never holds a track twice, so the train split must hold a whole batch.
     assert splits["train"] >= config.batch_size, (name, dict(splits), config.batch_size)

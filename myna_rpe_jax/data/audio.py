@@ -1,0 +1,271 @@
+"""Audio decoding and log-mel features, with failures classified into readable reasons.
+
+Decoding uses soundfile (its bundled libsndfile reads wav/flac/ogg/opus/mp3/aiff) and falls
+back to `librosa.load` (audioread, which needs ffmpeg) for other containers such as m4a.
+Features follow Myna-RPE: 44.1 kHz mono, n_fft 2048, window 1103 (25 ms), hop 441 (10 ms,
+100 frames/s), 128 mel bins, power in dB relative to the track maximum with top_db 80, stored
+as float16 `[n_mels, frames]` with values in [-top_db, 0].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import struct
+import warnings
+
+import librosa
+import numpy as np
+import scipy.fft
+import soundfile as sf
+
+from myna_rpe_jax.data.formats import SOUNDFILE_EXTENSIONS
+
+# Peak amplitude below which a track counts as silent: about one 16-bit LSB (-90 dBFS).
+SILENCE_PEAK = 10 ** (-90 / 20)
+# The STFT runs over blocks of this many frames (~10 s at 100 frames/s): bounded memory on
+# long tracks, and a block's spectrum stays in cache for the mel product.
+_BLOCK_FRAMES = 1024
+
+
+class AudioError(Exception):
+    """A file that cannot become a usable mel spectrogram.
+
+    `reason` is a short text for logs and skip lists ("empty file (0 bytes)",
+    "cannot decode: ...", "too short: 0.4 s < 1.0 s", "silent: ..."); `path` names the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{os.fspath(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class MelConfig:
+    """Log-mel feature settings (defaults: Myna-RPE)."""
+
+    sample_rate: int = 44100
+    n_fft: int = 2048
+    win_length: int = 1103
+    hop_length: int = 441
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float | None = None
+    top_db: float = 80.0
+
+    def __post_init__(self):
+        for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"MelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.win_length > self.n_fft:
+            raise ValueError(
+                f"MelConfig.win_length ({self.win_length}) must be <= n_fft ({self.n_fft})"
+            )
+        nyquist = self.sample_rate / 2
+        if self.fmax is not None and not self.fmin < self.fmax <= nyquist:
+            raise ValueError(
+                f"MelConfig needs fmin < fmax <= sample_rate / 2 = {nyquist}, "
+                f"got fmin={self.fmin}, fmax={self.fmax}"
+            )
+        if self.top_db <= 0:
+            raise ValueError(f"MelConfig.top_db must be positive, got {self.top_db}")
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+
+def _wav_shortfall(path: str) -> tuple[int, int] | None:
+    """(declared, present) data bytes of a RIFF/WAVE file whose data chunk is cut short.
+
+    libsndfile silently shortens such files, so a download that stopped half way would
+    otherwise pass as a shorter track. None when the file is complete, not RIFF, or uses a
+    streaming placeholder size (0 or 0xFFFFFFFF).
+    """
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"data":
+                present = file_size - f.tell()
+                if size in (0, 0xFFFFFFFF) or present >= size:
+                    return None
+                return size, present
+            f.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def _decode_fallback(path: str) -> tuple[np.ndarray, int]:
+    """Decodes a container libsndfile does not read, via librosa/audioread (needs ffmpeg)."""
+    try:
+        with warnings.catch_warnings():
+            # librosa warns that soundfile failed and that audioread is deprecated: expected.
+            warnings.simplefilter("ignore")
+            y, sr = librosa.load(path, sr=None, mono=True, dtype=np.float32)
+    except Exception as err:  # audioread raises many unrelated types; all mean "cannot decode"
+        raise AudioError(
+            path,
+            f"cannot decode: {type(err).__name__}: {err} (libsndfile cannot read "
+            f"{os.path.splitext(path)[1] or 'this file'}; install ffmpeg or convert to "
+            "wav/flac)",
+        ) from err
+    return y[:, None], int(sr)
+
+
+def _decode(path: str, fallback: bool) -> tuple[np.ndarray, int]:
+    """Decodes with libsndfile, or if it cannot open the file and `fallback`, with
+    librosa/audioread: ([samples, channels] float32, sample rate)."""
+    try:
+        handle = sf.SoundFile(path)
+    except sf.LibsndfileError as err:
+        if fallback:
+            return _decode_fallback(path)
+        raise AudioError(path, f"cannot decode: {err.error_string}") from err
+    with handle:
+        declared = handle.frames
+        try:
+            data = handle.read(dtype="float32", always_2d=True)
+        except sf.LibsndfileError as err:
+            raise AudioError(
+                path, f"truncated: decoding failed part way ({err.error_string})"
+            ) from err
+        # Compressed formats (mp3 Xing header, flac STREAMINFO) declare their length; a cut
+        # file decodes fewer frames. 1% slack for mp3 length estimates.
+        if declared > 0 and len(data) < 0.99 * declared:
+            raise AudioError(
+                path,
+                f"truncated: decoded {len(data) / handle.samplerate:.1f} s of the "
+                f"{declared / handle.samplerate:.1f} s the header declares",
+            )
+        return data, handle.samplerate
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """Decodes `path`, mixes to mono and resamples to `sample_rate` (soxr high quality).
+
+    Returns float32 `[samples]`. Raises AudioError for a missing, empty, undecodable or
+    truncated file, for no samples, and for non-finite (NaN/inf) samples.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AudioError(path, "missing file")
+    if not os.path.isfile(path):
+        raise AudioError(path, "not a regular file")
+    if os.path.getsize(path) == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    extension = os.path.splitext(path)[1].lower()
+    data, source_rate = _decode(path, fallback=extension not in SOUNDFILE_EXTENSIONS)
+    shortfall = _wav_shortfall(path)
+    if shortfall is not None:
+        declared, present = shortfall
+        raise AudioError(
+            path, f"truncated: header declares {declared} data bytes, file holds {present}"
+        )
+    if len(data) == 0:
+        raise AudioError(path, "truncated: decodes to 0 samples")
+    y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(y).all():
+        raise AudioError(path, "non-finite samples (NaN or inf) in the decoded audio")
+    if source_rate != sample_rate:
+        y = librosa.resample(y, orig_sr=source_rate, target_sr=sample_rate, res_type="soxr_hq")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MelPlan:
+    """What mel_power needs per config: librosa's window and filterbank, and for each group
+    of _GROUP mel filters the FFT bins [lo, hi) where any of them is non-zero."""
+
+    window: np.ndarray  # [n_fft] float32, the hann window of win_length centred in n_fft
+    basis: np.ndarray  # [n_mels, 1 + n_fft // 2] float32
+    bands: tuple[tuple[int, int, int], ...]  # (first filter, lo bin, hi bin)
+
+
+_GROUP = 8
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_plan(cfg: MelConfig) -> _MelPlan:
+    window = librosa.filters.get_window("hann", cfg.win_length, fftbins=True)
+    basis = librosa.filters.mel(
+        sr=cfg.sample_rate,
+        n_fft=cfg.n_fft,
+        n_mels=cfg.n_mels,
+        fmin=cfg.fmin,
+        fmax=cfg.fmax,
+        dtype=np.float32,
+    )
+    bands = []
+    for first in range(0, cfg.n_mels, _GROUP):
+        used = np.flatnonzero(basis[first : first + _GROUP].any(axis=0))
+        bands.append((first, int(used[0]), int(used[-1]) + 1) if len(used) else (first, 0, 0))
+    return _MelPlan(
+        window=librosa.util.pad_center(window, size=cfg.n_fft).astype(np.float32),
+        basis=basis,
+        bands=tuple(bands),
+    )
+
+
+def mel_power(y: np.ndarray, cfg: MelConfig) -> np.ndarray:
+    """Mel power spectrogram `[n_mels, 1 + len(y) // hop]` float32 of mono `y: [samples]`.
+
+    Equals `librosa.feature.melspectrogram(y=y, power=2, center=True, pad_mode="constant")`
+    with cfg's parameters (same window and filterbank; tests check it), but faster: scipy's
+    float32 FFT, and each group of mel filters multiplies only the FFT bins it covers (the
+    filterbank is ~98% zeros). Frames go in blocks so long tracks need memory
+    for one block of spectrum, not the whole track.
+    """
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1 or len(y) == 0:
+        raise ValueError(f"expected mono audio [samples] with samples > 0, got shape {y.shape}")
+    plan = _mel_plan(cfg)
+    hop = cfg.hop_length
+    # Zero padding by n_fft // 2 on both sides reproduces librosa's centred frames.
+    frames = np.lib.stride_tricks.sliding_window_view(np.pad(y, cfg.n_fft // 2), cfg.n_fft)
+    num_frames = 1 + len(y) // hop
+    out = np.zeros((cfg.n_mels, num_frames), dtype=np.float32)
+    for start in range(0, num_frames, _BLOCK_FRAMES):
+        stop = min(start + _BLOCK_FRAMES, num_frames)
+        spec = scipy.fft.rfft(frames[start * hop : stop * hop : hop] * plan.window, axis=-1)
+        power = spec.real**2 + spec.imag**2  # [block frames, n_fft // 2 + 1]
+        for first, lo, hi in plan.bands:
+            rows = slice(first, first + _GROUP)
+            out[rows, start:stop] = plan.basis[rows, lo:hi] @ power[:, lo:hi].T
+    return out
+
+
+def log_mel(y: np.ndarray, cfg: MelConfig) -> np.ndarray:
+    """Log-mel spectrogram float16 `[n_mels, frames]` in dB relative to the track maximum.
+
+    y: [samples] mono at cfg.sample_rate. Values lie in [-cfg.top_db, 0]. All-zero input
+    gives all zeros (no NaN/-inf); `audio_to_mel` rejects silent tracks before this.
+    """
+    power = mel_power(y, cfg)
+    db = librosa.power_to_db(power, ref=np.max, top_db=cfg.top_db)
+    return db.astype(np.float16)
+
+
+def audio_to_mel(
+    path: str | os.PathLike, cfg: MelConfig, min_seconds: float = 1.0
+) -> tuple[np.ndarray, float]:
+    """Decodes `path` into (log-mel float16 [n_mels, frames], duration in seconds).
+
+    Raises AudioError for every reason `load_audio` does, for audio shorter than
+    `min_seconds`, and for silent audio (peak below -90 dBFS).
+    """
+    y = load_audio(path, cfg.sample_rate)
+    duration = len(y) / cfg.sample_rate
+    if duration < min_seconds:
+        raise AudioError(path, f"too short: {duration:.2f} s < {min_seconds:g} s")
+    peak = float(np.max(np.abs(y)))
+    if peak < SILENCE_PEAK:
+        detail = f"peak {20 * np.log10(peak):.0f} dBFS < -90 dBFS" if peak else "all samples are 0"
+        raise AudioError(path, f"silent: {detail}")
+    return log_mel(y, cfg), duration

@@ -1,0 +1,158 @@
+"""Building a dataset: check the layout, decode in parallel (stage 1), write with tfds (stage 2).
+
+Stage 1 caches every track's log-mel under <data_dir>/_cache/myna_<name>/<config>/ (see
+cache.py), so a killed build resumes where it stopped. Stage 2 runs the tfds builder, which
+reads the cache and writes array_record files plus skipped.tsv. The cache is then removed.
+Disk: the cache and the prepared dataset are about the same size, and tfds spills examples
+to temporary files past 1 GB, so a build needs about three times the prepared size free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+
+from myna_rpe_jax.data.audio import MelConfig
+from myna_rpe_jax.data.datasets.builder import (
+    DEFAULT_MEL,
+    DEFAULT_MIN_SECONDS,
+    SKIPPED_FILE,
+    cache_dir,
+    make_builder,
+    make_config,
+)
+from myna_rpe_jax.data.datasets.cache import check_unexpected, ensure_mels
+from myna_rpe_jax.data.datasets.common import layout_error, split_names_in_order
+from myna_rpe_jax.data.datasets.registry import get_spec
+
+
+@dataclasses.dataclass
+class PrepareSummary:
+    """What a build did (or found already done)."""
+
+    name: str
+    dataset_dir: Path
+    already_prepared: bool
+    split_sizes: dict[str, int]
+    skipped: int
+    hours: float
+    wall_s: float
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def prepared(self) -> int:
+        return sum(self.split_sizes.values())
+
+    @property
+    def skipped_tsv(self) -> Path:
+        return self.dataset_dir / SKIPPED_FILE
+
+    def describe(self) -> str:
+        splits = ", ".join(f"{split} {count}" for split, count in self.split_sizes.items())
+        head = "already prepared (use --overwrite to rebuild)" if self.already_prepared else "done"
+        return "\n".join(
+            [
+                f"{self.name}: {head}",
+                f"  tracks prepared: {self.prepared} ({splits})",
+                f"  tracks skipped:  {self.skipped} (reasons in {self.skipped_tsv})",
+                f"  audio:           {self.hours:.2f} h",
+                f"  wall time:       {self.wall_s:.1f} s",
+                f"  dataset:         {self.dataset_dir}",
+                *(f"  note: {note}" for note in self.notes),
+            ]
+        )
+
+
+def _summary(builder, already_prepared: bool, start: float, notes: list[str]) -> PrepareSummary:
+    dataset_dir = Path(builder.data_dir)
+    metadata = json.loads((dataset_dir / "metadata.json").read_text(encoding="utf-8"))
+    splits = builder.info.splits
+    return PrepareSummary(
+        name=metadata["dataset"],
+        dataset_dir=dataset_dir,
+        already_prepared=already_prepared,
+        split_sizes={s: splits[s].num_examples for s in split_names_in_order(splits)},
+        skipped=metadata["num_skipped"],
+        hours=metadata["hours"],
+        wall_s=time.perf_counter() - start,
+        notes=notes,
+    )
+
+
+def _remove_if_empty(*folders: Path) -> None:
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def prepare(
+    name: str,
+    source: str | Path,
+    data_dir: str | Path,
+    *,
+    workers: int = 1,
+    split_mode: str | None = None,
+    seed: int = 0,
+    mel: MelConfig = DEFAULT_MEL,
+    min_seconds: float = DEFAULT_MIN_SECONDS,
+    keep_cache: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Prepares dataset `name` from the user's folder `source` into `data_dir`.
+
+    Returns at once when it is already prepared with these settings (unless overwrite).
+    Raises LayoutError before any work when `source` does not match the published layout,
+    and ValueError when `data_dir` lies inside `source`.
+    Unusable or missing files never stop the build: they are listed in skipped.tsv. A failure
+    that is not the file's (cache.UnexpectedDecodeError: out of memory, a library bug) does.
+    """
+    start = time.perf_counter()
+    spec = get_spec(name)
+    config = make_config(name, mel, min_seconds, split_mode, seed)
+    data_dir = Path(data_dir).expanduser().resolve()
+    builder = make_builder(name, data_dir, config)
+    if (builder.data_path / "dataset_info.json").exists() and not overwrite:
+        return _summary(builder, True, start, [])
+    source = Path(source).expanduser().resolve()
+    if not source.is_dir():
+        raise layout_error(name, source, "it is not a directory", spec.layout)
+    if data_dir.is_relative_to(source):
+        # Otherwise a later build would find the prepared files among the user's files.
+        raise ValueError(f"--data-dir {data_dir} is inside --source {source}: put it elsewhere")
+    listing = spec.list_tracks(source, config.split_mode, config.seed)
+    for note in listing.notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    work = cache_dir(data_dir, name, config.name)
+    paths = [track.path for track in listing.tracks]
+    entries = ensure_mels(
+        paths,
+        work,
+        mel,
+        min_seconds,
+        workers=workers,
+        progress=progress,
+        desc=f"{name}: decode + log-mel",
+    )
+    check_unexpected(paths, entries)
+    for stale in builder.data_path.parent.glob("incomplete.*"):  # from a build killed in tfds
+        shutil.rmtree(stale)
+    if overwrite and builder.data_path.exists():
+        # Only now, with the layout checked and the mels cached, is the old copy given up.
+        shutil.rmtree(builder.data_path)
+        builder = make_builder(name, data_dir, config)
+    builder.download_and_prepare(
+        download_dir=work / "downloads",
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=str(source)),
+    )
+    if not keep_cache:
+        shutil.rmtree(work)
+        _remove_if_empty(work.parent, work.parent.parent)
+    return _summary(builder, False, start, listing.notes)

@@ -1,0 +1,97 @@
+"""Embed audio files or a prepared dataset with a trained checkpoint: the command line.
+
+    python -m myna_rpe_jax.embed --workdir=runs/tiny --audio ~/Music --output music.npz
+    python -m myna_rpe_jax.embed --workdir=runs/tiny --dataset gtzan --data-dir ~/tfds \
+        --output gtzan.npz --mode chunks --parquet
+
+`--mode full` (default) embeds each track whole in one forward pass, `--mode chunks` averages
+training-length chunks (see `embedder`). Files that cannot be decoded are reported and
+skipped. The `.npz` written here is what probe and playlist read (`file`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from myna_rpe_jax.data.datasets import SPLITS
+from myna_rpe_jax.embed.collection import (
+    add_embedder_flags,
+    audio_embeddings,
+    console_logging,
+    dataset_embeddings,
+    run_meta,
+    save_parquet,
+)
+from myna_rpe_jax.embed.embedder import MODES, load_embedder
+from myna_rpe_jax.embed.file import save_npz
+
+log = logging.getLogger("myna_rpe_jax.embed")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m myna_rpe_jax.embed",
+        description="Embed audio files or a prepared dataset with a trained checkpoint.",
+    )
+    parser.add_argument("--workdir", required=True, help="training workdir (config.json, ckpts)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio", help="an audio file or a folder of them (searched recursively)")
+    source.add_argument("--dataset", help="a prepared dataset name (with --data-dir)")
+    parser.add_argument("--data-dir", help="where prepared datasets live (with --dataset)")
+    parser.add_argument("--splits", help=f"comma-separated splits (default: all of {SPLITS})")
+    parser.add_argument("--output", required=True, help="the .npz file to write")
+    parser.add_argument("--mode", choices=MODES, default="full", help="full track or chunks")
+    parser.add_argument("--parquet", action="store_true", help="also write OUTPUT.parquet")
+    add_embedder_flags(parser)
+    parser.add_argument("--workers", type=int, default=2, help="audio decoding threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.dataset and not args.data_dir:
+        _parser().error("--dataset needs --data-dir (where it was prepared)")
+    console_logging()
+    progress = not args.no_progress
+    try:
+        embedder, config, step = load_embedder(
+            args.workdir, args.step, args.max_tokens, args.max_padding
+        )
+        if args.audio:
+            result = audio_embeddings(
+                embedder, args.audio, args.mode, args.workers, progress=progress
+            )
+        else:
+            splits = args.splits.split(",") if args.splits else None
+            result = dataset_embeddings(
+                embedder, args.dataset, args.data_dir, args.mode, splits, progress=progress
+            )
+    except (FileNotFoundError, ValueError) as err:  # missing workdir/data, bad split names
+        log.error("error: %s", err)
+        return 1
+    result.meta.update(run_meta(args.workdir, step, args.mode, config, embedder))
+    path = save_npz(args.output, result)
+    written = [str(path)]
+    if args.parquet:
+        written.append(str(save_parquet(path.with_suffix(".parquet"), result)))
+    dim = result.embeddings.shape[1]
+    log.info(
+        "embedded %d tracks (%s, step %d, dim %d; %d input shapes compiled) -> %s",
+        len(result.track_ids),
+        args.mode,
+        step,
+        dim,
+        len(embedder.shapes_compiled),
+        ", ".join(written),
+    )
+    if result.skipped:
+        log.info("skipped %d file(s):\n  %s", len(result.skipped), "\n  ".join(result.skipped))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Embedding a collection: a folder of audio files or a prepared dataset, as one `Embeddings`.
+
+Files that cannot be decoded are reported and skipped; decoding runs in threads ahead of the
+encoder, a window of tracks at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from myna_rpe_jax.data.audio import AudioError, MelConfig, audio_to_mel
+from myna_rpe_jax.data.datasets import dataset_tasks
+from myna_rpe_jax.data.datasets.parsers.folder import list_tracks as list_folder
+from myna_rpe_jax.data.formats import track_ids
+from myna_rpe_jax.embed.embedder import (
+    DEFAULT_MAX_PADDING,
+    DEFAULT_MAX_TOKENS,
+    Embedder,
+)
+from myna_rpe_jax.embed.file import Embeddings
+
+log = logging.getLogger("myna_rpe_jax.embed")
+
+# Tracks decoded or read ahead before embedding: bounds memory on folders of full tracks.
+_WINDOW_TRACKS = 256
+_WINDOW_FRAMES = 2**22  # ~1 GB of float16 mels at 128 bins
+
+
+@dataclasses.dataclass
+class Track:
+    """One input: its mel [n_mels, frames] (None if it could not be decoded) and labels."""
+
+    track_id: str
+    mel: np.ndarray | None
+    split: str = ""
+    labels: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: str | None = None  # why mel is None: "path: reason"
+
+
+def list_audio(path: str | Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(track_id, file) for a file or every audio file under a folder, and ignored files.
+
+    Track ids are paths relative to the folder without the extension (the stem for a single
+    file); where two files differ only in extension, they keep it.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [(path.stem, path)], []
+    if not path.exists():
+        raise FileNotFoundError(f"--audio {path}: no such file or folder")
+    listing = list_folder(path, "all-train", 0)
+    paths = [track.path for track in listing.tracks]
+    files = list(zip(track_ids(path, paths), paths, strict=True))
+    return files, [f"{file}: {reason}" for file, reason in listing.skipped]
+
+
+def decode_audio(
+    files: Sequence[tuple[str, Path]], mel_config: MelConfig, workers: int
+) -> Iterator[Track]:
+    """Tracks of `files` in order, decoded in `workers` threads, at most 2 * workers ahead."""
+
+    def decode(track_id: str, file: Path) -> Track:
+        try:
+            mel, _ = audio_to_mel(file, mel_config)
+        except AudioError as err:
+            return Track(track_id, None, error=f"{file}: {err.reason}")
+        return Track(track_id, mel)
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        for item in files:
+            pending.append(pool.submit(decode, *item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def read_dataset(sources: Sequence[Any]) -> Iterator[Track]:
+    """Tracks of prepared splits (`datasets.open_split` sources), with their labels."""
+    for source in sources:
+        for i in range(len(source)):
+            example = source[i]
+            mel, track_id = example.pop("mel"), example.pop("track_id")
+            example.pop("duration_s")
+            yield Track(track_id, mel, split=source.split, labels=example)
+
+
+def _windows(tracks: Iterable[Track]) -> Iterator[list[Track]]:
+    window, frames = [], 0
+    for track in tracks:
+        window.append(track)
+        frames += 0 if track.mel is None else track.mel.shape[1]
+        if len(window) >= _WINDOW_TRACKS or frames >= _WINDOW_FRAMES:
+            yield window
+            window, frames = [], 0
+    if window:
+        yield window
+
+
+def embed_tracks(
+    embedder: Embedder,
+    tracks: Iterable[Track],
+    mode: str,
+    total: int | None = None,
+    progress: bool = True,
+) -> Embeddings:
+    """Embeds tracks in windows of a few hundred; undecodable ones are logged and skipped."""
+    ids, rows, splits, skipped = [], [], [], []
+    labels: dict[str, list] = collections.defaultdict(list)
+    bar = tqdm(total=total, unit="track", desc=f"embed ({mode})", disable=not progress)
+    with logging_redirect_tqdm(), bar:  # skip warnings print above the bar, not through it
+        for window in _windows(tracks):
+            good = [track for track in window if track.mel is not None]
+            for track in window:
+                if track.mel is None:
+                    log.warning("skipped %s", track.error)
+                    skipped.append(track.error)
+            bar.update(len(window) - len(good))
+            if good:
+                rows.append(embedder.embed([t.mel for t in good], mode, bar.update))
+            for track in good:
+                ids.append(track.track_id)
+                splits.append(track.split)
+                for key, value in track.labels.items():
+                    labels[key].append(value)
+    if not ids:
+        raise ValueError(f"no track could be embedded ({len(skipped)} skipped)")
+    return Embeddings(
+        ids,
+        np.concatenate(rows).astype(np.float32),
+        splits,
+        {key: np.asarray(values) for key, values in labels.items()},
+        skipped,
+        {},
+    )
+
+
+def run_meta(workdir: str | Path, step: int, mode: str, config, embedder: Embedder) -> dict:
+    """The meta record of an embedding file: which checkpoint, mode and model made it."""
+    return {
+        "workdir": str(Path(workdir).absolute()),
+        "checkpoint": str(Path(workdir).absolute() / "checkpoints" / str(step)),
+        "step": step,
+        "mode": mode,
+        "chunk_frames": embedder.chunk_frames if mode == "chunks" else None,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+
+
+def save_parquet(path: str | Path, result: Embeddings) -> Path:
+    """One row per track: track_id, split, embedding (list<float32>[D]), label_* columns;
+    the meta JSON is stored in the schema metadata under b"meta"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = result.embeddings.shape[1]
+    columns = {
+        "track_id": pa.array(result.track_ids, pa.string()),
+        "split": pa.array(result.split, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(result.embeddings.reshape(-1), dim),
+    }
+    for key, value in result.labels.items():
+        columns[f"label_{key}"] = pa.array(list(value) if value.ndim > 1 else value)
+    table = pa.table(columns)
+    meta = json.dumps({**result.meta, "skipped": result.skipped})
+    table = table.replace_schema_metadata({b"meta": meta.encode("utf-8")})
+    pq.write_table(table, path)
+    return Path(path)
+
+
+def dataset_embeddings(
+    embedder: Embedder,
+    name: str,
+    data_dir: str | Path,
+    mode: str,
+    splits: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Embeddings:
+    """Embeds the prepared splits (default: all) of dataset `name` in `data_dir`."""
+    from myna_rpe_jax.data import datasets  # imports TensorFlow Datasets
+
+    splits = splits or datasets.available_splits(name, data_dir)
+    sources = [datasets.open_split(name, data_dir, split) for split in splits]
+    mel_config = sources[0].mel_config
+    if mel_config != embedder.mel_config:
+        log.warning(
+            "%s was prepared with %s, the model was trained on %s (%s): embeddings may suffer",
+            name,
+            mel_config,
+            embedder.mel_config,
+            embedder.mel_source,
+        )
+    result = embed_tracks(
+        embedder, read_dataset(sources), mode, sum(map(len, sources)), progress=progress
+    )
+    tasks = dataset_tasks(name)
+    result.meta.update(
+        dataset=name,
+        data_dir=str(Path(data_dir).absolute()),
+        splits=list(splits),
+        mel=dataclasses.asdict(mel_config),
+        mel_source=f"dataset {name!r} metadata",
+        labels={
+            spec.label_key: {"task": task, "kind": spec.kind, "class_names": spec.class_names}
+            for task, spec in tasks.items()
+        },
+    )
+    return result
+
+
+def audio_embeddings(
+    embedder: Embedder, path: str | Path, mode: str, workers: int = 2, progress: bool = True
+) -> Embeddings:
+    """Embeds an audio file or every audio file under a folder (split "", no labels), with
+    mels computed as the model's training data was."""
+    files, ignored = list_audio(path)
+    if ignored:
+        log.info("ignored %d non-audio file(s), e.g. %s", len(ignored), ignored[0])
+    tracks = decode_audio(files, embedder.mel_config, workers)
+    result = embed_tracks(embedder, tracks, mode, len(files), progress=progress)
+    result.meta.update(
+        audio=str(Path(path).absolute()),
+        mel=dataclasses.asdict(embedder.mel_config),
+        mel_source=embedder.mel_source,
+    )
+    return result
+
+
+def console_logging() -> None:
+    """Plain INFO messages from this package on stderr, for the command-line entry points.
+
+    force=True replaces the bare root handler that absl installs when a library logs through
+    it at import time (orbax does), which would otherwise hide INFO and prefix every line.
+    """
+    logging.basicConfig(format="%(message)s", force=True)
+    logging.getLogger("myna_rpe_jax").setLevel(logging.INFO)
+
+
+def add_embedder_flags(parser: argparse.ArgumentParser) -> None:
+    """--max-tokens and --max-padding, the Embedder's settings (embed and probe take both)."""
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="tokens per device and forward pass",
+    )
+    parser.add_argument(
+        "--max-padding",
+        type=float,
+        default=DEFAULT_MAX_PADDING,
+        help="pad full tracks by at most this fraction of their length into shared length"
+        " buckets, masked out (fewer compilations; 0: every length exact)",
+    )

@@ -1,0 +1,286 @@
+"""A frozen encoder that embeds spectrograms of any length: whole tracks or Myna's chunks.
+
+`full` feeds each track at its full length: the relative positional schemes extrapolate past
+the training chunk length. `chunks` cuts a track into non-overlapping chunks of the training
+length and averages their embeddings, as Myna does.
+
+Each track is cropped to whole 16-frame patch columns (patchify drops the rest anyway), then
+padded up to a length bucket: its column count rounded up to a multiple of the largest power of
+two <= max_padding x columns, so padding adds at most `max_padding` (12.5%) of the track and a
+collection of full tracks of every length compiles for a few dozen shapes, not one per track.
+The padding changes nothing: the encoder gets each track's real length and masks the padded
+patches out of attention (`Encoder(..., lengths=)`). Tracks of one bucket are batched together
+up to a token budget per device, so a long track runs alone; the rest of a bucket after its
+full batches is split into powers of two, so few batch shapes occur. Batches are split over
+all local devices (data parallel; a batch smaller than the device count is padded with
+repeats).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from myna_rpe_jax import distributed
+from myna_rpe_jax.data import locations
+from myna_rpe_jax.data.audio import MelConfig
+from myna_rpe_jax.model import vit
+from myna_rpe_jax.train import checkpoints, pairs
+
+log = logging.getLogger("myna_rpe_jax.embedding")
+
+MODES = ("full", "chunks")
+# Tokens (batch x tokens per track) per device and forward pass. Dense attention holds
+# batch x heads x N^2 scores for N <= 1024 tokens: ~0.8 GB for ViT-S at this budget.
+DEFAULT_MAX_TOKENS = 32768
+# Padding of a full track to its length bucket, at most this fraction of its length.
+DEFAULT_MAX_PADDING = 0.125
+# Log-mel value of padded frames (silence); the encoder masks them out, so any value works.
+_PAD_DB = -80.0
+
+
+def crop_to_patches(mel: np.ndarray, patch_size: int) -> np.ndarray:
+    """mel [F, T] -> [F, T // p * p]: the frames patchify keeps."""
+    return mel[:, : mel.shape[1] // patch_size * patch_size]
+
+
+def chunk_mel(mel: np.ndarray, chunk_frames: int) -> np.ndarray:
+    """Non-overlapping chunks [K, F, chunk_frames] of mel [F, T], K = T // chunk_frames.
+
+    The tail shorter than a chunk is dropped; a track shorter than one chunk is looped to
+    one chunk, as training's `pairs.crop` does.
+    """
+    num_chunks = mel.shape[1] // chunk_frames
+    if num_chunks == 0:
+        return pairs.crop(mel, 0, chunk_frames)[None]
+    chunks = mel[:, : num_chunks * chunk_frames].reshape(mel.shape[0], num_chunks, chunk_frames)
+    return chunks.transpose(1, 0, 2)
+
+
+def bucket_frames(frames: int, patch_size: int, max_padding: float) -> int:
+    """The padded length of a track of `frames` frames (>= one patch): a multiple of patch_size.
+
+    Its c whole patch columns are rounded up to a multiple of the largest power of two
+    <= max_padding * c (1 when that is below 1, i.e. no padding for short tracks), so the
+    padding is at most max_padding * c columns and, for max_padding <= 0.5, there are at most
+    2 / max_padding buckets per doubling of length. max_padding = 0 keeps every length exact.
+    """
+    cols = frames // patch_size
+    step = 1 << math.floor(math.log2(cols * max_padding)) if cols * max_padding >= 1 else 1
+    return -(-cols // step) * step * patch_size
+
+
+def pad_frames(mel: np.ndarray, frames: int) -> np.ndarray:
+    """mel [F, T] -> [F, frames], T <= frames, padded at the end with silence."""
+    return np.pad(mel, ((0, 0), (0, frames - mel.shape[1])), constant_values=_PAD_DB)
+
+
+def batch_sizes(count: int, max_batch: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """Splits `count` same-length inputs into (real, padded) batch sizes with few shapes.
+
+    Every padded size is a multiple of `multiple` (the device count; max_batch must be one).
+    Full batches of max_batch, then the rest as distinct powers of two times `multiple`
+    (multiple 1: 13 = 8 + 4 + 1), and what is left below `multiple` as one batch padded to
+    `multiple` (with repeated inputs whose outputs are dropped). So a length compiles for at
+    most log2(max_batch / multiple) + 2 batch shapes, and only that last batch repeats work.
+    """
+    if max_batch % multiple:
+        raise ValueError(f"max_batch {max_batch} is not a multiple of {multiple}")
+    sizes = [(max_batch, max_batch)] * (count // max_batch)
+    groups, left = divmod(count % max_batch, multiple)
+    for bit in reversed(range(groups.bit_length())):
+        if groups >> bit & 1:
+            sizes.append(((1 << bit) * multiple,) * 2)
+    if left:
+        sizes.append((left, multiple))
+    return sizes
+
+
+class Embedder:
+    """A frozen encoder that embeds spectrograms of any length in length-bucketed batches.
+
+    mel_config is the feature setting the model was trained on (mel_source says how it is
+    known): audio files are turned into mels with it. max_padding bounds the padding of a track
+    to its length bucket (0: one bucket per length, nothing padded).
+    """
+
+    def __init__(
+        self,
+        encoder: vit.Encoder,
+        params: Any,
+        chunk_frames: int,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        mel_config: MelConfig | None = None,
+        mel_source: str = "MelConfig defaults",
+        max_padding: float = DEFAULT_MAX_PADDING,
+        devices: Sequence[jax.Device] | None = None,
+    ):
+        if not 0.0 <= max_padding < 1.0:
+            raise ValueError(f"max_padding must be in [0, 1), got {max_padding}")
+        self.encoder = encoder
+        # Data parallel over this process's devices: batches are split, parameters copied.
+        self.devices = list(devices or jax.local_devices())
+        mesh = distributed.data_mesh(self.devices)
+        self._batch_sharding = distributed.batch_sharded(mesh)
+        self.params = jax.device_put(params, distributed.replicated(mesh))
+        self.chunk_frames, self.max_tokens = chunk_frames, max_tokens
+        self.mel_config, self.mel_source = mel_config or MelConfig(), mel_source
+        self.max_padding = max_padding
+        self.shapes_compiled: set[tuple[int, ...]] = set()
+        # jit caches one executable per input shape: every batch of a seen shape reuses it.
+        self._apply = jax.jit(
+            lambda p, spec, lengths: encoder.apply(
+                {"params": p}, spec, train=False, lengths=lengths
+            )[0]
+        )
+
+    def _tokens_per_frame(self) -> float:
+        return (self.encoder.n_mels // self.encoder.patch_size) / self.encoder.patch_size
+
+    def forward(self, specs: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        """CLS embeddings [B, D] float32 of one batch specs [B, n_mels, frames], each example
+        cut to its lengths[b] frames (default: all of them). B: a multiple of the devices."""
+        if len(specs) % len(self.devices):
+            raise ValueError(
+                f"a batch of {len(specs)} does not split over {len(self.devices)} devices"
+            )
+        if specs.shape not in self.shapes_compiled:
+            self.shapes_compiled.add(specs.shape)
+            log.debug("compiling the encoder for input shape %s", specs.shape)
+        shard = lambda a: jax.device_put(a, self._batch_sharding)
+        if lengths is not None:
+            lengths = shard(np.asarray(lengths, np.int32))
+        out = self._apply(self.params, shard(specs), lengths)
+        return np.asarray(out, dtype=np.float32)
+
+    def bucket(self, frames: int) -> int:
+        """The padded length a `frames`-frame input is embedded at (see `bucket_frames`)."""
+        padded = bucket_frames(frames, self.encoder.patch_size, self.max_padding)
+        if not vit.extrapolates(self.encoder.posemb):
+            # The learned table has max_time_patches columns: pad no further than it reaches.
+            table_frames = self.encoder.max_time_patches * self.encoder.patch_size
+            padded = max(frames, min(padded, table_frames))
+        return padded
+
+    def _bucketed_batches(
+        self, specs: Sequence[np.ndarray], on_batch: Callable[[list[int]], None]
+    ) -> np.ndarray:
+        """Embeds specs (each [F, T_i]) -> [N, D]."""
+        # Frames past the last whole patch column are dropped by patchify anyway.
+        specs = [crop_to_patches(spec, self.encoder.patch_size) for spec in specs]
+        groups: dict[int, list[int]] = collections.defaultdict(list)
+        for i, spec in enumerate(specs):
+            groups[self.bucket(spec.shape[1])].append(i)
+        out: list[np.ndarray | None] = [None] * len(specs)
+        for frames in sorted(groups):
+            members = groups[frames]
+            per_device = max(1, int(self.max_tokens // (frames * self._tokens_per_frame())))
+            num_devices = len(self.devices)
+            start = 0
+            for real, padded in batch_sizes(len(members), per_device * num_devices, num_devices):
+                chosen = members[start : start + real]
+                start += real
+                # Repeating the first track fills the batch without touching the others.
+                rows = chosen + chosen[:1] * (padded - real)
+                batch = np.stack([pad_frames(specs[i], frames) for i in rows])
+                # With buckets every batch carries its lengths (a shape compiles once, masked);
+                # max_padding 0 pads nothing and runs unmasked (on GPU, models without ALiBi
+                # can then use the fused cuDNN kernel).
+                lengths = [specs[i].shape[1] for i in rows] if self.max_padding else None
+                for i, row in zip(chosen, self.forward(batch, lengths)[:real], strict=True):
+                    out[i] = row
+                on_batch(chosen)
+        return np.stack(out)
+
+    def embed(
+        self,
+        mels: Sequence[np.ndarray],
+        mode: str = "full",
+        on_done: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Embeddings [N, D] float32 of N mels [n_mels, T_i] (float16 dB, any lengths).
+
+        full: each track whole (cropped to whole patches). chunks: the mean over the track's
+        `chunk_mel` chunks. on_done(k) is called as each batch completes k more tracks.
+        """
+        if not mels:
+            raise ValueError("no spectrograms to embed")
+        for mel in mels:
+            if mel.ndim != 2 or mel.shape[0] != self.encoder.n_mels:
+                raise ValueError(
+                    f"the model expects mels of shape [{self.encoder.n_mels}, frames], got"
+                    f" {mel.shape}: compute them with the training run's n_mels"
+                )
+            if mel.shape[1] < self.encoder.patch_size:
+                raise ValueError(
+                    f"a {mel.shape[1]}-frame track is shorter than one patch"
+                    f" ({self.encoder.patch_size} frames)"
+                )
+        report = on_done or (lambda k: None)
+        if mode == "full":
+            return self._bucketed_batches(mels, lambda chosen: report(len(chosen)))
+        if mode != "chunks":
+            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        per_track = [chunk_mel(mel, self.chunk_frames) for mel in mels]
+        ends = np.cumsum([len(chunks) for chunks in per_track])
+        chunks = [chunk for track in per_track for chunk in track]
+        done = [0, 0]  # chunks embedded, tracks reported
+
+        def chunk_progress(chosen: list[int]) -> None:
+            # Chunks are embedded in track order, so finished tracks are a prefix.
+            done[0] += len(chosen)
+            finished = int(np.searchsorted(ends, done[0], side="right"))
+            report(finished - done[1])
+            done[1] = finished
+
+        embedded = self._bucketed_batches(chunks, chunk_progress)
+        return np.stack([part.mean(axis=0) for part in np.split(embedded, ends[:-1])])
+
+
+def load_embedder(
+    workdir: str | Path,
+    step: int | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    max_padding: float = DEFAULT_MAX_PADDING,
+) -> tuple[Embedder, ml_collections.ConfigDict, int]:
+    """The Embedder of a training workdir's checkpoint (latest if step is None), its config,
+    and the step loaded."""
+    config = checkpoints.read_config(workdir)
+    params, step = checkpoints.load_params(workdir, step)
+    encoder = vit.encoder_from_config(config.model)
+    chunk_frames = int(max(config.data.chunk_frames))
+    mel_config, mel_source = training_mel_config(config)
+    if mel_config.n_mels != encoder.n_mels:
+        raise ValueError(
+            f"{workdir}: the model takes {encoder.n_mels} mel bins but its training data"
+            f" ({mel_source}) has {mel_config.n_mels}; check config.model.n_mels"
+        )
+    embedder = Embedder(
+        encoder, params, chunk_frames, max_tokens, mel_config, mel_source, max_padding
+    )
+    return embedder, config, step
+
+
+def training_mel_config(config: ml_collections.ConfigDict) -> tuple[MelConfig, str]:
+    """The MelConfig the run's training data was prepared with, and where it came from.
+
+    Falls back to the MelConfig defaults (Myna-RPE's) when that dataset is not on this machine.
+    """
+    from myna_rpe_jax.data import datasets  # imports TensorFlow Datasets
+
+    data = config.data
+    data_dir = locations.training_dir(data)
+    try:
+        mel = datasets.dataset_metadata(data.dataset, data_dir)["mel"]
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        reason = str(err).splitlines()[0]
+        return MelConfig(), f"MelConfig defaults (training data metadata unavailable: {reason})"
+    return MelConfig(**mel), f"training dataset {data.dataset!r} in {data_dir}"

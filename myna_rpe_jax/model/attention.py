@@ -1,0 +1,324 @@
+"""Multi-head attention with ALiBi biases evaluated from token coordinates.
+
+The bias is not an [H, N, N] array handed around but an `AlibiBias`: the coordinates and
+slopes it is computed from. Dense attention materialises it at once; blockwise attention
+(whole tracks) evaluates it one [block, block] tile at a time with an online softmax, so memory
+grows linearly with the number of tokens, in the forward and in the backward pass.
+
+`attention` picks the implementation from the token count: dense up to `blockwise_threshold`
+tokens (training chunks), blockwise above it (whole tracks). On GPU, attention without an ALiBi
+bias or key mask in half precision goes to the fused cuDNN kernel; ALiBi stays blockwise there
+too, because fused kernels only take a bias as a materialised [N, N] array.
+
+Every implementation takes an optional `key_mask` [B, N]: keys where it is False get exactly
+zero weight, so a batch of tracks padded to one length attends as each track alone would.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from myna_rpe_jax.model import positional
+
+DEFAULT_BLOCK_SIZE = 512
+DEFAULT_BLOCKWISE_THRESHOLD = 1024
+# Score of a padded key. Finite, so `max` and `exp` never see inf - inf (which is NaN); exp of
+# it minus any real score is exactly 0.
+_MASKED = -1e30
+
+
+@flax.struct.dataclass
+class AlibiBias:
+    """bias[b, h, i, j] = -slopes[h] * d(coords[b, i], coords[b, j]) between patch tokens.
+
+    Tokens where `is_patch` is False (the CLS) get zero bias to and from every token.
+
+    Attributes:
+      coords: [B, N, C] coordinates (C = 2 for 2-D ALiBi, C = 1 (time) for 1-D ALiBi).
+      is_patch: [B, N] bool.
+      slopes: [H].
+      metric: "manhattan" or "euclidean" (identical for C = 1).
+    """
+
+    coords: jax.Array
+    is_patch: jax.Array
+    slopes: jax.Array
+    metric: str = flax.struct.field(pytree_node=False, default="manhattan")
+
+    def block(self, q_start, q_size: int, k_start, k_size: int) -> jax.Array:
+        """Bias [B, H, q_size, k_size]: queries [q_start, +q_size) vs keys [k_start, +k_size)."""
+        take = lambda a, start, size: jax.lax.dynamic_slice_in_dim(a, start, size, axis=1)
+        distance = positional.pairwise_distance(
+            take(self.coords, q_start, q_size), take(self.coords, k_start, k_size), self.metric
+        )
+        both = (
+            take(self.is_patch, q_start, q_size)[:, :, None]
+            & (take(self.is_patch, k_start, k_size)[:, None, :])
+        )
+        distance = jnp.where(both, distance, 0.0)
+        return -self.slopes[:, None, None] * distance[:, None, :, :]
+
+    def dense(self) -> jax.Array:
+        """The full [B, H, N, N] bias."""
+        n = self.coords.shape[1]
+        return self.block(0, n, 0, n)
+
+    def pad(self, num_tokens: int) -> AlibiBias:
+        """Appends tokens with coordinate 0 and `is_patch` False up to `num_tokens` in all."""
+        extra = num_tokens - self.coords.shape[1]
+        return self.replace(
+            coords=jnp.pad(self.coords, ((0, 0), (0, extra), (0, 0))),
+            is_patch=jnp.pad(self.is_patch, ((0, 0), (0, extra))),
+        )
+
+
+def dense_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: AlibiBias | None = None,
+    key_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Softmax attention, scores in float32. Memory: O(H N^2).
+
+    Args:
+      q, k, v: [B, N, H, Dh].
+      bias: optional ALiBi bias over the N tokens.
+      key_mask: optional [B, N] bool; False keys get zero weight (every query needs one True).
+
+    Returns:
+      [B, N, H, Dh].
+    """
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.dense()
+    if key_mask is not None:
+        logits = jnp.where(key_mask[:, None, None, :], logits, _MASKED)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def blockwise_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: AlibiBias | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    key_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Exact softmax attention in [block, block] tiles with an online softmax (flash attention).
+
+    Never forms an [H, N, N] array: the ALiBi bias of each tile is computed from the tokens'
+    coordinates, and the backward pass recomputes the tiles from the saved output and
+    log-sum-exp instead of storing them. Memory: O(N (H Dh + H block)), forward and backward.
+    The N tokens are cut into the fewest tiles of at most block_size (`tile_layout`), padded
+    by a few tokens at most; padded keys are masked out, padded queries cropped.
+
+    Args:
+      q, k, v: [B, N, H, Dh].
+      bias: optional ALiBi bias over the N tokens.
+      block_size: tokens per query / key tile (capped at N).
+      key_mask: optional [B, N] bool; False keys get zero weight (every query needs one True).
+
+    Returns:
+      [B, N, H, Dh], equal to `dense_attention` up to float rounding.
+    """
+    num_tokens = q.shape[1]
+    block, num_tiles = tile_layout(num_tokens, block_size)
+    padded = block * num_tiles
+    pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0)))
+    if bias is not None:
+        bias = bias.pad(padded)
+    key_valid = None
+    if key_mask is not None or padded > num_tokens:
+        if key_mask is None:
+            key_mask = jnp.ones(q.shape[:2], bool)
+        key_valid = jnp.pad(key_mask, ((0, 0), (0, padded - num_tokens)))
+    return _flash(pad(q), pad(k), pad(v), bias, key_valid, block)[:, :num_tokens]
+
+
+def tile_layout(num_tokens: int, block_size: int) -> tuple[int, int]:
+    """(tile, number of tiles) for N tokens: the fewest tiles of at most block_size tokens,
+    all of one size, so that fewer tokens than tiles are padding.
+
+    Padding N up to a multiple of block_size instead would nearly double the work of N just
+    above it (513 tokens in two tiles of 512: 4x the score tiles of one).
+    """
+    if block_size < 1:
+        raise ValueError(f"attention block_size must be >= 1, got {block_size}")
+    num_tiles = -(-num_tokens // block_size)
+    return -(-num_tokens // num_tiles), num_tiles
+
+
+def fused_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = "cudnn"
+) -> jax.Array:
+    """Attention without a bias through `jax.nn.dot_product_attention` ([B, N, H, Dh] in/out).
+
+    "cudnn" is the fused flash kernel on NVIDIA GPUs (float16/bfloat16 only); "xla" runs
+    anywhere and is what the CPU tests check the layout and scaling with.
+    """
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: AlibiBias | None = None,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    blockwise_threshold: int = DEFAULT_BLOCKWISE_THRESHOLD,
+    key_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Attention over [B, N, H, Dh] inputs; the implementation is chosen by sequence length.
+
+    N <= blockwise_threshold: `dense_attention` (fastest for short chunks). Longer: the fused
+    cuDNN kernel on GPU when there is neither an ALiBi bias nor a key mask and q is
+    float16/bfloat16, otherwise `blockwise_attention` with `block_size` tiles. All paths
+    compute the same function; key_mask [B, N] (optional) zeroes the weight of False keys.
+    """
+    num_tokens = q.shape[1]
+    if num_tokens <= blockwise_threshold:
+        return dense_attention(q, k, v, bias, key_mask)
+    if bias is None and key_mask is None and _cudnn_applies(q):
+        return fused_attention(q, k, v)
+    return blockwise_attention(q, k, v, bias, block_size, key_mask)
+
+
+def _cudnn_applies(q: jax.Array) -> bool:
+    """Whether cuDNN flash attention takes these queries: GPU, half precision, Dh <= 128 and a
+    multiple of 8."""
+    head_dim = q.shape[-1]
+    return (
+        jax.default_backend() == "gpu"
+        and q.dtype in (jnp.float16, jnp.bfloat16)
+        and head_dim <= 128
+        and head_dim % 8 == 0
+    )
+
+
+# The flash kernel. Inside it q, k, v are [B, Np, H, Dh] with Np a multiple of `block`, and
+# `key_valid` is None (all keys real) or [B, Np] bool (False: padding or a masked key). Tiles
+# are read with dynamic slices and results written in place, so the only buffers of size N are
+# the inputs, outputs and residuals.
+
+
+def _tile(x: jax.Array, index: jax.Array, block: int, axis: int = 1) -> jax.Array:
+    """Tile `index` of x along the token axis."""
+    return jax.lax.dynamic_slice_in_dim(x, index * block, block, axis)
+
+
+def _put_tile(
+    x: jax.Array, tile: jax.Array, index: jax.Array, block: int, axis: int = 1
+) -> jax.Array:
+    """Writes `tile` over tile `index` of x (in place inside a loop)."""
+    return jax.lax.dynamic_update_slice_in_dim(x, tile.astype(x.dtype), index * block, axis)
+
+
+def _tile_scores(q_tile, k_tile, bias, key_valid, q_index, k_index, block) -> jax.Array:
+    """Scaled scores plus bias of one query tile vs one key tile ([B, block, H, Dh] each):
+    [B, H, block, block] float32, _MASKED where the key is not valid."""
+    scale = q_tile.shape[-1] ** -0.5
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q_tile, k_tile, preferred_element_type=jnp.float32)
+    scores = scores * scale
+    if bias is not None:
+        scores = scores + bias.block(q_index * block, block, k_index * block, block)
+    if key_valid is not None:
+        valid = _tile(key_valid, k_index, block)[:, None, None, :]
+        scores = jnp.where(valid, scores, _MASKED)
+    return scores
+
+
+def _f32_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(spec, a, b.astype(a.dtype), preferred_element_type=jnp.float32)
+
+
+def _flash_forward(q, k, v, bias, key_valid, block):
+    """Returns out [B, Np, H, Dh] and the log-sum-exp of every query's scores [B, H, Np]."""
+    batch, padded, heads, head_dim = q.shape
+    num_tiles = padded // block
+
+    def query_tile(i, buffers):
+        out, logsumexp = buffers
+        q_tile = _tile(q, i, block)
+
+        def key_tile(j, carry):
+            running_max, denominator, acc = carry
+            scores = _tile_scores(q_tile, _tile(k, j, block), bias, key_valid, i, j, block)
+            new_max = jnp.maximum(running_max, scores.max(-1))
+            probs = jnp.exp(scores - new_max[..., None])
+            # Rescales what was accumulated under the old maximum.
+            correction = jnp.exp(running_max - new_max)
+            denominator = denominator * correction + probs.sum(-1)
+            pv = _f32_einsum("bhqk,bkhd->bhqd", probs.astype(v.dtype), _tile(v, j, block))
+            return new_max, denominator, acc * correction[..., None] + pv
+
+        init = (
+            jnp.full((batch, heads, block), _MASKED, jnp.float32),
+            jnp.zeros((batch, heads, block), jnp.float32),
+            jnp.zeros((batch, heads, block, head_dim), jnp.float32),
+        )
+        running_max, denominator, acc = jax.lax.fori_loop(0, num_tiles, key_tile, init)
+        # A fully masked tile seen before any valid key adds junk under the running maximum
+        # _MASKED; the first valid key's maximum rescales it by exp(_MASKED - max) = 0. Every
+        # query has a valid key, so the final maximum is a real score and denominator >= 1.
+        out = _put_tile(out, (acc / denominator[..., None]).swapaxes(1, 2), i, block)
+        lse = running_max + jnp.log(denominator)
+        return out, _put_tile(logsumexp, lse, i, block, axis=2)
+
+    buffers = (jnp.zeros_like(q), jnp.zeros((batch, heads, padded), jnp.float32))
+    return jax.lax.fori_loop(0, num_tiles, query_tile, buffers)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash(q, k, v, bias, key_valid, block):
+    return _flash_forward(q, k, v, bias, key_valid, block)[0]
+
+
+def _flash_fwd(q, k, v, bias, key_valid, block):
+    out, logsumexp = _flash_forward(q, k, v, bias, key_valid, block)
+    return out, (q, k, v, bias, key_valid, out, logsumexp)
+
+
+def _flash_bwd(block, residuals, d_out):
+    """FlashAttention-2 backward: tiles of the attention weights are recomputed from the
+    saved log-sum-exp, so nothing quadratic in N is stored."""
+    q, k, v, bias, key_valid, out, logsumexp = residuals
+    scale = q.shape[-1] ** -0.5
+    num_tiles = q.shape[1] // block
+    # delta_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax Jacobian's rank-one term.
+    delta = _f32_einsum("bqhd,bqhd->bhq", d_out, out)
+
+    def key_tile(j, grads):
+        k_tile, v_tile = _tile(k, j, block), _tile(v, j, block)
+
+        def query_tile(i, carry):
+            dk, dv, dq = carry
+            q_tile, do_tile = _tile(q, i, block), _tile(d_out, i, block)
+            scores = _tile_scores(q_tile, k_tile, bias, key_valid, i, j, block)
+            probs = jnp.exp(scores - _tile(logsumexp, i, block, axis=2)[..., None])
+            dv = dv + _f32_einsum("bhqk,bqhd->bkhd", probs.astype(do_tile.dtype), do_tile)
+            d_probs = _f32_einsum("bqhd,bkhd->bhqk", do_tile, v_tile)
+            d_scores = probs * (d_probs - _tile(delta, i, block, axis=2)[..., None]) * scale
+            dk = dk + _f32_einsum("bhqk,bqhd->bkhd", d_scores.astype(q.dtype), q_tile)
+            dq_tile = _tile(dq, i, block) + _f32_einsum("bhqk,bkhd->bqhd", d_scores, k_tile)
+            return dk, dv, _put_tile(dq, dq_tile, i, block)
+
+        dq, dk, dv = grads
+        zeros = jnp.zeros(k_tile.shape, jnp.float32)
+        dk_tile, dv_tile, dq = jax.lax.fori_loop(0, num_tiles, query_tile, (zeros, zeros, dq))
+        return dq, _put_tile(dk, dk_tile, j, block), _put_tile(dv, dv_tile, j, block)
+
+    grads = tuple(jnp.zeros(a.shape, jnp.float32) for a in (q, k, v))
+    dq, dk, dv = jax.lax.fori_loop(0, num_tiles, key_tile, grads)
+    # The bias is a function of coordinates, which carry no gradient; the mask is boolean.
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)

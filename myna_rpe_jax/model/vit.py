@@ -1,0 +1,283 @@
+"""The Myna-style ViT encoder: patches, patchout, positional schemes, CLS pooling.
+
+spec [B, F, T] -> patchify -> (patchout when training) -> linear patch embedding
+-> absolute embeddings (learned / sinusoidal / freq) -> prepend CLS -> pre-LN transformer
+blocks whose attention takes an ALiBi bias and/or RoPE coordinates -> LayerNorm -> CLS [B, D].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from myna_rpe_jax.model import attention, patching, positional
+
+POSEMB_SCHEMES = ("learned", "sinusoidal", "freq", "alibi1d", "alibi2d", "rope")
+# Schemes that cannot be combined: two absolute tables, or two ALiBi biases.
+_EXCLUSIVE = (
+    ("learned", "sinusoidal"),
+    ("learned", "freq"),
+    ("sinusoidal", "freq"),
+    ("alibi1d", "alibi2d"),
+)
+
+# width, depth, heads, MLP width. S is Myna's ViT-S (22M parameters).
+VARIANTS = {
+    "tiny": dict(width=64, depth=2, num_heads=4, mlp_dim=128),
+    "S": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),
+    "B": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+}
+
+# Log-mel dB values lie in [-80, 0]; this maps them to about [-1, 1].
+_DB_CENTER, _DB_SCALE = -40.0, 40.0
+
+
+def extrapolates(posemb: Sequence[str]) -> bool:
+    """Whether an encoder with these schemes runs on inputs longer than its training chunks:
+    every scheme does except the learned absolute table (`max_time_patches` columns)."""
+    return "learned" not in posemb
+
+
+def validate_posemb(posemb: Sequence[str]) -> tuple[str, ...]:
+    """Checks a combination of positional scheme names; returns it as a tuple."""
+    posemb = tuple(posemb)
+    unknown = [name for name in posemb if name not in POSEMB_SCHEMES]
+    if unknown:
+        raise ValueError(f"unknown positional scheme(s) {unknown}; choose from {POSEMB_SCHEMES}")
+    if len(set(posemb)) != len(posemb):
+        raise ValueError(f"positional scheme listed twice in {posemb}")
+    for a, b in _EXCLUSIVE:
+        if a in posemb and b in posemb:
+            raise ValueError(
+                f"positional schemes {a!r} and {b!r} contradict each other (both encode the"
+                f" same axis); pick one. Got posemb={posemb}."
+            )
+    return posemb
+
+
+class MlpBlock(nn.Module):
+    mlp_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        # Exact GELU, as PyTorch (the original Myna); the tanh form also costs more memory on
+        # XLA:CPU at full-track lengths.
+        x = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype)(x), approximate=False)
+        return nn.Dense(width, dtype=self.dtype)(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with optional ALiBi bias and RoPE."""
+
+    num_heads: int
+    rope_theta: float = 100.0
+    dtype: Any = jnp.float32
+    block_size: int = attention.DEFAULT_BLOCK_SIZE
+    blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        bias: attention.AlibiBias | None,
+        rope_coords: jax.Array | None,
+        is_patch: jax.Array,
+        key_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """x [B, N, D]; rope_coords [B, N, 2] or None; is_patch, key_mask [B, N] -> [B, N, D]."""
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+        head_dim = width // self.num_heads
+        dense = lambda name: nn.DenseGeneral(
+            (self.num_heads, head_dim), dtype=self.dtype, name=name
+        )
+        q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)
+        if rope_coords is not None:
+            # coords broadcast over heads: [B, N, 1, C] against [B, N, H, Dh] transposed.
+            rotate = lambda t: positional.apply_rope(
+                t.swapaxes(1, 2), rope_coords[:, None], self.rope_theta, is_patch[:, None]
+            ).swapaxes(1, 2)
+            q, k = rotate(q), rotate(k)
+        out = attention.attention(
+            q,
+            k,
+            v,
+            bias,
+            block_size=self.block_size,
+            blockwise_threshold=self.blockwise_threshold,
+            key_mask=key_mask,
+        )
+        return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+
+
+class EncoderBlock(nn.Module):
+    num_heads: int
+    mlp_dim: int
+    rope_theta: float = 100.0
+    dtype: Any = jnp.float32
+    block_size: int = attention.DEFAULT_BLOCK_SIZE
+    blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
+
+    @nn.compact
+    def __call__(self, x, bias, rope_coords, is_patch, key_mask=None):
+        y = nn.LayerNorm(dtype=self.dtype)(x)
+        x = x + SelfAttention(
+            self.num_heads, self.rope_theta, self.dtype, self.block_size, self.blockwise_threshold
+        )(y, bias, rope_coords, is_patch, key_mask)
+        y = nn.LayerNorm(dtype=self.dtype)(x)
+        return x + MlpBlock(self.mlp_dim, self.dtype)(y)
+
+
+class Encoder(nn.Module):
+    """Myna-RPE encoder. `__call__(spec [B, F, T], *, train, lengths=None)` -> (cls [B, D], aux).
+
+    lengths [B] (optional) gives each example's real frame count when a batch of tracks was
+    padded to one length: patches past it are no attention key for any token, so the CLS
+    output is that of the unpadded track (up to float rounding) for every positional scheme.
+    aux holds "tokens" [B, N', D] (the patch tokens' outputs, padding included), "coords"
+    [B, N', 2] (the coordinates of the tokens that were kept) and, with lengths, "valid"
+    [B, N'] (which tokens are real).
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    posemb: tuple[str, ...] = ("alibi2d",)
+    patch_size: int = 16
+    n_mels: int = 128
+    patchout_keep: float = 0.1
+    max_time_patches: int = 16
+    alibi_metric: str = "manhattan"
+    rope_theta: float = 100.0
+    dtype: Any = jnp.float32
+    # Attention over more tokens than this (a whole track) runs blockwise, in linear memory.
+    attention_block_size: int = attention.DEFAULT_BLOCK_SIZE
+    blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
+
+    @nn.compact
+    def __call__(
+        self, spec: jax.Array, *, train: bool, lengths: jax.Array | None = None
+    ) -> tuple[jax.Array, dict]:
+        validate_posemb(self.posemb)
+        batch, num_bins, _ = spec.shape
+        if num_bins != self.n_mels:
+            raise ValueError(
+                f"encoder expects {self.n_mels} mel bins, got spec of shape {spec.shape}"
+            )
+        x = (spec.astype(jnp.float32) - _DB_CENTER) / _DB_SCALE
+        tokens, coords = patching.patchify(x, self.patch_size)
+        grid = (num_bins // self.patch_size, spec.shape[2] // self.patch_size)
+        coords = jnp.broadcast_to(coords, (batch, *coords.shape))
+        if train and self.patchout_keep < 1.0:
+            keep = patching.num_kept(tokens.shape[1], self.patchout_keep)
+            tokens, coords = patching.patchout(self.make_rng("patchout"), tokens, coords, keep)
+
+        x = nn.Dense(self.width, dtype=self.dtype, name="patch_embed")(tokens)
+        if "learned" in self.posemb:
+            x = x + positional.LearnedAbsoluteEmbedding(
+                grid[0], self.max_time_patches, self.width, name="posemb_learned"
+            )(coords, grid)
+        if "sinusoidal" in self.posemb:
+            x = x + positional.sinusoidal_2d(coords, self.width)
+        if "freq" in self.posemb:
+            x = x + positional.LearnedFrequencyEmbedding(grid[0], self.width, name="posemb_freq")(
+                coords
+            )
+
+        cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, self.width))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype), x], 1)
+        all_coords = jnp.concatenate([jnp.zeros((batch, 1, 2), coords.dtype), coords], axis=1)
+        is_patch = jnp.arange(x.shape[1])[None, :] > 0
+        is_patch = jnp.broadcast_to(is_patch, (batch, x.shape[1]))
+
+        aux = {"coords": coords}
+        key_mask = None
+        if lengths is not None:
+            # A patch is real when all its frames are: time column < lengths // patch_size.
+            valid = coords[..., positional.TIME] < (lengths // self.patch_size)[:, None]
+            aux["valid"] = valid
+            key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
+
+        bias = self._alibi(all_coords, is_patch)
+        rope_coords = all_coords if "rope" in self.posemb else None
+        for i in range(self.depth):
+            x = EncoderBlock(
+                self.num_heads,
+                self.mlp_dim,
+                self.rope_theta,
+                self.dtype,
+                self.attention_block_size,
+                self.blockwise_threshold,
+                name=f"block_{i}",
+            )(x, bias, rope_coords, is_patch, key_mask)
+        x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
+        return x[:, 0].astype(jnp.float32), {"tokens": x[:, 1:], **aux}
+
+    def _alibi(self, coords: jax.Array, is_patch: jax.Array) -> attention.AlibiBias | None:
+        if "alibi2d" in self.posemb:
+            spatial, metric = coords, self.alibi_metric
+        elif "alibi1d" in self.posemb:
+            spatial, metric = coords[..., positional.TIME, None], "manhattan"
+        else:
+            return None
+        slopes = jnp.asarray(positional.alibi_slopes(self.num_heads))
+        return attention.AlibiBias(spatial.astype(jnp.float32), is_patch, slopes, metric)
+
+
+def parse_variant(variant: str) -> tuple[dict, int]:
+    """ "S/16" -> (VARIANTS["S"], 16); "tiny" -> (VARIANTS["tiny"], 16)."""
+    name, _, patch = variant.partition("/")
+    if name not in VARIANTS:
+        raise ValueError(
+            f"unknown model variant {variant!r}; choose from {sorted(VARIANTS)} (e.g. 'S/16')"
+        )
+    return dict(VARIANTS[name]), int(patch) if patch else 16
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
+    """Builds an `Encoder` from a config's `model` field.
+
+    Fields: variant ("tiny", "S/16", "B/16"); optional width / depth / num_heads / mlp_dim
+    overriding the variant; posemb (tuple of scheme names); patchout_keep (fraction kept in
+    training); n_mels; max_time_patches (the learned table's length); alibi_metric;
+    rope_theta; dtype ("float32" or "bfloat16" compute); attention_block_size and
+    blockwise_threshold (attention over more tokens than the threshold runs blockwise).
+    """
+    cfg = (
+        model_cfg.to_dict() if isinstance(model_cfg, ml_collections.ConfigDict) else dict(model_cfg)
+    )
+    sizes, patch_size = parse_variant(cfg.pop("variant", "S/16"))
+    for name in sizes:
+        if cfg.get(name) is not None:
+            sizes[name] = cfg.pop(name)
+        cfg.pop(name, None)
+    dtype = cfg.pop("dtype", "float32")
+    if dtype not in _DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    known = {f.name for f in dataclasses.fields(Encoder)} - {"parent", "name"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown model config field(s) {unknown};"
+            f" known: {sorted(known | set(sizes) | {'variant', 'dtype'})}"
+        )
+    cfg["posemb"] = validate_posemb(cfg.get("posemb", ("alibi2d",)))
+    if cfg.get("alibi_metric", "manhattan") not in positional.DISTANCE_METRICS:
+        raise ValueError(
+            f"model.alibi_metric must be one of {positional.DISTANCE_METRICS},"
+            f" got {cfg['alibi_metric']!r}"
+        )
+    return Encoder(**sizes, patch_size=patch_size, dtype=_DTYPES[dtype], **cfg)

@@ -1,0 +1,168 @@
+"""SogCLR: a global contrastive loss with a per-example moving average (Myna's objective).
+
+Yuan et al., "Provable stochastic optimization for global contrastive learning: small batch
+does not harm performance" (ICML 2022). Myna uses tau = 0.1, gamma = 0.9.
+
+For an anchor x_i (view a of example i) with positive y_i (view b of example i) and the set
+N_i of its negatives (the other examples' embeddings, from both views by default, so
+|N_i| = 2(B - 1) as in SimCLR), the global contrastive loss replaces the batch's
+normaliser by one over the whole dataset:
+
+    L_i = -s(x_i, y_i)/tau + log g_i,    g_i = mean_{j in N_i} exp(s(x_i, x_j)/tau)
+
+with s the cosine similarity. The mini-batch g_i is a noisy estimate, and log of a noisy
+estimate is biased, so SogCLR keeps per example i (and per direction a->b, b->a) a moving
+average, updated each time the example is in the batch:
+
+    u_i <- (1 - gamma) u_i + gamma g_i(batch)          (gamma = 1: u_i is the batch estimate)
+
+and follows the gradient  -grad s_ii/tau + (1/|N_i|) sum_j [exp(s_ij/tau) / u_i] grad s_ij/tau,
+i.e. the exact gradient of L_i with the batch softmax's normaliser replaced by u_i.
+`sogclr_loss` implements it as a surrogate whose *gradient* is that estimator: the weights
+w_ij = exp(s_ij/tau) / u_i are held under stop-gradient and multiply s_ij/tau; its *value*
+is -s_ii/tau + log u_i, SogCLR's running estimate of L_i.
+
+State: `SogclrState.log_u` [num_examples, 2] keeps log u (column 0: anchor from view a,
+column 1: anchor from view b). The log domain makes the update and the weights overflow-free
+for any temperature (exp(1/tau) overflows float32 for tau < 0.012). Unseen examples hold
+log u = -inf (u = 0, as in the reference code), so their first update gives u = gamma g.
+
+Relation to other contrastive losses:
+- With gamma = 1 the loss and its gradient equal those of the mini-batch loss
+  mean_i [-s_ii/tau + log mean_{j in N_i} exp(s_ij/tau)] averaged over both directions: the
+  "decoupled" contrastive loss (no positive in the denominator), minus log |N_i|.
+- Symmetric InfoNCE (cross-view negatives only, positive inside the softmax) has, per
+  anchor, the gradient (1 - p_ii) times the gradient of that anchor's term here with
+  `same_view_negatives=False`, where p_ii is the anchor's softmax probability of its
+  positive. The two agree when p_ii is small and differ by this per-anchor (not constant)
+  factor otherwise.
+- The authors' PyTorch surrogate is the sum over directions of mean_i (-s_ii + mean_j w_ij
+  s_ij); its gradient is 2 tau times ours (we divide by tau and average the directions so
+  values are in nats, like InfoNCE; Adam is insensitive to the scale). It also stores the sum
+  of both directions' averages in a single u per example; we keep the two apart.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from myna_rpe_jax.objectives.geometric import unit_rows
+
+NUM_DIRECTIONS = 2
+
+
+def _direction(
+    anchor: jax.Array,
+    other: jax.Array,
+    log_u: jax.Array,
+    temperature: float,
+    gamma: float,
+    same_view_negatives: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-anchor surrogate [B] and new log u [B] for anchors `anchor` [B, D] (unit rows)."""
+    batch = anchor.shape[0]
+    cross = anchor @ other.T / temperature  # [B, B], positives on the diagonal
+    positive = jnp.diagonal(cross)
+    off_diagonal = ~jnp.eye(batch, dtype=bool)
+    if same_view_negatives:
+        logits = jnp.concatenate([cross, anchor @ anchor.T / temperature], axis=1)
+        is_negative = jnp.concatenate([off_diagonal, off_diagonal], axis=1)
+    else:
+        logits, is_negative = cross, off_diagonal
+    num_negatives = (2 if same_view_negatives else 1) * (batch - 1)
+    negatives = jnp.where(is_negative, logits, -jnp.inf)
+    log_g = jax.nn.logsumexp(negatives, axis=1) - jnp.log(num_negatives)  # batch estimate
+    # u <- (1 - gamma) u + gamma g, in the log domain; gamma = 1 gives log(0) + log_u = -inf.
+    log_u_new = jax.lax.stop_gradient(
+        jnp.logaddexp(jnp.log1p(-gamma) + log_u, jnp.log(gamma) + log_g)
+    )
+    weights = jax.lax.stop_gradient(jnp.exp(negatives - log_u_new[:, None]))  # 0 off N_i
+    # Value: -s_ii/tau + log u_i. Gradient: -grad s_ii/tau + mean_j w_ij grad s_ij/tau.
+    weighted = jnp.sum(weights * (logits - jax.lax.stop_gradient(logits)), axis=1)
+    return -positive + log_u_new + weighted / num_negatives, log_u_new
+
+
+def sogclr_loss(
+    z_a: jax.Array,
+    z_b: jax.Array,
+    log_u: jax.Array,
+    temperature: float = 0.1,
+    gamma: float = 0.9,
+    same_view_negatives: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """SogCLR loss of a batch and the moving averages to store back (see module docstring).
+
+    Args:
+      z_a, z_b: [B, D] embeddings of the two views; row i of each is example i (any scale:
+        normalised here). B >= 2.
+      log_u: [B, 2] log moving averages of this batch's examples, `state.gather(ids)`;
+        column 0 for anchors from view a, column 1 for view b; -inf for unseen examples.
+      temperature: tau.
+      gamma: weight of the current batch in u <- (1 - gamma) u + gamma g, in (0, 1];
+        gamma = 1 uses the batch estimate only (the plain mini-batch loss).
+      same_view_negatives: negatives of an anchor are the other examples of both views
+        (2(B - 1), SimCLR and SogCLR) or only of the other view (B - 1, as in InfoNCE).
+
+    Returns:
+      (loss, new_log_u): scalar loss (mean over anchors and both directions), and [B, 2]
+      updated log u to write back with `state.scatter(ids, new_log_u)`.
+    """
+    if z_a.ndim != 2 or z_a.shape != z_b.shape:
+        raise ValueError(f"expected z_a, z_b of one shape [B, D], got {z_a.shape}, {z_b.shape}")
+    batch = z_a.shape[0]
+    if batch < 2:
+        raise ValueError(f"SogCLR needs at least 2 examples per batch for negatives, got {batch}")
+    if log_u.shape != (batch, NUM_DIRECTIONS):
+        raise ValueError(
+            f"log_u must be [B, 2] = {(batch, NUM_DIRECTIONS)} (SogclrState.gather(ids)), "
+            f"got {log_u.shape}"
+        )
+    if isinstance(gamma, int | float) and not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    x_a, x_b = unit_rows(z_a), unit_rows(z_b)
+    log_u = log_u.astype(jnp.float32)
+    loss_a, new_a = _direction(x_a, x_b, log_u[:, 0], temperature, gamma, same_view_negatives)
+    loss_b, new_b = _direction(x_b, x_a, log_u[:, 1], temperature, gamma, same_view_negatives)
+    return 0.5 * (loss_a.mean() + loss_b.mean()), jnp.stack([new_a, new_b], axis=1)
+
+
+@struct.dataclass
+class SogclrState:
+    """Per-example SogCLR moving averages, a pytree to keep in the train state and checkpoint.
+
+    log_u: [num_examples, 2] float32, indexed by the dataset example id that the input
+    pipeline provides with every example; ids must lie in [0, num_examples) (others read as
+    unseen and are not written).
+    """
+
+    log_u: jax.Array
+
+    @classmethod
+    def create(cls, num_examples: int) -> SogclrState:
+        """All examples unseen (u = 0)."""
+        if num_examples < 1:
+            raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+        return cls(log_u=jnp.full((num_examples, NUM_DIRECTIONS), -jnp.inf, jnp.float32))
+
+    def gather(self, ids: jax.Array) -> jax.Array:
+        """log u of a batch: ids [B] int -> [B, 2]."""
+        return self.log_u.at[ids].get(mode="fill", fill_value=-jnp.inf)
+
+    def scatter(self, ids: jax.Array, new_log_u: jax.Array) -> SogclrState:
+        """Writes back [B, 2] new values for ids [B] (any order).
+
+        An id that occurs several times in the batch (sampling with replacement, padding)
+        gets the mean of its new u values, so the result does not depend on the order.
+        """
+        if new_log_u.shape != (*ids.shape, NUM_DIRECTIONS):
+            raise ValueError(f"new_log_u must be [B, 2] for ids {ids.shape}, got {new_log_u.shape}")
+        new_log_u = new_log_u.astype(jnp.float32)
+        # Log of the mean of exp(new_log_u) per id, shifted by the per-id max for stability.
+        peak = jnp.full_like(self.log_u, -jnp.inf).at[ids].max(new_log_u, mode="drop")
+        peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
+        sums = jnp.zeros_like(self.log_u).at[ids].add(jnp.exp(new_log_u - peak[ids]), mode="drop")
+        counts = jnp.zeros(self.log_u.shape[:1], jnp.float32).at[ids].add(1.0, mode="drop")
+        mean = peak + jnp.log(sums) - jnp.log(jnp.maximum(counts, 1.0))[:, None]
+        return self.replace(log_u=jnp.where(counts[:, None] > 0, mean, self.log_u))

@@ -1,0 +1,75 @@
+"""Linear probes of a trained checkpoint: the command line (see `evaluate` for what it does).
+
+    python -m myna_rpe_jax.probe --workdir=runs/alibi2d \
+        --tasks gtzan,giantsteps_key,emomusic,mtg_jamendo --data-dir ~/tfds --output probes/alibi2d
+    python -m myna_rpe_jax.probe --workdir=runs/tiny --tasks demo --output probes/tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from myna_rpe_jax.embed.collection import add_embedder_flags, console_logging
+from myna_rpe_jax.embed.embedder import MODES
+from myna_rpe_jax.probe.evaluate import BENCHMARKS, PROBE_DATASETS, run
+
+log = logging.getLogger("myna_rpe_jax.probe")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m myna_rpe_jax.probe",
+        description="Linear probes of a trained checkpoint (full tracks and chunks).",
+    )
+    parser.add_argument("--workdir", required=True, help="training workdir")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    parser.add_argument(
+        "--tasks",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated datasets from {', '.join(PROBE_DATASETS)} (default: benchmarks)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the datasets were prepared (default: the run's data root; for demo, the"
+        " run's demo set)",
+    )
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: full, chunks")
+    add_embedder_flags(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    modes = [mode for mode in args.modes.split(",") if mode]
+    if not modes or any(mode not in MODES for mode in modes):
+        _parser().error(f"--modes must list some of {MODES}, got {args.modes!r}")
+    console_logging()
+    try:
+        run(
+            args.workdir,
+            [name for name in args.tasks.split(",") if name],
+            args.output,
+            args.data_dir,
+            args.step,
+            modes,
+            args.max_tokens,
+            progress=not args.no_progress,
+            max_padding=args.max_padding,
+        )
+    except (FileNotFoundError, ValueError) as err:  # no workdir / checkpoint, unknown task
+        log.error("error: %s", err)
+        return 1
+    out = Path(args.output)
+    log.info("\n%s", (out / "results.md").read_text(encoding="utf-8"))
+    log.info("wrote %s, %s, %s", out / "results.json", out / "results.md", out / "results.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

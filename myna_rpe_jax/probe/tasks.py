@@ -1,0 +1,133 @@
+"""Linear probes of frozen embeddings: fit on train, choose regularisation on valid, score test.
+
+The protocol fixes the flaws of public probe code (REFERENCE.md, section 4): features are
+standardised with train statistics only, regression targets z-scored with train statistics,
+and the regularisation strength is the grid point with the best *validation* score (ties go to
+the stronger regularisation); test is scored once, with that strength.
+
+One relative grid serves every task: for logistic probes it is the l2 of the per-sample mean
+objective; for ridge (whose objective is a sum over samples) alpha = grid value * N_train, the
+same penalty per sample. Solvers are deterministic (L-BFGS from zeros, closed-form ridge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from myna_rpe_jax.data.datasets import TaskSpec
+from myna_rpe_jax.data.keys import KEY_NAMES
+from myna_rpe_jax.probe import metrics as probe_metrics
+from myna_rpe_jax.probe import solvers
+
+REG_GRID = tuple(10.0**k for k in range(-5, 3))  # 1e-5 .. 1e2, one per decade
+# The score each kind of task is selected on, and the metrics reported on test.
+SELECTION_METRIC = {"multiclass": "accuracy", "regression": "r2", "multilabel": "roc_auc"}
+
+Data = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (features [N, D], labels)
+
+
+def _select(valid_scores: np.ndarray, grid: np.ndarray) -> int:
+    """Index of the best validation score; among ties, the strongest regularisation."""
+    best = np.flatnonzero(valid_scores >= np.max(valid_scores) - 1e-12)
+    return int(best[np.argmax(grid[best])])
+
+
+def _multiclass(spec: TaskSpec, data: Data, grid: np.ndarray):
+    (x, y), (xv, yv), (xt, yt) = data["train"], data["valid"], data["test"]
+    w, b = solvers.logistic_regression_path(
+        x, np.asarray(y, np.int32), grid, num_classes=spec.num_outputs
+    )
+    valid_pred = np.asarray(jnp.argmax(jnp.einsum("nd,ldc->lnc", xv, w) + b[:, None], -1))
+    valid = np.array([probe_metrics.accuracy(yv, p) for p in valid_pred])
+
+    def test(i: int) -> dict[str, float]:
+        pred = np.asarray(jnp.argmax(solvers.predict_logits(w[i], b[i], xt), -1))
+        metrics = {"accuracy": probe_metrics.accuracy(yt, pred)}
+        if spec.class_names == KEY_NAMES:
+            metrics["mirex"] = probe_metrics.mirex_key_score(yt, pred)
+        return metrics
+
+    return valid, test
+
+
+def _regression(spec: TaskSpec, data: Data, grid: np.ndarray):
+    (x, y), (xv, yv), (xt, yt) = data["train"], data["valid"], data["test"]
+    # Targets z-scored with train statistics (R^2 itself is unchanged by the same affine map).
+    mean, std = float(np.mean(y)), float(np.std(y)) or 1.0
+    z = lambda t: (np.asarray(t, np.float64) - mean) / std
+    w, b = solvers.ridge_regression_path(x, z(y), grid * len(x))
+    valid_pred = np.asarray(jnp.einsum("nd,ld->ln", xv, w) + b[:, None])
+    valid = np.array([probe_metrics.r2_per_target(z(yv), p)[0] for p in valid_pred])
+
+    def test(i: int) -> dict[str, float]:
+        pred = np.asarray(xt @ w[i] + b[i])
+        return {"r2": float(probe_metrics.r2_per_target(z(yt), pred)[0])}
+
+    return valid, test
+
+
+def _multilabel(spec: TaskSpec, data: Data, grid: np.ndarray):
+    (x, y), (xv, yv), (xt, yt) = data["train"], data["valid"], data["test"]
+    w, b = solvers.multilabel_logistic_regression_path(x, y, grid)
+    valid_scores = np.asarray(jnp.einsum("nd,ldc->lnc", xv, w) + b[:, None])
+    valid = np.array([probe_metrics.multilabel_scores(yv, s).roc_auc for s in valid_scores])
+
+    def test(i: int) -> dict:
+        scores = probe_metrics.multilabel_scores(
+            yt, np.asarray(solvers.predict_logits(w[i], b[i], xt))
+        )
+        return {
+            "roc_auc": scores.roc_auc,
+            "pr_auc": scores.pr_auc,
+            "num_labels_scored": scores.num_labels_scored,
+            "skipped_labels": list(scores.skipped_labels),
+        }
+
+    return valid, test
+
+
+_PROBES: dict[str, Callable] = {
+    "multiclass": _multiclass,
+    "regression": _regression,
+    "multilabel": _multilabel,
+}
+
+
+def standardize(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every split standardised with the mean and std of features["train"] [N, D]."""
+    mean, std = solvers.standardize_fit(features["train"])
+    return {
+        split: np.asarray(solvers.standardize_apply(x, mean, std)) for split, x in features.items()
+    }
+
+
+def run_probe(spec: TaskSpec, data: Data, grid=REG_GRID) -> dict:
+    """Fits a linear probe for one task on data["train"], selects on "valid", scores "test".
+
+    data: split -> (standardised features [N, D], labels [N] or [N, C]).
+    Returns {"kind", "metrics" (test), "selection": {"metric", "param" ("l2" or "alpha"),
+    "grid" (its values), "valid_scores", "chosen"}, "num_examples"}.
+    """
+    missing = [split for split in ("train", "valid", "test") if split not in data]
+    if missing:
+        raise ValueError(f"a probe needs train, valid and test splits; missing {missing}")
+    grid = np.asarray(grid, np.float64)
+    valid, test = _PROBES[spec.kind](spec, data, grid)
+    chosen = _select(valid, grid)
+    param = "alpha" if spec.kind == "regression" else "l2"
+    scale = len(data["train"][0]) if spec.kind == "regression" else 1
+    return {
+        "kind": spec.kind,
+        "metrics": test(chosen),
+        "selection": {
+            "metric": f"valid {SELECTION_METRIC[spec.kind]}",
+            "param": param,
+            "grid": [float(g * scale) for g in grid],
+            "valid_scores": [float(v) for v in valid],
+            "chosen": float(grid[chosen] * scale),
+        },
+        "num_examples": {split: len(x) for split, (x, _) in data.items()},
+    }

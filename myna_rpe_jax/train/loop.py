@@ -1,0 +1,173 @@
+"""The training loop: data, init or resume, jitted steps, metrics, checkpoints.
+
+One pure, jitted step (`step.train_step`), data-parallel over a ("data",) mesh of every device
+of every process: two patchout views of two chunks per track through the encoder, and the
+objective of `config.loss` over the global batch (InfoNCE or SogCLR, plus optional k-means and
+convex-hull terms; `Objective`), each term logged as `loss_<term>`. With several
+`config.data.chunk_frames` buckets the step compiles once per bucket.
+Checkpoints (orbax) go to WORKDIR/checkpoints and a rerun resumes from the latest one; the
+batch of a step is a pure function of (seed, step), so the resumed run sees the same data.
+TensorBoard summaries go to WORKDIR.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from myna_rpe_jax import distributed
+from myna_rpe_jax.model import vit
+from myna_rpe_jax.objectives.objective import Objective
+from myna_rpe_jax.train import checkpoints, pairs, sources
+from myna_rpe_jax.train.step import init_state, make_optimizer, train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def _check_finite(summary: dict, step: int, last_saved: int | None, workdir: str) -> None:
+    if summary["nonfinite_steps"] > 0 or not np.isfinite(summary["loss"]):
+        kept = (
+            f"the last good checkpoint (step {last_saved}) is intact in {workdir}/checkpoints"
+            if last_saved is not None
+            else "no checkpoint had been saved yet"
+        )
+        raise NonFiniteLossError(
+            f"loss, gradient or parameters became NaN/inf at or before step {step}; stopped without"
+            f" saving: {kept}. Try a lower --config.optim.learning_rate, a longer warmup, or"
+            " --config.model.dtype=float32."
+        )
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    return config.total_steps if config.total_steps > 0 else config.epochs * steps_per_epoch
+
+
+def train(
+    config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None
+) -> list[dict]:
+    """Trains (or resumes) in `workdir`; returns the logged metric summaries.
+
+    `stop_after` ends this run after that step with a checkpoint, as a preempted job would;
+    rerunning resumes there.
+    """
+    workdir = str(Path(workdir).absolute())
+    mesh = distributed.data_mesh()
+    if config.batch_size % jax.device_count():
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by the {jax.device_count()}"
+            " devices; choose a multiple of the device count."
+        )
+    objective = Objective.from_config(config.loss, config.batch_size)
+    source = sources.open_training_split(config.data)
+    sampler = pairs.PairSampler(
+        source,
+        global_batch=config.batch_size,
+        chunk_frames=tuple(config.data.chunk_frames),
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    num_steps = total_steps(config, sampler.steps_per_epoch)
+    logging.info(
+        "training on %d devices (%d processes), global batch %d, %d steps, objective %s",
+        jax.device_count(),
+        jax.process_count(),
+        config.batch_size,
+        num_steps,
+        objective,
+    )
+    tx, schedule = make_optimizer(config.optim, num_steps)
+    encoder = vit.encoder_from_config(config.model)
+    root_rng = jax.random.key(config.seed)
+
+    sample = jnp.zeros((1, config.model.n_mels, max(config.data.chunk_frames)), jnp.float32)
+    repl = distributed.replicated(mesh)
+    init = jax.jit(
+        functools.partial(
+            init_state, encoder, tx, objective=objective, num_examples=len(sampler.source)
+        ),
+        out_shardings=repl,
+    )
+    manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
+    if manager.latest_step() is not None:
+        abstract = jax.eval_shape(init, root_rng, sample)
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract
+        )
+        try:
+            state = checkpoints.restore(manager, abstract)
+        except ValueError as e:
+            raise ValueError(
+                f"the checkpoint at step {manager.latest_step()} in {workdir}/checkpoints does not"
+                f" fit the train state of this config ({e}). Resume with the config the run"
+                f" started with ({workdir}/{checkpoints.CONFIG_FILE}: same config.model and"
+                " config.loss), or train in a fresh --workdir."
+            ) from e
+        logging.info("Resumed from step %d", int(state.step))
+    else:
+        state = init(root_rng, sample)
+    if jax.process_index() == 0:
+        changes = checkpoints.write_config(workdir, config, int(state.step))
+        if changes and int(state.step) > 0:
+            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+            logging.warning(
+                "resuming at step %d with a changed config (%s); the previous one is kept as"
+                " %s/config.until_step%d.json",
+                int(state.step),
+                listed,
+                workdir,
+                int(state.step),
+            )
+
+    step_fn = jax.jit(
+        functools.partial(
+            train_step,
+            encoder=encoder,
+            tx=tx,
+            schedule=schedule,
+            objective=objective,
+        ),
+        in_shardings=(repl, distributed.batch_sharded(mesh), repl),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+
+    start = int(state.step)
+    last_saved = manager.latest_step()
+    history, accumulated, tick = [], None, time.perf_counter()
+    batches = sampler.iterate(start, config.data.prefetch, config.data.read_threads)
+    last_step = num_steps if stop_after is None else min(stop_after, num_steps)
+    for step in range(start + 1, last_step + 1):
+        batch = distributed.global_batch_from_local(next(batches), mesh)
+        state, step_metrics = step_fn(state, batch, root_rng)
+        accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
+        report(step)
+        is_last = step == last_step
+        should_save = step % config.checkpoint_every == 0 or is_last
+        if step % config.log_every == 0 or should_save:
+            summary = {k: float(v) for k, v in accumulated.compute().items()}
+            _check_finite(summary, step, last_saved, workdir)
+            now = time.perf_counter()
+            steps_done = step - (history[-1]["step"] if history else start)
+            summary["examples_per_sec"] = config.batch_size * steps_done / (now - tick)
+            writer.write_scalars(step, summary)
+            history.append({"step": step, **summary})
+            accumulated, tick = None, now
+        if should_save or manager.reached_preemption(step):
+            checkpoints.save(manager, step, state)
+            last_saved = step
+    manager.wait_until_finished()
+    writer.flush()
+    return history

@@ -1,0 +1,192 @@
+"""Tests for myna_rpe_jax.data.audio: features against librosa, resampling, and failure reasons."""
+
+import os
+
+import librosa
+import numpy as np
+import pytest
+import scipy.signal
+import soundfile as sf
+
+from myna_rpe_jax.data import audio
+from myna_rpe_jax.data.demo import music
+
+CFG = audio.MelConfig()
+OTHER_CFG = audio.MelConfig(
+    sample_rate=16000,
+    n_fft=1024,
+    win_length=800,
+    hop_length=160,
+    n_mels=64,
+    fmin=30.0,
+    fmax=7000.0,
+    top_db=60.0,
+)
+
+
+def _librosa_log_mel(y: np.ndarray, cfg: audio.MelConfig) -> np.ndarray:
+    """The reference: librosa's own mel spectrogram and dB conversion, float32."""
+    power = librosa.feature.melspectrogram(
+        y=y,
+        sr=cfg.sample_rate,
+        n_fft=cfg.n_fft,
+        win_length=cfg.win_length,
+        hop_length=cfg.hop_length,
+        n_mels=cfg.n_mels,
+        fmin=cfg.fmin,
+        fmax=cfg.fmax,
+        power=2.0,
+    )
+    return librosa.power_to_db(power, ref=np.max, top_db=cfg.top_db)
+
+
+def _music(seconds: float, sample_rate: int, index: int = 0) -> np.ndarray:
+    return music.render_track(music.track_spec(index), seconds, sample_rate)
+
+
+def _sine(freq: float, seconds: float, sample_rate: int) -> np.ndarray:
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_mel_config_defaults_and_validation():
+    assert CFG.frames_per_second == 100.0
+    with pytest.raises(ValueError, match="win_length"):
+        audio.MelConfig(win_length=4096)
+    with pytest.raises(ValueError, match="fmax"):
+        audio.MelConfig(fmax=30000.0)
+    with pytest.raises(ValueError, match="hop_length"):
+        audio.MelConfig(hop_length=0)
+
+
+def test_audio_to_mel_equals_librosa(tmp_path):
+    path = tmp_path / "track.wav"
+    sf.write(path, _music(4.0, 44100), 44100, subtype="FLOAT")
+    mel, duration = audio.audio_to_mel(path, CFG)
+    y, _ = sf.read(path, dtype="float32")
+    reference = _librosa_log_mel(y, CFG)
+    assert mel.dtype == np.float16 and mel.shape == reference.shape == (128, 401)
+    assert duration == pytest.approx(4.0)
+    # float16 keeps ~11 bits: half a step at |x| = 80 dB is 0.03 dB.
+    np.testing.assert_allclose(mel.astype(np.float32), reference, atol=0.04)
+    assert mel.max() == 0 and mel.min() >= -CFG.top_db
+
+
+@pytest.mark.parametrize("cfg", [CFG, OTHER_CFG])
+def test_log_mel_blocks_match_librosa_on_long_audio(cfg):
+    # Several STFT blocks long (audio._BLOCK_FRAMES), so block seams are covered.
+    y = np.tile(_music(10.0, cfg.sample_rate, index=3), 3)[: int(25.37 * cfg.sample_rate)]
+    mel = audio.log_mel(y, cfg)
+    reference = _librosa_log_mel(y, cfg)
+    assert mel.shape == reference.shape
+    np.testing.assert_allclose(mel.astype(np.float32), reference, atol=0.04)
+
+
+def test_log_mel_of_silence_is_finite():
+    mel = audio.log_mel(np.zeros(44100, np.float32), CFG)
+    assert np.isfinite(mel.astype(np.float32)).all()
+
+
+def test_resampled_sine_matches_native_rate(tmp_path):
+    for rate in (22050, 44100):
+        sf.write(tmp_path / f"sine{rate}.wav", _sine(1000.0, 2.0, rate), rate, subtype="FLOAT")
+    low, low_seconds = audio.audio_to_mel(tmp_path / "sine22050.wav", CFG)
+    high, high_seconds = audio.audio_to_mel(tmp_path / "sine44100.wav", CFG)
+    assert low.shape == high.shape and low_seconds == pytest.approx(high_seconds)
+    peak_low, peak_high = low.argmax(axis=0), high.argmax(axis=0)
+    np.testing.assert_array_equal(peak_low, peak_high)
+    expected_bin = np.argmin(
+        np.abs(librosa.mel_frequencies(CFG.n_mels + 2, fmax=22050)[1:-1] - 1000)
+    )
+    assert abs(int(np.median(peak_high)) - expected_bin) <= 1
+
+
+def test_resampling_agrees_with_scipy_polyphase(tmp_path):
+    # Tones well inside both resamplers' passbands (< 8 kHz of the 11.025 kHz Nyquist),
+    # where any correct 2x upsampler must give the same signal.
+    rng = np.random.default_rng(0)
+    y = sum(_sine(f, 3.0, 22050) * rng.uniform(0.1, 0.3) for f in rng.uniform(50, 8000, 12))
+    path = tmp_path / "tones.wav"
+    sf.write(path, y, 22050, subtype="FLOAT")
+    ours = audio.load_audio(path, 44100)
+    reference = scipy.signal.resample_poly(y.astype(np.float64), 2, 1)
+    assert len(ours) == len(reference)
+    interior = slice(2000, -2000)  # the two resamplers treat the edges differently
+    error = ours[interior] - reference[interior]
+    assert np.sqrt(np.mean(error**2)) < 2e-3 * np.sqrt(np.mean(reference[interior] ** 2))
+
+
+def test_stereo_is_mixed_to_mono(tmp_path):
+    left, right = _sine(440.0, 1.5, 44100), _sine(660.0, 1.5, 44100)
+    path = tmp_path / "stereo.flac"
+    sf.write(path, np.stack([left, right], axis=1), 44100, subtype="PCM_24")
+    np.testing.assert_allclose(audio.load_audio(path, 44100), (left + right) / 2, atol=1e-6)
+
+
+def test_flac_and_mp3_decode_like_wav(tmp_path):
+    y = _music(3.0, 44100, index=2)
+    for extension in ("wav", "flac", "mp3"):
+        sf.write(tmp_path / f"x.{extension}", y, 44100)
+    wav = audio.load_audio(tmp_path / "x.wav", 44100)
+    # Both hold 16-bit samples; libsndfile may round the two encodings a step apart.
+    np.testing.assert_allclose(audio.load_audio(tmp_path / "x.flac", 44100), wav, atol=2**-15)
+    # An unfamiliar extension still goes to libsndfile first, which sniffs the contents.
+    (tmp_path / "x.bin").write_bytes((tmp_path / "x.wav").read_bytes())
+    np.testing.assert_array_equal(audio.load_audio(tmp_path / "x.bin", 44100), wav)
+    mp3 = audio.load_audio(tmp_path / "x.mp3", 44100)
+    assert abs(len(mp3) - len(wav)) < 0.05 * 44100  # encoder padding
+
+
+def _bad_files(tmp_path) -> dict[str, tuple[str, str]]:
+    """name -> (path, expected start of AudioError.reason), each written here."""
+    good = tmp_path / "good.wav"
+    sf.write(good, _music(3.0, 22050), 22050, subtype="PCM_16")
+    data = good.read_bytes()
+    files = {
+        "empty": ("empty.wav", b""),
+        "random bytes": ("random.wav", np.random.default_rng(0).bytes(20000)),
+        "text": ("notes.wav", b"this is not audio\n" * 200),
+        "cut in header": ("header.wav", data[:30]),
+        "cut in data": ("cut.wav", data[: len(data) // 2]),
+        "no samples": ("nosamples.wav", data[:44]),
+        "unknown format": ("random.xyz", np.random.default_rng(1).bytes(5000)),
+    }
+    for name, contents in files.values():
+        (tmp_path / name).write_bytes(contents)
+    flac = tmp_path / "good.flac"
+    sf.write(flac, _music(3.0, 22050), 22050)
+    (tmp_path / "cut.flac").write_bytes(flac.read_bytes()[: flac.stat().st_size // 2])
+    sf.write(tmp_path / "short.wav", _music(0.4, 22050), 22050)
+    sf.write(tmp_path / "silent.wav", np.zeros(44100, np.float32), 22050)
+    nan = _music(2.0, 22050)
+    nan[1000] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 22050, subtype="FLOAT")
+    expected = {
+        "missing": ("does_not_exist.wav", "missing file"),
+        "empty": ("empty.wav", "empty file"),
+        "random bytes": ("random.wav", "cannot decode"),
+        "text": ("notes.wav", "cannot decode"),
+        "cut in header": ("header.wav", "cannot decode"),
+        "cut in data": ("cut.wav", "truncated"),
+        "no samples": ("nosamples.wav", "truncated"),
+        "cut flac": ("cut.flac", "truncated"),
+        "unknown format": ("random.xyz", "cannot decode"),
+        "too short": ("short.wav", "too short: 0.40 s < 1 s"),
+        "silent": ("silent.wav", "silent"),
+        "nan": ("nan.wav", "non-finite"),
+    }
+    return {name: (os.fspath(tmp_path / path), reason) for name, (path, reason) in expected.items()}
+
+
+def test_each_failure_has_its_reason(tmp_path):
+    for name, (path, reason) in _bad_files(tmp_path).items():
+        with pytest.raises(audio.AudioError) as info:
+            audio.audio_to_mel(path, CFG)
+        assert info.value.reason.startswith(reason), (name, info.value.reason)
+        assert info.value.path == path and path in str(info.value)
+
+
+def test_good_file_next_to_bad_ones_still_works(tmp_path):
+    _bad_files(tmp_path)
+    mel, duration = audio.audio_to_mel(tmp_path / "good.wav", CFG, min_seconds=2.5)
+    assert mel.shape == (128, 301) and duration == pytest.approx(3.0)

@@ -1,0 +1,228 @@
+"""Building datasets end to end: the CLI, bad input, resume after a kill, worker crashes.
+
+Real tfds builds of tiny generated audio (22.05 kHz, 2 s) with a small MelConfig; stored
+mels are checked against audio_to_mel of the same file, labels against the source CSV.
+"""
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data_prep import build
+from myna_rpe_jax.data.audio import MelConfig, audio_to_mel
+from myna_rpe_jax.data.datasets import (
+    DatasetNotPreparedError,
+    LayoutError,
+    available_splits,
+    dataset_metadata,
+    open_split,
+    prepare,
+)
+from myna_rpe_jax.data.datasets.builder import cache_dir, make_config
+from myna_rpe_jax.data.datasets.cache import (
+    CRASH_REASON,
+    MelEntry,
+    UnexpectedDecodeError,
+    check_unexpected,
+    ensure_mels,
+    load_mel,
+)
+from myna_rpe_jax.data.demo.music import DEMO_GENRES, DEMO_TAGS, generate_demo
+from myna_rpe_jax.data.keys import KEY_NAMES
+
+SR = 22050
+MEL = MelConfig(sample_rate=SR, n_fft=512, win_length=512, hop_length=256, n_mels=32)
+MEL_FLAGS = ["--sample-rate", "22050", "--n-fft", "512", "--win-length", "512"]
+MEL_FLAGS += ["--hop-length", "256", "--n-mels", "32"]
+
+
+def write_tone(path: Path, seconds: float = 2.0, freq: float = 440.0) -> Path:
+    """A sine tone plus a little noise, format from the extension (wav/flac/mp3/au)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * SR)) / SR
+    noise = np.random.default_rng(int(freq)).normal(0, 0.01, t.shape)
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32), SR)
+    return path
+
+
+def assert_mel_of(example: dict, path: Path) -> None:
+    expected, duration = audio_to_mel(path, MEL)
+    assert example["mel"].dtype == np.float16 and example["mel"].shape == expected.shape
+    np.testing.assert_allclose(example["mel"], expected, atol=0.05)
+    assert example["duration_s"] == pytest.approx(duration, abs=1e-4)
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_cli_builds_demo_and_reads_it_back(tmp_path, capsys):
+    source, data_dir = tmp_path / "demo", tmp_path / "data"
+    generate_demo(source, num_tracks=8, seconds=2.0)
+    with open(source / "metadata.csv", newline="") as f:
+        rows = {row["track_id"]: row for row in csv.DictReader(f)}
+    argv = ["--dataset", "demo", "--source", str(source), "--data-dir", str(data_dir)]
+    assert build.main([*argv, "--workers", "2", "--no-progress", *MEL_FLAGS]) == 0
+    out = capsys.readouterr().out
+    assert "tracks prepared: 8 (train 6, valid 1, test 1)" in out and "skipped:  0" in out
+
+    assert available_splits("demo", data_dir) == ["train", "valid", "test"]
+    seen = set()
+    for split in ("train", "validation", "test"):
+        source_split = open_split("demo", data_dir, split)
+        assert source_split.mel_config == MEL
+        for example in source_split:
+            row = rows[example["track_id"]]
+            seen.add(example["track_id"])
+            assert row["split"] == source_split.split
+            assert DEMO_GENRES[example["genre"]] == row["genre"]
+            assert KEY_NAMES[example["key"]] == row["key"]
+            assert example["arousal"] == pytest.approx(float(row["arousal"]), abs=1e-6)
+            assert example["valence"] == pytest.approx(float(row["valence"]), abs=1e-6)
+            tags = {DEMO_TAGS[i] for i in np.flatnonzero(example["tags"])}
+            assert tags == set(row["tags"].split("|"))
+            assert_mel_of(example, source / row["path"])
+    assert seen == set(rows)
+    metadata = dataset_metadata("demo", data_dir)
+    assert metadata["mel"]["n_mels"] == 32 and metadata["min_seconds"] == 1.0
+    assert not (data_dir / "_cache").exists()  # the stage-1 cache is removed
+
+    assert build.main([*argv, *MEL_FLAGS]) == 0  # a finished dataset: says so, no work
+    assert "already prepared" in capsys.readouterr().out
+
+
+def test_bad_files_are_skipped_with_reasons(tmp_path):
+    source = tmp_path / "music"
+    good = [
+        write_tone(source / "a.wav", freq=300),
+        write_tone(source / "b.flac", freq=500),
+        write_tone(source / "sub dir" / "c.mp3", freq=700),
+    ]
+    (source / "empty.wav").touch()
+    whole = write_tone(tmp_path / "whole.wav").read_bytes()
+    (source / "truncated.wav").write_bytes(whole[: len(whole) // 2])
+    (source / "random.wav").write_bytes(np.random.default_rng(0).bytes(20000))
+    (source / "lyrics.mp3").write_text("la la la, not audio\n" * 100)
+    write_tone(source / "short.wav", seconds=0.5)
+    (source / ".DS_Store").write_bytes(b"\0" * 10)  # hidden: ignored, not even skipped
+
+    summary = prepare("folder", source, tmp_path / "data", workers=2, mel=MEL, progress=False)
+    assert (summary.prepared, summary.skipped) == (3, 5)
+    examples = {e["track_id"]: e for e in open_split("folder", tmp_path / "data", "train")}
+    assert set(examples) == {"a.wav", "b.flac", "sub dir/c.mp3"}
+    for path in good:
+        assert_mel_of(examples[path.relative_to(source).as_posix()], path)
+
+    skipped = {row["path"]: row["reason"] for row in read_tsv(summary.skipped_tsv)}
+    assert summary.skipped_tsv == summary.dataset_dir / "skipped.tsv"
+    assert set(skipped) == {"empty.wav", "truncated.wav", "random.wav", "lyrics.mp3", "short.wav"}
+    assert skipped["empty.wav"].startswith("empty file")
+    assert skipped["truncated.wav"].startswith("truncated")
+    assert skipped["random.wav"].startswith("cannot decode")
+    assert skipped["lyrics.mp3"].startswith("cannot decode")
+    assert skipped["short.wav"].startswith("too short")
+
+
+def test_missing_annotated_files_are_listed(tmp_path):
+    source = tmp_path / "demo"
+    generate_demo(source, num_tracks=4, seconds=2.0)
+    (source / "audio" / "demo00001.wav").unlink()
+    summary = prepare("demo", source, tmp_path / "data", mel=MEL, progress=False)
+    assert (summary.prepared, summary.skipped) == (3, 1)
+    [row] = read_tsv(summary.skipped_tsv)
+    assert row["path"] == "audio/demo00001.wav" and row["reason"].startswith("missing")
+    ids = {
+        e["track_id"] for s in ("train", "valid") for e in open_split("demo", tmp_path / "data", s)
+    }
+    assert ids == {"demo00000", "demo00002", "demo00003"}
+
+
+def test_resume_after_a_kill_reuses_finished_tracks(tmp_path):
+    source, data_dir = tmp_path / "music", tmp_path / "data"
+    paths = [write_tone(source / f"t{i}.wav", freq=200 + 100 * i) for i in range(4)]
+    work = cache_dir(data_dir, "folder", make_config("folder", MEL).name)
+    # A killed run: two tracks finished, the third half-written under its temporary name.
+    finished = ensure_mels(paths[:2], work, MEL, 1.0)
+    before = [os.stat(entry.file) for entry in finished]
+    third = ensure_mels(paths[2:3], tmp_path / "elsewhere", MEL, 1.0)[0]
+    stray = work / (Path(third.file).name + ".4242.tmp")
+    stray.write_bytes(Path(third.file).read_bytes()[:100])
+
+    summary = prepare("folder", source, data_dir, mel=MEL, keep_cache=True, progress=False)
+    assert summary.prepared == 4 and not stray.exists()
+    after = [os.stat(entry.file) for entry in finished]
+    assert [(s.st_ino, s.st_mtime_ns) for s in before] == [(s.st_ino, s.st_mtime_ns) for s in after]
+    assert len(list(work.glob("*.npz"))) == 4
+    examples = {e["track_id"]: e for e in open_split("folder", data_dir, "train")}
+    for path in paths:
+        assert_mel_of(examples[path.name], path)
+
+    rebuilt = prepare("folder", source, data_dir, mel=MEL, overwrite=True, progress=False)
+    assert rebuilt.prepared == 4 and not rebuilt.already_prepared
+    assert not (data_dir / "_cache").exists()
+
+
+def _crash_on_marker(path: str, mel: MelConfig, min_seconds: float):
+    """Stands in for a decoder that segfaults on one file (kills its whole process)."""
+    if "crash" in Path(path).name:
+        os._exit(11)
+    return np.zeros((mel.n_mels, 10), np.float16), 1.0
+
+
+def test_a_crashing_file_does_not_stop_the_others(tmp_path):
+    paths = [tmp_path / name for name in ("a.wav", "crash.wav", "b.wav", "c.wav", "d.wav")]
+    for path in paths:
+        path.write_bytes(b"x")
+    entries = ensure_mels(paths, tmp_path / "cache", MEL, 1.0, workers=2, mel_fn=_crash_on_marker)
+    assert entries[1] == MelEntry(False, reason=CRASH_REASON)
+    assert [entry.ok for entry in entries] == [True, False, True, True, True]
+    assert load_mel(entries[0].file)[0].shape == (32, 10)
+    again = ensure_mels(paths, tmp_path / "cache", MEL, 1.0, mel_fn=_crash_on_marker)
+    assert again == entries  # all cached, the crash included: nothing runs (or crashes) again
+
+
+def _out_of_memory_on_marker(path: str, mel: MelConfig, min_seconds: float):
+    """Stands in for a failure that is not the file's fault."""
+    if "big" in Path(path).name:
+        raise MemoryError("cannot allocate 3.1 GiB")
+    return np.zeros((mel.n_mels, 10), np.float16), 1.0
+
+
+def test_a_failure_that_is_not_the_files_is_not_cached_and_stops_the_build(tmp_path):
+    paths = [tmp_path / name for name in ("a.wav", "big.wav", "b.wav")]
+    for path in paths:
+        path.write_bytes(b"x")
+    entries = ensure_mels(paths, tmp_path / "cache", MEL, 1.0, mel_fn=_out_of_memory_on_marker)
+    assert [(e.ok, e.unexpected) for e in entries] == [(True, False), (False, True), (True, False)]
+    assert "MemoryError" in entries[1].reason
+    with pytest.raises(UnexpectedDecodeError, match=r"(?s)1 track.*big\.wav.*MemoryError"):
+        check_unexpected(paths, entries)
+    check_unexpected(paths[::2], entries[::2])  # nothing unexpected: no error
+    # Not cached: the next run decodes it again (and here succeeds).
+    again = ensure_mels(paths, tmp_path / "cache", MEL, 1.0, mel_fn=_crash_on_marker)
+    assert all(entry.ok for entry in again)
+
+
+def test_wrong_layout_fails_at_once(tmp_path, capsys):
+    (tmp_path / "src" / "random_folder").mkdir(parents=True)
+    data_dir = tmp_path / "data"
+    argv = ["--dataset", "gtzan", "--source", str(tmp_path / "src"), "--data-dir", str(data_dir)]
+    assert build.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not look like a gtzan folder" in err and "train_filtered.txt" in err
+    assert "├── genres/" in err
+    assert not (data_dir / "_cache").exists()
+    with pytest.raises(LayoutError, match="it is not a directory"):
+        prepare("emomusic", tmp_path / "nowhere", data_dir)
+    with pytest.raises(ValueError, match="is inside --source"):
+        prepare("folder", tmp_path, data_dir)
+
+
+def test_reading_an_unprepared_dataset_says_how_to_build_it(tmp_path):
+    with pytest.raises(DatasetNotPreparedError, match="python -m data_prep.build --dataset gtzan"):
+        open_split("gtzan", tmp_path, "train")

@@ -1,0 +1,242 @@
+"""embed: whole tracks and chunks from a really trained tiny checkpoint, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from configs import tiny
+from myna_rpe_jax.data import locations
+from myna_rpe_jax.data.datasets import dataset_tasks
+from myna_rpe_jax.embed import __main__ as embed_cli
+from myna_rpe_jax.embed import embedder as embedder_lib
+from myna_rpe_jax.embed.file import load_npz
+from myna_rpe_jax.train import loop
+
+TRAIN_STEPS = 80
+DEMO_TRACKS, DEMO_SECONDS = 48, 6.0
+
+
+class TinyRun(NamedTuple):
+    workdir: Path
+    demo_dir: Path  # the prepared demo set it trained on
+
+
+def trained_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """A tiny model trained on a small demo set, shared by every test file of the session
+    (built by the first one that asks, under the session's base temporary folder)."""
+    base = tmp_path_factory.getbasetemp()
+    workdir, data_root = base / "tiny_run", base / "tiny_data"
+    if not (workdir / "checkpoints" / str(TRAIN_STEPS)).exists():
+        config = tiny.get_config()
+        config.total_steps, config.batch_size = TRAIN_STEPS, 16
+        config.data.update(demo_tracks=DEMO_TRACKS, demo_seconds=DEMO_SECONDS)
+        config.data.data_dir = str(data_root)
+        config.log_every, config.checkpoint_every = 10, 1000
+        loop.train(config, str(workdir))
+    demo_dir = locations.demo_data_dir(data_root, DEMO_TRACKS, DEMO_SECONDS, 0)
+    return TinyRun(workdir, demo_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    return trained_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_run) -> embedder_lib.Embedder:
+    return embedder_lib.load_embedder(tiny_run.workdir)[0]
+
+
+def random_mel(frames: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-80, 0, (128, frames)).astype(np.float16)
+
+
+def apply_alone(embedder: embedder_lib.Embedder, mel: np.ndarray) -> np.ndarray:
+    """The encoder on one spectrogram, batch of 1, without the Embedder's batching."""
+    cls, _ = embedder.encoder.apply(
+        {"params": embedder.params}, mel[None].astype(np.float32), train=False
+    )
+    return np.asarray(cls[0])
+
+
+def write_tone(path: Path, seconds: float, seed: int, sample_rate: int = 16000) -> None:
+    """A gliding tone in noise, different for every seed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    f0 = rng.uniform(100, 800)
+    phase = 2 * np.pi * (f0 * t + 20 * np.sin(2 * np.pi * t / rng.uniform(3, 9)))
+    y = 0.5 * np.sin(phase) * (1 + 0.5 * np.sin(2 * np.pi * t * rng.uniform(0.5, 4)))
+    y += 0.05 * rng.standard_normal(len(t))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, (0.8 * y / np.abs(y).max()).astype(np.float32), sample_rate)
+
+
+def test_chunk_mel_drops_the_tail_and_loops_short_tracks():
+    mel = random_mel(700, 0)
+    chunks = embedder_lib.chunk_mel(mel, 256)
+    np.testing.assert_array_equal(chunks, np.stack([mel[:, :256], mel[:, 256:512]]))
+    short = random_mel(100, 1)
+    np.testing.assert_array_equal(embedder_lib.chunk_mel(short, 256)[0], np.tile(short, 3)[:, :256])
+
+
+@pytest.mark.parametrize(
+    "count,max_batch,multiple",
+    [(1, 8, 1), (8, 8, 1), (13, 8, 1), (5, 6, 1), (3, 1, 1), (255, 256, 1), (1, 8, 4), (27, 16, 4)],
+)
+def test_batch_sizes_cover_every_input_once_with_few_shapes(count, max_batch, multiple):
+    sizes = embedder_lib.batch_sizes(count, max_batch, multiple)
+    assert sum(real for real, _ in sizes) == count
+    assert all(padded % multiple == 0 and real <= padded <= max_batch for real, padded in sizes)
+    rest = [padded // multiple for _, padded in sizes if padded != max_batch]
+    assert all(size & (size - 1) == 0 for size in rest)  # powers of two (times multiple) ...
+    assert len(set(rest)) == len(rest)  # ... each at most once
+    # Only the last batch repeats inputs, and fewer than `multiple` of them.
+    assert all(real == padded for real, padded in sizes[:-1])
+    assert sizes[-1][1] - sizes[-1][0] < multiple
+
+
+def test_batches_split_over_devices_give_the_one_device_result(tiny_run):
+    """The tests run with 4 (fake CPU) devices: 5 tracks of one bucket become a batch of 4 and
+    one of 1 padded to 4; the same embeddings as on one device."""
+    import jax
+
+    assert len(jax.local_devices()) == 4
+    mels = [random_mel(frames, seed) for seed, frames in enumerate([320, 320, 330, 333, 300, 500])]
+    four = embedder_lib.load_embedder(tiny_run.workdir)[0]
+    one = embedder_lib.load_embedder(tiny_run.workdir)[0]
+    one = embedder_lib.Embedder(
+        one.encoder, one.params, one.chunk_frames, devices=jax.local_devices()[:1]
+    )
+    assert len(four.devices) == 4
+    np.testing.assert_allclose(
+        four.embed(mels, "full"), one.embed(mels, "full"), rtol=1e-5, atol=1e-6
+    )
+    assert all(shape[0] % 4 == 0 for shape in four.shapes_compiled)
+
+
+def test_full_mode_equals_each_track_alone(embedder):
+    """Tracks of several lengths in one call (333 and 330 both crop to 320 frames; 350 crops to
+    336 and is padded to a 352-frame bucket): each is the encoder on that track alone, cropped
+    to whole patches, unpadded."""
+    mels = [random_mel(frames, seed) for seed, frames in enumerate([300, 333, 330, 350])]
+    assert embedder.bucket(336) == 352
+    out = embedder.embed(mels, "full")
+    assert out.shape == (4, 64) and out.dtype == np.float32
+    for mel, row in zip(mels, out, strict=True):
+        cropped = mel[:, : mel.shape[1] // 16 * 16]
+        np.testing.assert_allclose(row, apply_alone(embedder, cropped), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_padding", [0.0, 0.05, 0.125, 0.5])
+def test_length_buckets_pad_little_and_are_few(max_padding):
+    frames = np.arange(16, 16 * 5000, 16)
+    buckets = np.array([embedder_lib.bucket_frames(f, 16, max_padding) for f in frames])
+    assert np.all(buckets % 16 == 0) and np.all(buckets >= frames)
+    assert np.all(buckets - frames <= max_padding * frames)
+    if max_padding == 0:
+        np.testing.assert_array_equal(buckets, frames)
+    else:  # at most 2 / max_padding buckets per doubling of length, past the exact short ones
+        octaves = np.log2(frames[-1] * max_padding)
+        assert len(set(buckets)) <= 1 / max_padding + octaves * 2 / max_padding
+
+
+def test_bucketing_keeps_embeddings_and_compiles_fewer_shapes(tiny_run):
+    lengths = [640, 656, 688, 700, 720, 752, 800, 811]
+    mels = [random_mel(frames, seed) for seed, frames in enumerate(lengths)]
+    exact = embedder_lib.load_embedder(tiny_run.workdir, max_padding=0.0)[0]
+    bucketed = embedder_lib.load_embedder(tiny_run.workdir, max_padding=0.125)[0]
+    np.testing.assert_allclose(
+        bucketed.embed(mels, "full"), exact.embed(mels, "full"), rtol=1e-4, atol=1e-5
+    )
+    compiled_lengths = lambda e: sorted({shape[2] for shape in e.shapes_compiled})
+    # 700 and 811 frames crop to 688 and 800 (whole patches): six lengths, six programs.
+    assert compiled_lengths(exact) == [640, 656, 688, 720, 752, 800]
+    # 40-50 patch columns round up to multiples of 4 (12.5% of 40 is 5 > 4): four programs.
+    assert compiled_lengths(bucketed) == [640, 704, 768, 832]
+
+
+def test_chunks_mode_is_the_mean_of_each_chunk_embedded_alone(embedder):
+    chunk = embedder.chunk_frames
+    assert chunk == 256  # configs/tiny.py trains on 256-frame chunks
+    long_track, short_track = random_mel(2 * chunk + 100, 5), random_mel(150, 6)
+    out = embedder.embed([long_track, short_track], "chunks")
+    expected_long = np.mean(
+        [apply_alone(embedder, long_track[:, k * chunk : (k + 1) * chunk]) for k in range(2)],
+        axis=0,
+    )
+    looped = np.concatenate([short_track, short_track], axis=1)[:, :chunk]
+    np.testing.assert_allclose(out[0], expected_long, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[1], apply_alone(embedder, looped), rtol=1e-4, atol=1e-5)
+
+
+def test_chunks_that_are_not_whole_patches_lose_only_their_last_frames(embedder):
+    """200-frame chunks (12.5 patch columns): each is embedded as its first 192 frames."""
+    odd = embedder_lib.Embedder(embedder.encoder, embedder.params, chunk_frames=200)
+    track = random_mel(450, 7)
+    expected = np.mean([apply_alone(embedder, track[:, k : k + 192]) for k in (0, 200)], axis=0)
+    np.testing.assert_allclose(odd.embed([track], "chunks")[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_embed_cli_on_a_folder_of_long_tracks(tiny_run, tmp_path):
+    """60 s tracks (23x the 2.56 s training chunks) in one pass each: finite embeddings,
+    equal alone and batched; a corrupt file is skipped and reported, not fatal."""
+    folder = tmp_path / "music"
+    for i, name in enumerate(["a.wav", "sub/b.wav", "c.flac"]):
+        write_tone(folder / name, 60.0, seed=i)
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    (folder / "notes.txt").write_text("not audio")
+    out = tmp_path / "emb.npz"
+    common = ["--workdir", str(tiny_run.workdir), "--no-progress"]
+    argv = [*common, "--audio", str(folder), "--output", str(out), "--parquet"]
+    assert embed_cli.main(argv) == 0
+
+    result = load_npz(out)
+    assert result.track_ids == ["a", "c", "sub/b"]
+    assert result.embeddings.shape == (3, 64) and np.isfinite(result.embeddings).all()
+    assert result.split == ["", "", ""]
+    assert len(result.skipped) == 1 and "broken.wav" in result.skipped[0]
+    assert result.meta["mode"] == "full" and result.meta["step"] == TRAIN_STEPS
+    assert result.meta["mel"]["hop_length"] == 441
+    assert "training dataset 'demo'" in result.meta["mel_source"]
+
+    alone = tmp_path / "alone.npz"
+    assert embed_cli.main([*common, "--audio", str(folder / "c.flac"), "--output", str(alone)]) == 0
+    single = load_npz(alone)
+    assert single.track_ids == ["c"]
+    np.testing.assert_allclose(single.embeddings[0], result.embeddings[1], rtol=1e-4, atol=1e-5)
+
+    table = pq.read_table(out.with_suffix(".parquet"))
+    assert table.column("track_id").to_pylist() == result.track_ids
+    np.testing.assert_array_equal(
+        np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), result.embeddings
+    )
+    assert json.loads(table.schema.metadata[b"meta"])["step"] == TRAIN_STEPS
+
+
+def test_embed_cli_on_a_prepared_dataset(tiny_run, tmp_path):
+    out = tmp_path / "demo.npz"
+    argv = ["--workdir", str(tiny_run.workdir), "--dataset", "demo"]
+    argv += ["--data-dir", str(tiny_run.demo_dir), "--output", str(out), "--mode", "chunks"]
+    assert embed_cli.main([*argv, "--no-progress"]) == 0
+    result = load_npz(out)
+    assert len(result.track_ids) == DEMO_TRACKS
+    assert set(result.split) == {"train", "valid", "test"}
+    tasks = dataset_tasks("demo")
+    assert set(result.labels) == {spec.label_key for spec in tasks.values()}
+    assert result.labels["tags"].shape == (DEMO_TRACKS, tasks["tags"].num_outputs)
+    assert result.meta["mode"] == "chunks" and result.meta["chunk_frames"] == 256
+    assert result.meta["labels"]["genre"]["class_names"] == list(tasks["genre"].class_names)
+
+
+def test_embed_cli_reports_missing_inputs(tiny_run, tmp_path):
+    argv = ["--workdir", str(tiny_run.workdir), "--output", str(tmp_path / "x.npz")]
+    assert embed_cli.main([*argv, "--audio", str(tmp_path / "nowhere")]) == 1
+    assert embed_cli.main([*argv, "--dataset", "gtzan", "--data-dir", str(tmp_path)]) == 1
+    assert not (tmp_path / "x.npz").exists()

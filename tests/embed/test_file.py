@@ -1,0 +1,66 @@
+"""The embedding .npz format: save/load round trip, the lenient read, errors naming the field."""
+
+import re
+
+import numpy as np
+import pytest
+
+from myna_rpe_jax.embed.file import Embeddings, load_npz, save_npz
+
+
+def example() -> Embeddings:
+    return Embeddings(
+        track_ids=["a", "sub/b", "c"],
+        embeddings=np.arange(12, dtype=np.float32).reshape(3, 4),
+        split=["train", "valid", "test"],
+        labels={"genre": np.array([0, 2, 1]), "tags": np.eye(3, dtype=np.float32)},
+        skipped=["broken.wav: cannot decode"],
+        meta={"mode": "full", "step": 7},
+    )
+
+
+def test_round_trip(tmp_path):
+    path = save_npz(tmp_path / "deep" / "emb.npz", example())
+    assert sorted(p.name for p in path.parent.iterdir()) == ["emb.npz"]  # no .partial left
+    got = load_npz(path)
+    want = example()
+    assert (got.track_ids, got.split, got.skipped, got.meta) == (
+        want.track_ids,
+        want.split,
+        want.skipped,
+        want.meta,
+    )
+    np.testing.assert_array_equal(got.embeddings, want.embeddings)
+    assert got.embeddings.dtype == np.float32
+    assert set(got.labels) == {"genre", "tags"}
+    np.testing.assert_array_equal(got.labels["tags"], want.labels["tags"])
+
+
+def test_lenient_read_needs_only_track_ids_and_embeddings(tmp_path):
+    path = tmp_path / "other_tool.npz"
+    np.savez(path, track_ids=np.array(["x", "y"]), embeddings=np.ones((2, 3), np.float64))
+    got = load_npz(path, strict=False)
+    assert got.track_ids == ["x", "y"] and got.split == ["", ""]
+    assert got.embeddings.dtype == np.float32 and got.embeddings.shape == (2, 3)
+    assert (got.labels, got.skipped, got.meta) == ({}, [], {})
+    with pytest.raises(ValueError, match=r"lacks \['meta', 'split'\].*strict=False"):
+        load_npz(path)
+
+
+def test_errors_name_the_file_and_the_missing_field(tmp_path):
+    path = tmp_path / "vectors.npz"
+    np.savez(path, track_ids=np.array(["x"]), vectors=np.zeros((1, 3)))
+    with pytest.raises(
+        ValueError, match=re.escape(f"{path} lacks ['embeddings']: expected an .npz")
+    ):
+        load_npz(path, strict=False)
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"embeddings file {tmp_path / 'no.npz'} does")
+    ):
+        load_npz(tmp_path / "no.npz", strict=False)
+    (tmp_path / "tracks.csv").write_text("track_id\nx\n")
+    with pytest.raises(ValueError, match="tracks.csv is not an .npz embedding file"):
+        load_npz(tmp_path / "tracks.csv", strict=False)
+    np.savez(path, track_ids=np.array(["x", "y"]), embeddings=np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"embeddings \(3, 4\) .* do not match 2 track_ids"):
+        load_npz(path, strict=False)

@@ -1,0 +1,158 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from myna_rpe_jax.train import checkpoints, loop
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def overrides(config) -> list[str]:
+    """The command-line flags that reproduce the test config from configs/tiny.py."""
+    data = config.data
+    return [
+        f"--config.data.data_dir={data.data_dir}",
+        f"--config.data.demo_tracks={data.demo_tracks}",
+        f"--config.data.demo_seconds={data.demo_seconds}",
+        f"--config.data.chunk_frames=({data.chunk_frames[0]},)",
+        f"--config.batch_size={config.batch_size}",
+        "--config.log_every=1",
+    ]
+
+
+def run_train(args, devices=4, timeout=300):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.Popen(
+        [sys.executable, "-m", "myna_rpe_jax.train", "--config=configs/tiny.py", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_train_entry_point_runs_two_steps_on_four_devices(tiny_config, tmp_path):
+    proc = run_train([f"--workdir={tmp_path}", "--config.total_steps=2", *overrides(tiny_config)])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "training on 4 devices (1 processes)" in out
+    assert "[2] contrastive_accuracy=" in out and "loss=" in out
+    assert checkpoints.checkpoint_manager(tmp_path).latest_step() == 2
+    assert (tmp_path / "config.json").exists()
+    assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard summaries"
+
+
+def test_two_processes_on_loopback_take_one_global_step(tiny_config, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    common = [f"--workdir={tmp_path}", "--config.total_steps=1", *overrides(tiny_config)]
+    common += [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    procs = [run_train([*common, f"--process_id={i}"], devices=2) for i in range(2)]
+    outs = [proc.communicate(timeout=300)[0] for proc in procs]
+    for proc, out in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, out
+        assert "training on 4 devices (2 processes), global batch 8" in out
+    # Both processes computed the same global loss.
+    losses = [
+        out.split("[1] contrastive_accuracy=")[1].split("loss=")[1].split(",")[0] for out in outs
+    ]
+    assert losses[0] == losses[1]
+
+
+def test_resumed_run_matches_uninterrupted_run(tiny_config, tmp_path):
+    straight = loop.train(tiny_config, str(tmp_path / "straight"))
+    first = loop.train(tiny_config, str(tmp_path / "resumed"), stop_after=3)
+    second = loop.train(tiny_config, str(tmp_path / "resumed"))
+    assert [h["step"] for h in first] == [1, 2, 3]
+    assert [h["step"] for h in second] == [4, 5, 6]
+    for key in ("loss", "contrastive_accuracy", "grad_norm", "param_norm", "learning_rate"):
+        np.testing.assert_array_equal(
+            [h[key] for h in straight], [h[key] for h in first + second], err_msg=key
+        )
+
+
+def test_resume_logs_its_step(tiny_config, tmp_path, caplog):
+    loop.train(tiny_config, str(tmp_path), stop_after=1)
+    with caplog.at_level("INFO"):
+        loop.train(tiny_config, str(tmp_path), stop_after=2)
+    assert "Resumed from step 1" in caplog.text
+
+
+def test_resume_with_a_changed_config_keeps_the_old_one_and_says_what_changed(
+    tiny_config, tmp_path, caplog
+):
+    loop.train(tiny_config, str(tmp_path), stop_after=1)
+    loop.train(tiny_config, str(tmp_path), stop_after=2)  # same config: nothing archived
+    assert sorted(p.name for p in tmp_path.glob("config*.json")) == ["config.json"]
+    tiny_config.total_steps = 4
+    with caplog.at_level("WARNING"):
+        loop.train(tiny_config, str(tmp_path))
+    assert "changed config (total_steps: 6 -> 4)" in caplog.text
+    assert checkpoints.read_config(tmp_path).total_steps == 4
+    old = json.loads((tmp_path / "config.until_step2.json").read_text())
+    assert old["total_steps"] == 6
+    # A second resume at step 2 (as if the last run had crashed before its next checkpoint):
+    # the archive of what steps 1-2 ran with stays.
+    tiny_config.total_steps = 8
+    checkpoints.write_config(tmp_path, tiny_config, 2)
+    assert json.loads((tmp_path / "config.until_step2.json").read_text())["total_steps"] == 6
+    assert checkpoints.read_config(tmp_path).total_steps == 8
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
+    tiny_config.checkpoint_every = 1
+    loop.train(tiny_config, str(tmp_path), stop_after=2)
+    tiny_config.optim.learning_rate = float("nan")
+    with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint \\(step 2\\)"):
+        loop.train(tiny_config, str(tmp_path))
+    params, step = checkpoints.load_params(tmp_path)
+    assert step == 2
+    assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+def test_loss_falls_on_the_demo_set(tiny_config, tmp_path):
+    tiny_config.total_steps = 100
+    tiny_config.checkpoint_every = 1000
+    history = loop.train(tiny_config, str(tmp_path))
+    loss = np.array([h["loss"] for h in history])
+    assert loss[-10:].mean() < 0.7 * loss[:10].mean(), loss
+
+
+def test_bad_config_field_fails_with_its_name(tiny_config, tmp_path):
+    proc = run_train([f"--workdir={tmp_path}", "--config.optim.learnin_rate=1e-3"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "learnin_rate" in out
+    tiny_config.model.posemb = ("alibi3d",)
+    with pytest.raises(ValueError, match="alibi3d"):
+        loop.train(tiny_config, str(tmp_path / "bad"))
+
+
+def test_batch_must_divide_over_devices(tiny_config, tmp_path):
+    tiny_config.batch_size = 6
+    with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+        loop.train(tiny_config, str(tmp_path))
+
+
+def test_checkpoint_trained_on_four_devices_loads_on_one(tiny_config, tmp_path):
+    loop.train(tiny_config, str(tmp_path), stop_after=1)
+    code = (
+        "import jax; from myna_rpe_jax.train import checkpoints;"
+        f"params, step = checkpoints.load_params({str(tmp_path)!r});"
+        "print('devices', jax.device_count(), 'step', step, len(jax.tree.leaves(params)))"
+    )
+    env = dict(os.environ, XLA_FLAGS="")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "devices 1 step 1" in out.stdout
