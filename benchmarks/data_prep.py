@@ -7,8 +7,14 @@ much audio per second with one worker per core. Reported: seconds of audio proce
 wall second ("x real time") for decoding + resampling to 44.1 kHz, for the log-mel alone,
 for both together, and for both plus writing the float16 array to disk with np.save.
 
+First, the whole pipeline through the real builder (`datasets.prepare` of a `folder` dataset:
+decode + log-mel, cache, tfds array_record writing) beside decode + log-mel alone of the same
+files, in one run: with one worker (the ratio is what writing costs), then with every worker
+count up to the usable cores (the speed-up).
+
     python benchmarks/data_prep.py                  # 3 tracks x 30 s, wav/flac/mp3
-    python benchmarks/data_prep.py --tracks 2 --seconds 10 --formats wav
+    python benchmarks/data_prep.py --tracks 2 --seconds 10 --formats wav --pipeline-tracks 8
+    python benchmarks/data_prep.py --small          # seconds: a smoke run of every section
 """
 
 from __future__ import annotations
@@ -22,10 +28,45 @@ import time
 import machine  # noqa: E402  benchmarks/machine.py
 import numpy as np
 import soundfile as sf
+import tensorflow_datasets as tfds
 from threadpoolctl import threadpool_limits
 
-from myna_rpe_jax.data import audio
+from myna_rpe_jax.data import audio, datasets
 from myna_rpe_jax.data.demo import music
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pipeline_table(num_tracks: int, seconds: float, tmp: str) -> list[str]:
+    """Table rows: decode + log-mel alone vs the real builder with 1..usable_cores() workers."""
+    tfds.disable_progress_bar()
+    cfg = audio.MelConfig()
+    source = os.path.join(tmp, "pipeline_source")
+    os.makedirs(source)
+    files = []
+    for i in range(num_tracks):
+        files.append(os.path.join(source, f"track{i:04d}.wav"))
+        sf.write(files[-1], music.render_track(music.track_spec(i), seconds, 44100), 44100)
+    audio.audio_to_mel(files[0], cfg)  # warm-up: imports, filterbank, FFT plans
+    with threadpool_limits(limits=1):
+        start = time.perf_counter()
+        for path in files:
+            audio.audio_to_mel(path, cfg)
+        alone = time.perf_counter() - start
+    audio_s = num_tracks * seconds
+    rows = [f"| decode + log-mel alone | 1 | {alone:.2f} | {audio_s / alone:.0f}x | 100% |"]
+    for workers in range(1, usable_cores() + 1):
+        data_dir = os.path.join(tmp, f"prepared_{workers}")
+        start = time.perf_counter()
+        datasets.prepare("folder", source, data_dir, workers=workers, progress=False)
+        wall = time.perf_counter() - start
+        rows.append(
+            f"| builder (decode + log-mel + write) | {workers} | {wall:.2f} |"
+            f" {audio_s / wall:.0f}x | {100 * alone / wall:.0f}% |"
+        )
+    return rows
 
 
 def _pin_to_one_core() -> str:
@@ -84,11 +125,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--formats", default="wav,flac,mp3")
     parser.add_argument("--sample-rates", default="22050,44100", help="source rates, Hz")
+    parser.add_argument("--pipeline-tracks", type=int, default=24, help="tracks for the builder")
+    parser.add_argument("--small", action="store_true", help="tiny sizes: a smoke run")
     args = parser.parse_args(argv)
+    if args.small:
+        args.tracks, args.seconds, args.repeats = 1, 2.0, 1
+        args.formats, args.sample_rates, args.pipeline_tracks = "wav", "44100", 2
+
+    print(f"machine: {machine.describe()}; {usable_cores()} usable cores")
+    print(
+        f"\nWhole pipeline: {args.pipeline_tracks} generated tracks x {args.seconds:g} s, 44.1 kHz"
+        " wav, through datasets.prepare('folder', ...) vs decode + log-mel alone"
+    )
+    header = ("pipeline", "workers", "wall s", "x real time", "throughput vs alone")
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in pipeline_table(args.pipeline_tracks, args.seconds, tmp):
+            print(row, flush=True)
 
     pinned = _pin_to_one_core()
     cfg = audio.MelConfig()
-    print(f"machine: {machine.describe()}; this run: {pinned}, 1 thread")
+    print(f"\nPer core: this run {pinned}, 1 thread")
     print(
         f"python {platform.python_version()}, numpy {np.__version__}, {sf.__libsndfile_version__=}"
     )

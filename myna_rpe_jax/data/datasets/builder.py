@@ -143,7 +143,13 @@ class MynaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         config: MynaConfig = self.builder_config
         features = {
-            "mel": tfds.features.Tensor(shape=(config.mel.n_mels, None), dtype=np.float16),
+            # Raw bytes: tfds' default encoding turns every float16 into a float32 proto entry,
+            # which cost more than decoding and the log-mel together (150x slower, 2x larger).
+            "mel": tfds.features.Tensor(
+                shape=(config.mel.n_mels, None),
+                dtype=np.float16,
+                encoding=tfds.features.Encoding.BYTES,
+            ),
             "track_id": tfds.features.Text(),
             "duration_s": tfds.features.Scalar(dtype=np.float32),
             **_label_features(self.SPEC),
