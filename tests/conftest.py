@@ -3,12 +3,22 @@ a small demo dataset shared by every test (and every xdist worker) that needs pr
 
 import fcntl
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# librosa's numba functions cache their machine code beside librosa's sources; two xdist
+# workers compiling one function at once on a fresh install left a cache entry that segfaults
+# every later process. One cache folder per worker avoids the race.
+os.environ.setdefault(
+    "NUMBA_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(), f"myna-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    ),
+)
 
 from pathlib import Path  # noqa: E402
 
