@@ -1,4 +1,4 @@
-"""Shared defaults: Myna-RPE's published setup (REFERENCE.md), on the built-in demo data.
+"""Shared defaults: Myna-RPE's published setup (docs/design.md), on the built-in demo data.
 
 Model: ViT-S/16 with a CLS token, 90% patchout. Optimiser: AdamW, lr 2e-4, weight decay 1e-4,
 batch 1024, 512 epochs. Loss: InfoNCE, temperature 0.1 (`config.loss`: SogCLR, k-means and

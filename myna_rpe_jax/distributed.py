@@ -42,7 +42,7 @@ def data_mesh(devices=None) -> Mesh:
     """A 1-D ("data",) mesh over `devices` (default: every device of every process).
 
     Built as a plain Mesh (implicit sharding): `jax.make_mesh` now defaults to Explicit axis
-    types, which breaks implicit sharding of gradients (REFERENCE.md, traps).
+    types, which breaks implicit sharding of gradients (docs/design.md, traps).
     """
     return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 

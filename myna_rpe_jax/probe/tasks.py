@@ -1,6 +1,6 @@
 """Linear probes of frozen embeddings: fit on train, choose regularisation on valid, score test.
 
-The protocol fixes the flaws of public probe code (REFERENCE.md, section 4): features are
+The protocol fixes the flaws of public probe code (docs/design.md): features are
 standardised with train statistics only, regression targets z-scored with train statistics,
 and the regularisation strength is the grid point with the best *validation* score (ties go to
 the stronger regularisation); test is scored once, with that strength.
