@@ -6,7 +6,9 @@ parsers look at (existence), and the published files come from /work/shared/data
 
 import collections
 import csv
+import gzip
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +119,202 @@ def test_emomusic_artist_rule():
     assert emomusic.normalize_artist("  The\tBeatles! 2 ") == "the beatles"
     bucket = int(hashlib.sha1(b"the beatles").hexdigest(), 16) % 10
     assert emomusic.development_split("The  Beatles") == ("train" if bucket < 8 else "valid")
+
+
+# ---- GiantSteps MTG-key artist split and EmoMusic split on the published metadata ----
+
+MTG_KEY = SHARED / "giantsteps-mtg-key" / "annotations"
+EMO = SHARED / "emomusic"
+
+
+def _jukemir_giantsteps_split(passes: int) -> dict[str, str]:
+    """JukeMIR's GiantSteps train/valid rule, written out here from its description: SHA-1 of
+    each lower-cased artist into 116 buckets (100 train), then `passes` passes over every
+    track in file order making all co-artists of a valid artist valid."""
+    with open(MTG_KEY / "beatport_metadata.txt", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    artists_of = {row["ID"]: [a.strip() for a in row["ARTIST"].split(",")] for row in rows}
+
+    def side(artist: str) -> str:
+        bucket = int(hashlib.sha1(artist.lower().encode()).hexdigest(), 16) % 116
+        return "train" if bucket < 100 else "valid"
+
+    split_of = {artist: side(artist) for names in artists_of.values() for artist in names}
+    for _ in range(passes):
+        for names in artists_of.values():
+            if any(split_of[a] == "valid" for a in names):
+                split_of.update({a: "valid" for a in names})
+    kept = {
+        row["ID"]
+        for row in _published_mtg_key_rows()
+        if row["C"] == "2" and "/" not in row["MANUAL KEY"]
+    }
+    return {
+        track_id: "valid" if any(split_of[a] == "valid" for a in names) else "train"
+        for track_id, names in artists_of.items()
+        if track_id in kept
+    }
+
+
+def test_giantsteps_artist_split_reproduces_jukemir_on_the_published_metadata():
+    labelled = giantsteps_key.read_mtg_annotations(MTG_KEY / "annotations.txt")
+    artists = giantsteps_key.read_beatport_artists(MTG_KEY / "beatport_metadata.txt")
+    assert len(artists) == 1486 and {track_id for track_id, _ in labelled} <= set(artists)
+    split = giantsteps_key.artist_split([track_id for track_id, _ in labelled], artists)
+    assert collections.Counter(split.values()) == {"train": 923, "valid": 236}
+    # Track for track the same as JukeMIR's rule; its two passes reach the closure (a third
+    # changes nothing), and before any pass the hash alone gives 948 / 211.
+    assert split == _jukemir_giantsteps_split(passes=2) == _jukemir_giantsteps_split(passes=3)
+    assert collections.Counter(_jukemir_giantsteps_split(passes=0).values()) == {
+        "train": 948,
+        "valid": 211,
+    }
+    # Artist-disjoint: no artist has kept tracks on both sides.
+    splits_of_artist = collections.defaultdict(set)
+    for track_id, value in split.items():
+        for name in artists[track_id]:
+            splits_of_artist[name].add(value)
+    assert all(len(values) == 1 for values in splits_of_artist.values())
+
+
+def test_giantsteps_listing_on_the_published_layout(tmp_path):
+    train_root = tmp_path / "giantsteps-mtg-key-dataset"
+    test_root = tmp_path / "giantsteps-key-dataset"
+    (train_root / "annotations").mkdir(parents=True)
+    for name in ("annotations.txt", "beatport_metadata.txt"):
+        (train_root / "annotations" / name).write_bytes((MTG_KEY / name).read_bytes())
+    for row in _published_mtg_key_rows():
+        _touch(train_root / "audio" / f"{row['ID']}.LOFI.mp3")
+    published_keys = SHARED / "giantsteps-key" / "annotations" / "key"
+    (test_root / "annotations" / "key").mkdir(parents=True)
+    for path in published_keys.glob("*.key"):
+        (test_root / "annotations" / "key" / path.name).write_bytes(path.read_bytes())
+        _touch(test_root / "audio" / f"{path.name.split('.')[0]}.LOFI.mp3")
+    for mode in ("auto", "artist"):
+        listing = giantsteps_key.list_tracks(tmp_path, mode, seed=0)
+        counts = collections.Counter(track.split for track in listing.tracks)
+        assert counts == {"train": 923, "valid": 236, "test": 604}
+        assert listing.skipped == [] and listing.notes == []
+        assert listing.info["train_valid_split"] == "by artist (beatport_metadata.txt)"
+    random = giantsteps_key.list_tracks(tmp_path, "random", seed=0)
+    assert collections.Counter(t.split for t in random.tracks) == {
+        "train": 927,
+        "valid": 232,
+        "test": 604,
+    }
+
+
+def _published_split_tsv() -> dict[str, str]:
+    with open(EMO / "jukemir_split.tsv", newline="") as f:
+        return {row["song_id"]: row["jukemir_split"] for row in csv.DictReader(f, delimiter="\t")}
+
+
+def _jukemir_emomusic_json() -> dict:
+    with gzip.open(EMO / "jukemir" / "emomusic.json.gz", "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_emomusic_shipped_split_is_the_published_one():
+    shipped = emomusic.jukemir_split()
+    clips = _jukemir_emomusic_json()
+    assert shipped == _published_split_tsv()
+    assert shipped == {str(int(uid)): clip["split"] for uid, clip in clips.items()}
+    assert collections.Counter(shipped.values()) == {"train": 504, "valid": 115, "test": 125}
+    evaluation = {
+        clip["extra"]["songs_info"]["song_id"]
+        for clip in clips.values()
+        if clip["extra"]["songs_info"]["Mediaeval 2013 set"] == "evaluation"
+    }
+    assert {song for song, split in shipped.items() if split == "test"} == evaluation
+
+
+def test_emomusic_csvs_agree_with_the_jukemir_json():
+    annotations = emomusic.read_static_annotations(EMO / "static_annotations_reconstructed.csv")
+    songs = emomusic.read_songs_info(EMO / "songs_info_reconstructed.csv")
+    clips = {str(int(uid)): clip for uid, clip in _jukemir_emomusic_json().items()}
+    assert len(clips) == 744 and set(annotations) == set(songs) == set(clips)
+    for song_id, clip in clips.items():
+        static, info = clip["extra"]["static_annotations"], clip["extra"]["songs_info"]
+        assert annotations[song_id] == (
+            float(static["mean_arousal"]),
+            float(static["mean_valence"]),
+        )
+        assert songs[song_id] == (info["Artist"], info["Mediaeval 2013 set"])
+    arousal, valence = np.array(list(annotations.values())).T
+    assert (arousal.min(), arousal.max(), valence.min(), valence.max()) == (1.6, 8.4, 1.6, 8.1)
+    # JukeMIR's targets "y" are the means z-scored with the statistics of the whole development
+    # set (train + valid, 619 clips; population std): an affine map of the raw labels we store.
+    development = [s for s, clip in clips.items() if clip["split"] != "test"]
+    assert len(development) == 619
+    for column, values in enumerate((arousal, valence)):
+        by_id = dict(zip(annotations, values, strict=True))
+        dev = np.array([by_id[s] for s in development])
+        expected = [(by_id[s] - dev.mean()) / dev.std() for s in clips]
+        np.testing.assert_allclose([clip["y"][column] for clip in clips.values()], expected)
+
+
+def _emomusic_source(tmp_path: Path) -> Path:
+    (tmp_path / "annotations").mkdir()
+    for name in ("static_annotations", "songs_info"):
+        text = (EMO / f"{name}_reconstructed.csv").read_bytes()
+        (tmp_path / "annotations" / f"{name}.csv").write_bytes(text)
+    for song_id in _published_split_tsv():
+        _touch(tmp_path / "clips_45seconds" / f"{song_id}.mp3")
+    return tmp_path
+
+
+@pytest.mark.parametrize("split_mode", emomusic.SPLIT_MODES)
+def test_emomusic_listing_on_the_published_csvs(tmp_path, split_mode):
+    listing = emomusic.list_tracks(_emomusic_source(tmp_path), split_mode, seed=0)
+    assert listing.skipped == []
+    # Both modes give the published split: the artist rule is JukeMIR's, and it yields the
+    # shipped table clip for clip.
+    assert {t.track_id: t.split for t in listing.tracks} == _published_split_tsv()
+    annotations = emomusic.read_static_annotations(EMO / "static_annotations_reconstructed.csv")
+    for track in listing.tracks:
+        assert (track.labels["arousal"], track.labels["valence"]) == annotations[track.track_id]
+        assert track.path == tmp_path / "clips_45seconds" / f"{track.track_id}.mp3"
+    assert ("JukeMIR" in listing.info["split"]) == (split_mode == "jukemir")
+
+
+def test_emomusic_jukemir_split_checks_the_csvs(tmp_path):
+    source = _emomusic_source(tmp_path)
+    songs_info = source / "annotations" / "songs_info.csv"
+    lines = songs_info.read_text(encoding="utf-8").splitlines()
+    song_3 = next(i for i, line in enumerate(lines) if line.startswith("3,"))
+    assert lines[song_3].endswith(",evaluation")
+    extra = "9999,9999.mp3,Nobody,Nothing,0.00,0.45,Pop,development"
+    songs_info.write_text("\n".join([*lines, extra]) + "\n", encoding="utf-8")
+    with open(source / "annotations" / "static_annotations.csv", "a") as f:
+        f.write("9999,5,1,5,1\n")
+    _touch(source / "clips_45seconds" / "9999.mp3")
+    listing = emomusic.list_tracks(source, "jukemir", seed=0)
+    assert len(listing.tracks) == 744
+    assert listing.skipped == [
+        (
+            str(source / "clips_45seconds" / "9999.mp3"),
+            "not in the JukeMIR split (emomusic_jukemir.tsv)",
+        )
+    ]
+    assert "9999" in {t.track_id for t in emomusic.list_tracks(source, "artist", 0).tracks}
+    lines[song_3] = lines[song_3].replace(",evaluation", ",development")
+    songs_info.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="song 3 in the MediaEval 2013 'development' set"):
+        emomusic.list_tracks(source, "jukemir", seed=0)
+
+
+def test_emomusic_split_table_format_errors():
+    assert emomusic.parse_split_table("# note\nsong_id\tsplit\n07\ttest\n", "t.tsv") == {
+        "7": "test"
+    }
+    with pytest.raises(ValueError, match="t.tsv: expected a header row"):
+        emomusic.parse_split_table("id\tsplit\n7\ttest\n", "t.tsv")
+    with pytest.raises(ValueError, match="t.tsv, data row 1: expected song_id"):
+        emomusic.parse_split_table("song_id\tsplit\n7\tdev\n", "t.tsv")
+
+
+def test_emomusic_split_modes():
+    assert DATASETS["emomusic"].split_modes == ("jukemir", "artist")  # jukemir: the default
 
 
 def test_stratified_split_fractions_and_seed():

@@ -2,12 +2,15 @@
 
 The usual protocol (Korzeniowski & Widmer 2018; Castellon et al. 2021): keep the MTG-key
 tracks annotated with confidence 2 and a single key (1,159 of 1,486), split them by artist
-into train and valid (~923 / 236), and test on the 604 GiantSteps key tracks. 24 classes,
+into train and valid (923 / 236), and test on the 604 GiantSteps key tracks. 24 classes,
 sharps mapped to flats (keys.parse_key).
 
-Artist split: every artist name (beatport_metadata.txt, comma-separated, lower-cased) is
-hashed (SHA-1) into 116 buckets, 100 train and 16 valid; then, twice over all tracks, every
-co-artist of a valid artist becomes valid, and a track is valid when any of its artists is.
+Artist split (JukeMIR's rule): every artist name (beatport_metadata.txt, comma-separated) is
+hashed (SHA-1 of the lower-cased name) into 116 buckets, 100 train and 16 valid; then, twice
+over all 1,486 tracks, every co-artist of a valid artist becomes valid, and a track is valid
+when any of its artists is. On the published beatport_metadata.txt this gives JukeMIR's
+923 / 236 track for track, and the two passes already reach the closure, so no artist has
+tracks in both splits (docs/protocols.md).
 Without beatport_metadata.txt the split falls back to a seeded random 80/20 (with a warning).
 """
 
