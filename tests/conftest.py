@@ -1,7 +1,6 @@
 """Test set-up: 4 fake CPU devices and quiet TensorFlow, fixed before jax or tf is imported;
 a small demo dataset shared by every test (and every xdist worker) that needs prepared data."""
 
-import fcntl
 import os
 import tempfile
 
@@ -43,10 +42,7 @@ def demo_root(tmp_path_factory):
 
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "demo_data"
-    root.mkdir(exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one xdist worker builds, the others wait
-        locations.ensure_demo(root, **DEMO)
+    locations.ensure_demo(root, **DEMO)  # its build lock: one xdist worker builds, others wait
     return root
 
 

@@ -2,6 +2,10 @@
 
 Decoding uses soundfile (its bundled libsndfile reads wav/flac/ogg/opus/mp3/aiff) and falls
 back to `librosa.load` (audioread, which needs ffmpeg) for other containers such as m4a.
+A file that does not decode is "not decodable audio (<what its name and first bytes look
+like>): <the library's reason>". What the C decoders print on the process's stderr while
+they run (libmpg123's "Note: Illegal Audio-MPEG-Header ...") is captured: it becomes part of
+the reason of a failed file and a debug log line of a good one, never terminal noise.
 Features follow Myna-RPE: 44.1 kHz mono, n_fft 2048, window 1103 (25 ms), hop 441 (10 ms,
 100 frames/s), 128 mel bins, power in dB relative to the track maximum with top_db 80, stored
 as float16 `[n_mels, frames]` with values in [-top_db, 0].
@@ -9,12 +13,19 @@ as float16 `[n_mels, frames]` with values in [-top_db, 0].
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import struct
+import sys
+import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 
+import audioread
 import librosa
 import numpy as np
 import scipy.fft
@@ -27,13 +38,32 @@ SILENCE_PEAK = 10 ** (-90 / 20)
 # The STFT runs over blocks of this many frames (~10 s at 100 frames/s): bounded memory on
 # long tracks, and a block's spectrum stays in cache for the mel product.
 _BLOCK_FRAMES = 1024
+# fd 2 is one per process: one decode at a time redirects it (decoding is ~3% of the time of
+# a track's log-mel, so threads that embed in parallel barely wait).
+_FD2_LOCK = threading.Lock()
+_DECODER_TEXT_CHARS = 300  # of captured decoder output kept in a reason
+# (offset, bytes, format) of the headers a file's first bytes are compared with.
+_MAGIC = (
+    (0, b"RIFF", "a WAV header"),
+    (0, b"RF64", "a WAV (RF64) header"),
+    (0, b"riff", "a W64 header"),
+    (0, b"fLaC", "a FLAC header"),
+    (0, b"OggS", "an Ogg header"),
+    (0, b"ID3", "an MP3 ID3 tag"),
+    (0, b"FORM", "an AIFF header"),
+    (0, b".snd", "an AU header"),
+    (4, b"ftyp", "an MP4/M4A header"),
+)
+
+log = logging.getLogger("myna_rpe_jax.audio")
 
 
 class AudioError(Exception):
     """A file that cannot become a usable mel spectrogram.
 
     `reason` is a short text for logs and skip lists ("empty file (0 bytes)",
-    "cannot decode: ...", "too short: 0.4 s < 1.0 s", "silent: ..."); `path` names the file.
+    "not decodable audio (...): ...", "too short: 0.4 s < 1.0 s", "silent: ..."); `path`
+    names the file.
     """
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -102,19 +132,86 @@ def _wav_shortfall(path: str) -> tuple[int, int] | None:
             f.seek(size + (size & 1), os.SEEK_CUR)
 
 
+@contextlib.contextmanager
+def _captured_fd2(text: list[str]) -> Iterator[None]:
+    """Sends what is written to file descriptor 2 (C libraries' stderr) during the block to a
+    temporary file, then restores it and appends the text to `text`.
+
+    One block at a time per process; anything another thread writes to stderr meanwhile is
+    captured too, so a block holds only decoder calls. Without a usable fd 2, does nothing.
+    """
+    with _FD2_LOCK, tempfile.TemporaryFile() as sink:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text.append(sink.read().decode("utf-8", "replace"))
+
+
+def _decoder_text(text: list[str]) -> str:
+    """Captured decoder output as "; decoder output: <one line, shortened>", or ""."""
+    line = " ".join(" ".join(text).split())
+    if len(line) > _DECODER_TEXT_CHARS:
+        line = line[: _DECODER_TEXT_CHARS - 3] + "..."
+    return f"; decoder output: {line}" if line else ""
+
+
+def format_guess(path: str) -> str:
+    """What a file looks like from its name and first bytes, e.g. "named .mp3, starts with
+    a WAV header" or "named .mp3, starts like text, no audio header"."""
+    extension = os.path.splitext(path)[1].lower()
+    name = f"named {extension}" if extension else "no extension"
+    with open(path, "rb") as f:
+        head = f.read(512)
+    for offset, magic, header in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return f"{name}, starts with {header}"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return f"{name}, starts with an MPEG audio frame header"
+    if head.lstrip()[:1] == b"<":
+        return f"{name}, starts like HTML/XML (a saved web page?), no audio header"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{name}, no known audio header"
+    return f"{name}, starts like text, no audio header"
+
+
+def _libsndfile_detail(err: sf.LibsndfileError) -> str:
+    # libsndfile says "File does not exist or is not a regular file" of an existing file
+    # whose format it cannot find (load_audio has checked that it exists and is a file).
+    if "does not exist" in err.error_string:
+        return "libsndfile finds no format it reads"
+    return f"libsndfile: {err.error_string.rstrip('.')}"
+
+
 def _decode_fallback(path: str) -> tuple[np.ndarray, int]:
-    """Decodes a container libsndfile does not read, via librosa/audioread (needs ffmpeg)."""
+    """Decodes a container libsndfile does not read, via librosa/audioread (needs ffmpeg).
+
+    The reader is opened here, so librosa does not try libsndfile (and its chatter) again.
+    """
     try:
         with warnings.catch_warnings():
-            # librosa warns that soundfile failed and that audioread is deprecated: expected.
-            warnings.simplefilter("ignore")
-            y, sr = librosa.load(path, sr=None, mono=True, dtype=np.float32)
+            warnings.simplefilter("ignore")  # audioread is deprecated (librosa, Python): known
+            with audioread.audio_open(path) as reader:
+                y, sr = librosa.load(reader, sr=None, mono=True, dtype=np.float32)
     except Exception as err:  # audioread raises many unrelated types; all mean "cannot decode"
+        library = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        extension = os.path.splitext(path)[1] or "this file"
         raise AudioError(
             path,
-            f"cannot decode: {type(err).__name__}: {err} (libsndfile cannot read "
-            f"{os.path.splitext(path)[1] or 'this file'}; install ffmpeg or convert to "
-            "wav/flac)",
+            f"not decodable audio ({format_guess(path)}): {library} (libsndfile cannot read"
+            f" {extension}; install ffmpeg or convert to wav/flac)",
         ) from err
     return y[:, None], int(sr)
 
@@ -122,28 +219,33 @@ def _decode_fallback(path: str) -> tuple[np.ndarray, int]:
 def _decode(path: str, fallback: bool) -> tuple[np.ndarray, int]:
     """Decodes with libsndfile, or if it cannot open the file and `fallback`, with
     librosa/audioread: ([samples, channels] float32, sample rate)."""
+    text: list[str] = []
     try:
-        handle = sf.SoundFile(path)
+        with _captured_fd2(text):
+            handle = sf.SoundFile(path)
     except sf.LibsndfileError as err:
         if fallback:
             return _decode_fallback(path)
-        raise AudioError(path, f"cannot decode: {err.error_string}") from err
+        detail = _libsndfile_detail(err) + _decoder_text(text)
+        raise AudioError(path, f"not decodable audio ({format_guess(path)}): {detail}") from err
     with handle:
         declared = handle.frames
         try:
-            data = handle.read(dtype="float32", always_2d=True)
+            with _captured_fd2(text):
+                data = handle.read(dtype="float32", always_2d=True)
         except sf.LibsndfileError as err:
-            raise AudioError(
-                path, f"truncated: decoding failed part way ({err.error_string})"
-            ) from err
+            detail = _libsndfile_detail(err) + _decoder_text(text)
+            raise AudioError(path, f"truncated: decoding failed part way ({detail})") from err
         # Compressed formats (mp3 Xing header, flac STREAMINFO) declare their length; a cut
         # file decodes fewer frames. 1% slack for mp3 length estimates.
         if declared > 0 and len(data) < 0.99 * declared:
             raise AudioError(
                 path,
                 f"truncated: decoded {len(data) / handle.samplerate:.1f} s of the "
-                f"{declared / handle.samplerate:.1f} s the header declares",
+                f"{declared / handle.samplerate:.1f} s the header declares{_decoder_text(text)}",
             )
+        if said := _decoder_text(text):  # on a file that decodes whole: noise
+            log.debug("%s: decoded%s", path, said)
         return data, handle.samplerate
 
 
@@ -155,9 +257,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise AudioError(path, "missing file")
+        raise AudioError(path, "file does not exist")
     if not os.path.isfile(path):
-        raise AudioError(path, "not a regular file")
+        raise AudioError(path, "not a regular file (a folder?)")
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty file (0 bytes)")
     extension = os.path.splitext(path)[1].lower()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -12,6 +13,7 @@ from jax.experimental import multihost_utils
 
 from myna_rpe_jax.data import datasets
 from myna_rpe_jax.data.demo import music
+from myna_rpe_jax.data.lock import build_lock
 
 CACHE_ENV = "MYNA_RPE_CACHE"
 
@@ -37,18 +39,32 @@ def demo_data_dir(root: Path, tracks: int, seconds: float, seed: int) -> Path:
 def ensure_demo(root: Path, tracks: int, seconds: float, seed: int, workers: int = 2) -> Path:
     """Generates and prepares the demo set under `root` unless it is already there.
 
-    Returns the data_dir to open it from. In a multi-process run process 0 builds it while the
-    others wait.
+    Returns the data_dir to open it from. Processes sharing `root` build it once: the first
+    holds its build lock (lock.py), the others wait, then find it prepared. In a multi-host
+    run process 0 builds it while the others wait at a barrier.
     """
     data_dir = demo_data_dir(root, tracks, seconds, seed)
     if jax.process_index() == 0 and not is_prepared("demo", data_dir):
-        logging.info("building the demo set (%d tracks x %g s) in %s", tracks, seconds, data_dir)
-        audio_dir = data_dir / "audio_source"
-        music.generate_demo(audio_dir, num_tracks=tracks, seconds=seconds, seed=seed)
-        datasets.prepare("demo", audio_dir, data_dir, workers=workers)
+        with build_lock(data_dir):
+            if not is_prepared("demo", data_dir):  # or another process built it meanwhile
+                _build_demo(data_dir, tracks, seconds, seed, workers)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("demo dataset ready")
     return data_dir
+
+
+def _build_demo(data_dir: Path, tracks: int, seconds: float, seed: int, workers: int) -> None:
+    logging.info("building the demo set (%d tracks x %g s) in %s", tracks, seconds, data_dir)
+    audio_dir = data_dir / "audio_source"
+    # metadata.csv is written last, and the folder is renamed into place only when whole:
+    # audio left by a killed generation is never prepared.
+    if not (audio_dir / "metadata.csv").is_file():
+        partial = data_dir / "audio_source.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(audio_dir, ignore_errors=True)
+        music.generate_demo(partial, num_tracks=tracks, seconds=seconds, seed=seed)
+        os.replace(partial, audio_dir)
+    datasets.prepare("demo", audio_dir, data_dir, workers=workers)
 
 
 def data_root(data: ml_collections.ConfigDict) -> Path:

@@ -14,13 +14,13 @@ per step. The frame store copies the training split(s) once into
                      means a new copy
 
 It is written under `<name>.partial` and renamed when complete, so a killed copy is never
-used. Track i is example i of the splits in the order given, so dataset indices (the
-per-example SogCLR state) are the same as reading the splits directly.
+used; processes sharing data_dir copy it once (lock.py: the others wait, then open it).
+Track i is example i of the splits in the order given, so dataset indices (the per-example
+SogCLR state) are the same as reading the splits directly.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import tqdm
+
+from myna_rpe_jax.data.lock import build_lock
 
 log = logging.getLogger("myna_rpe_jax.frame_store")
 
@@ -169,9 +171,7 @@ def open_frame_store(
         return FrameStore(path)
     if not build:
         raise FileNotFoundError(f"no up-to-date frame store of {name} {splits} at {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process on this machine may be copying
+    with build_lock(path):  # another process sharing data_dir may be copying it
         if is_current(path, identity):
             return FrameStore(path)
         return _copy(name, data_dir, splits, path, identity, progress)

@@ -162,15 +162,15 @@ def _bad_files(tmp_path) -> dict[str, tuple[str, str]]:
     nan[1000] = np.nan
     sf.write(tmp_path / "nan.wav", nan, 22050, subtype="FLOAT")
     expected = {
-        "missing": ("does_not_exist.wav", "missing file"),
+        "missing": ("does_not_exist.wav", "file does not exist"),
         "empty": ("empty.wav", "empty file"),
-        "random bytes": ("random.wav", "cannot decode"),
-        "text": ("notes.wav", "cannot decode"),
-        "cut in header": ("header.wav", "cannot decode"),
+        "random bytes": ("random.wav", "not decodable audio (named .wav, no known audio header)"),
+        "text": ("notes.wav", "not decodable audio (named .wav, starts like text"),
+        "cut in header": ("header.wav", "not decodable audio (named .wav, starts with a WAV"),
         "cut in data": ("cut.wav", "truncated"),
         "no samples": ("nosamples.wav", "truncated"),
         "cut flac": ("cut.flac", "truncated"),
-        "unknown format": ("random.xyz", "cannot decode"),
+        "unknown format": ("random.xyz", "not decodable audio (named .xyz"),
         "too short": ("short.wav", "too short: 0.40 s < 1 s"),
         "silent": ("silent.wav", "silent"),
         "nan": ("nan.wav", "non-finite"),
@@ -190,3 +190,82 @@ def test_good_file_next_to_bad_ones_still_works(tmp_path):
     _bad_files(tmp_path)
     mel, duration = audio.audio_to_mel(tmp_path / "good.wav", CFG, min_seconds=2.5)
     assert mel.shape == (128, 301) and duration == pytest.approx(3.0)
+
+
+def test_each_failure_leaves_nothing_on_the_c_level_stderr(tmp_path, capfd):
+    for path, _ in _bad_files(tmp_path).values():
+        with pytest.raises(audio.AudioError) as info:
+            audio.audio_to_mel(path, CFG)
+        # An existing file is never said not to exist (libsndfile's words for a .mp3 of junk).
+        assert ("does not exist" in info.value.reason) == (not os.path.exists(path))
+    assert capfd.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize(
+    "name, contents, guess",
+    [
+        ("random.mp3", np.random.default_rng(2).bytes(20000), "named .mp3, no known audio header"),
+        ("lyrics.mp3", b"la la la, not audio\n" * 100, "named .mp3, starts like text"),
+        ("page.mp3", b"<!DOCTYPE html><html>404</html>", "named .mp3, starts like HTML"),
+        ("random.wav", np.random.default_rng(3).bytes(20000), "named .wav, no known audio header"),
+    ],
+)
+def test_a_file_that_is_not_audio_is_named_so_and_the_decoder_kept_quiet(
+    tmp_path, capfd, name, contents, guess
+):
+    path = tmp_path / name
+    path.write_bytes(contents)
+    with pytest.raises(audio.AudioError) as info:
+        audio.load_audio(path, 44100)
+    reason = info.value.reason
+    assert reason.startswith(f"not decodable audio ({guess}"), reason
+    assert "does not exist" not in reason and "libsndfile" in reason
+    assert str(info.value) == f"{path}: {reason}"
+    if name.endswith(".mp3"):  # libmpg123 tried it: what it printed is the reason's detail
+        assert "decoder output: Note: Illegal Audio-MPEG-Header" in reason
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_cut_mp3_is_truncated_with_the_decoder_output_kept(tmp_path, capfd):
+    sf.write(tmp_path / "whole.mp3", _music(3.0, 44100), 44100)
+    whole = (tmp_path / "whole.mp3").read_bytes()
+    (tmp_path / "cut.mp3").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(audio.AudioError, match="truncated: decoded 1.* decoder output: .+"):
+        audio.load_audio(tmp_path / "cut.mp3", 44100)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_missing_file_does_not_exist(tmp_path):
+    with pytest.raises(audio.AudioError, match="nothing.mp3: file does not exist$"):
+        audio.load_audio(tmp_path / "nothing.mp3", 44100)
+
+
+@pytest.mark.parametrize(
+    "head, guess",
+    [
+        (b"RIFF\0\0\0\0WAVEfmt ", "starts with a WAV header"),
+        (b"fLaC\0\0\0\x22", "starts with a FLAC header"),
+        (b"OggS\0\x02", "starts with an Ogg header"),
+        (b"ID3\x04\0\0", "starts with an MP3 ID3 tag"),
+        (b"\xff\xfb\x90\x64", "starts with an MPEG audio frame header"),
+        (b"\0\0\0\x20ftypM4A ", "starts with an MP4/M4A header"),
+        (b"  <html>", "starts like HTML/XML"),
+        (b"just words", "starts like text"),
+        (b"\x00\x9f\x92\x96", "no known audio header"),
+    ],
+)
+def test_format_guess_reads_the_name_and_the_first_bytes(tmp_path, head, guess):
+    path = tmp_path / "song.MP3"
+    path.write_bytes(head)
+    assert audio.format_guess(str(path)).startswith(f"named .mp3, {guess}")
+    (tmp_path / "song").write_bytes(head)
+    assert audio.format_guess(str(tmp_path / "song")).startswith(f"no extension, {guess}")
+
+
+def test_captured_fd2_takes_c_level_writes_and_restores_stderr(capfd):
+    text = []
+    with audio._captured_fd2(text):
+        os.write(2, b"Duh... from C\n")
+    os.write(2, b"after\n")
+    assert text == ["Duh... from C\n"]
+    assert capfd.readouterr().err == "after\n"

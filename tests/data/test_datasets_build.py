@@ -123,8 +123,9 @@ def test_bad_files_are_skipped_with_reasons(tmp_path):
     assert set(skipped) == {"empty.wav", "truncated.wav", "random.wav", "lyrics.mp3", "short.wav"}
     assert skipped["empty.wav"].startswith("empty file")
     assert skipped["truncated.wav"].startswith("truncated")
-    assert skipped["random.wav"].startswith("cannot decode")
-    assert skipped["lyrics.mp3"].startswith("cannot decode")
+    assert skipped["random.wav"].startswith("not decodable audio (named .wav")
+    assert skipped["lyrics.mp3"].startswith("not decodable audio (named .mp3, starts like text")
+    assert "does not exist" not in skipped["lyrics.mp3"]
     assert skipped["short.wav"].startswith("too short")
 
 

@@ -1,5 +1,8 @@
 """The frame store: an exact copy of the training split(s), read chunk by chunk."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -7,6 +10,7 @@ from myna_rpe_jax.data import datasets, locations
 from myna_rpe_jax.data.demo.music import generate_demo
 from myna_rpe_jax.train import frame_store, pairs, sources
 from tests.conftest import DEMO
+from tests.data.test_lock import held_by_another_process
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +108,29 @@ def test_a_rebuilt_dataset_is_copied_again(tmp_path):
     new = datasets.open_split("demo", data_dir, "train")[0]["mel"]
     assert not np.array_equal(old, new)
     np.testing.assert_array_equal(after[0]["mel"], new)
+
+
+def test_a_copy_another_process_is_making_is_waited_for_then_used(tmp_path, caplog):
+    audio, data_dir = tmp_path / "audio", tmp_path / "data"
+    generate_demo(audio, num_tracks=6, seconds=2.0, seed=0, progress=False)
+    datasets.prepare("demo", audio, data_dir, progress=False)
+    path = frame_store.store_dir(data_dir, datasets.prepared_dir("demo", data_dir), ["train"])
+    opened = []
+    with held_by_another_process(path, tmp_path) as holder:
+        waiter = threading.Thread(
+            target=lambda: opened.append(
+                frame_store.open_frame_store("demo", data_dir, ["train"], progress=False)
+            )
+        )
+        waiter.start()
+        expected = f"waiting for {path}, being prepared by pid {holder.pid}"
+        deadline = time.monotonic() + 30
+        while expected not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        assert not opened and not path.exists()
+    waiter.join(timeout=60)
+    [store] = opened
+    split = datasets.open_split("demo", data_dir, "train")
+    assert store.track_ids == [example["track_id"] for example in split]
+    np.testing.assert_array_equal(store[0]["mel"], split[0]["mel"])

@@ -139,6 +139,13 @@ def _run_pool(jobs: list, workers: int, job: Callable, cache_dir: Path, record: 
                 record(key, _cache_error(cache_dir, key, CRASH_REASON))
 
 
+def _unreadable_reason(err: OSError) -> str:
+    """The reason of a file that cannot even be looked at (its cache key needs a stat)."""
+    if isinstance(err, FileNotFoundError):
+        return "file does not exist"
+    return f"cannot read: {err.strerror or err}"
+
+
 def ensure_mels(
     paths: Sequence[Path],
     cache_dir: Path,
@@ -164,7 +171,7 @@ def ensure_mels(
             key = cache_key(path)
         except OSError as err:
             key = f"unreadable:{path}"
-            entries[key] = MelEntry(False, reason=f"cannot read: {err.strerror or err}")
+            entries[key] = MelEntry(False, reason=_unreadable_reason(err))
         keys.append(key)
         if key not in entries and key not in todo:
             cached = read_entry(cache_dir, key)

@@ -2,7 +2,10 @@
 
 Stage 1 caches every track's log-mel under <data_dir>/_cache/myna_<name>/<config>/ (see
 cache.py), so a killed build resumes where it stopped. Stage 2 runs the tfds builder, which
-reads the cache and writes array_record files plus skipped.tsv. The cache is then removed.
+reads the cache and writes array_record files plus skipped.tsv into a temporary incomplete.*
+folder, renamed into place when whole. The cache is then removed. Processes that share a
+data_dir build one dataset config one at a time (lock.py, on <data_dir>/myna_<name>/<config>):
+a second one waits, then finds it prepared.
 Disk: the cache and the prepared dataset are about the same size, and tfds spills examples
 to temporary files past 1 GB, so a build needs about three times the prepared size free.
 """
@@ -30,6 +33,7 @@ from myna_rpe_jax.data.datasets.builder import (
 from myna_rpe_jax.data.datasets.cache import check_unexpected, ensure_mels
 from myna_rpe_jax.data.datasets.common import layout_error, split_names_in_order
 from myna_rpe_jax.data.datasets.registry import get_spec
+from myna_rpe_jax.data.lock import build_lock
 
 
 @dataclasses.dataclass
@@ -107,7 +111,8 @@ def prepare(
 ) -> PrepareSummary:
     """Prepares dataset `name` from the user's folder `source` into `data_dir`.
 
-    Returns at once when it is already prepared with these settings (unless overwrite).
+    Returns at once when it is already prepared with these settings (unless overwrite), and
+    after waiting when another process is preparing it (then already_prepared is True).
     Raises LayoutError before any work when `source` does not match the published layout,
     and ValueError when `data_dir` lies inside `source`.
     Unusable or missing files never stop the build: they are listed in skipped.tsv. A failure
@@ -118,7 +123,7 @@ def prepare(
     config = make_config(name, mel, min_seconds, split_mode, seed)
     data_dir = Path(data_dir).expanduser().resolve()
     builder = make_builder(name, data_dir, config)
-    if (builder.data_path / "dataset_info.json").exists() and not overwrite:
+    if _is_prepared(builder) and not overwrite:
         return _summary(builder, True, start, [])
     source = Path(source).expanduser().resolve()
     if not source.is_dir():
@@ -126,16 +131,32 @@ def prepare(
     if data_dir.is_relative_to(source):
         # Otherwise a later build would find the prepared files among the user's files.
         raise ValueError(f"--data-dir {data_dir} is inside --source {source}: put it elsewhere")
-    listing = spec.list_tracks(source, config.split_mode, config.seed)
+    with build_lock(builder.data_path.parent):
+        builder = make_builder(name, data_dir, config)  # sees what a process before us built
+        if _is_prepared(builder) and not overwrite:
+            return _summary(builder, True, start, [])
+        options = dict(workers=workers, progress=progress, keep_cache=keep_cache)
+        builder, notes = _build(builder, name, config, source, data_dir, overwrite, **options)
+        return _summary(builder, False, start, notes)
+
+
+def _is_prepared(builder) -> bool:
+    # tfds writes into incomplete.* and renames the folder when done: this is never partial.
+    return (builder.data_path / "dataset_info.json").exists()
+
+
+def _build(builder, name, config, source, data_dir, overwrite, *, workers, progress, keep_cache):
+    """Stages 1 and 2 of `prepare`, under its build lock: (the builder, the listing's notes)."""
+    listing = get_spec(name).list_tracks(source, config.split_mode, config.seed)
     for note in listing.notes:
-        warnings.warn(note, UserWarning, stacklevel=2)
+        warnings.warn(note, UserWarning, stacklevel=3)
     work = cache_dir(data_dir, name, config.name)
     paths = [track.path for track in listing.tracks]
     entries = ensure_mels(
         paths,
         work,
-        mel,
-        min_seconds,
+        config.mel,
+        config.min_seconds,
         workers=workers,
         progress=progress,
         desc=f"{name}: decode + log-mel",
@@ -155,4 +176,4 @@ def prepare(
     if not keep_cache:
         shutil.rmtree(work)
         _remove_if_empty(work.parent, work.parent.parent)
-    return _summary(builder, False, start, listing.notes)
+    return builder, listing.notes
