@@ -22,6 +22,15 @@ FREQ, TIME = 0, 1
 DISTANCE_METRICS = ("manhattan", "euclidean")
 
 
+def extrapolates(posemb: Sequence[str]) -> bool:
+    """Whether an encoder with these schemes runs on inputs longer than its training chunks.
+
+    The one place that decides it: every scheme does except the learned absolute table
+    (`LearnedAbsoluteEmbedding`, `max_time_patches` columns).
+    """
+    return "learned" not in posemb
+
+
 def alibi_slopes(num_heads: int) -> np.ndarray:
     """Per-head ALiBi slopes of Press et al. (2022): [num_heads] float32.
 
@@ -54,46 +63,6 @@ def pairwise_distance(
         squared = jnp.square(diff).sum(-1)
         return jnp.where(squared > 0, jnp.sqrt(jnp.where(squared > 0, squared, 1.0)), 0.0)
     raise ValueError(f"unknown distance metric {metric!r}; expected one of {DISTANCE_METRICS}")
-
-
-def alibi_bias_1d(positions: jax.Array, slopes: jax.Array) -> jax.Array:
-    """1-D ALiBi: bias[..., h, i, j] = -slopes[h] * |p_i - p_j|.
-
-    Args:
-      positions: [..., N] positions (the time column of each patch).
-      slopes: [H].
-
-    Returns:
-      [..., H, N, N] additive attention bias.
-    """
-    distance = pairwise_distance(positions[..., None], positions[..., None], "manhattan")
-    return -jnp.asarray(slopes)[:, None, None] * distance[..., None, :, :]
-
-
-def alibi_bias_2d(coords: jax.Array, slopes: jax.Array, metric: str = "manhattan") -> jax.Array:
-    """2-D ALiBi: bias[..., h, i, j] = -slopes[h] * d(c_i, c_j).
-
-    d is the Manhattan distance |df| + |dt| (Myna-RPE) or the Euclidean one (CROMA).
-
-    Args:
-      coords: [..., N, 2] (freq_row, time_col) of each patch.
-      slopes: [H].
-      metric: "manhattan" or "euclidean".
-
-    Returns:
-      [..., H, N, N] additive attention bias.
-    """
-    distance = pairwise_distance(coords, coords, metric)
-    return -jnp.asarray(slopes)[:, None, None] * distance[..., None, :, :]
-
-
-def prepend_zero_bias(bias: jax.Array, num_prefix: int = 1) -> jax.Array:
-    """Gives `num_prefix` leading tokens (the CLS) zero bias to and from every token.
-
-    [..., H, N, N] -> [..., H, N + num_prefix, N + num_prefix].
-    """
-    pad = [(0, 0)] * (bias.ndim - 2) + [(num_prefix, 0), (num_prefix, 0)]
-    return jnp.pad(bias, pad)
 
 
 def rope_frequencies(dim: int, theta: float) -> jax.Array:

@@ -38,12 +38,6 @@ VARIANTS = {
 _DB_CENTER, _DB_SCALE = -40.0, 40.0
 
 
-def extrapolates(posemb: Sequence[str]) -> bool:
-    """Whether an encoder with these schemes runs on inputs longer than its training chunks:
-    every scheme does except the learned absolute table (`max_time_patches` columns)."""
-    return "learned" not in posemb
-
-
 def validate_posemb(posemb: Sequence[str]) -> tuple[str, ...]:
     """Checks a combination of positional scheme names; returns it as a tuple."""
     posemb = tuple(posemb)
@@ -182,20 +176,23 @@ class Encoder(nn.Module):
             keep = patching.num_kept(tokens.shape[1], self.patchout_keep)
             tokens, coords = patching.patchout(self.make_rng("patchout"), tokens, coords, keep)
 
+        # The residual stream is in self.dtype for every scheme: the float32 tables are cast
+        # like the activations, or `x + table` would promote a bfloat16 model to float32.
         x = nn.Dense(self.width, dtype=self.dtype, name="patch_embed")(tokens)
         if "learned" in self.posemb:
-            x = x + positional.LearnedAbsoluteEmbedding(
+            table = positional.LearnedAbsoluteEmbedding(
                 grid[0], self.max_time_patches, self.width, name="posemb_learned"
-            )(coords, grid)
-        if "sinusoidal" in self.posemb:
-            x = x + positional.sinusoidal_2d(coords, self.width)
-        if "freq" in self.posemb:
-            x = x + positional.LearnedFrequencyEmbedding(grid[0], self.width, name="posemb_freq")(
-                coords
             )
+            x = x + table(coords, grid).astype(self.dtype)
+        if "sinusoidal" in self.posemb:
+            x = x + positional.sinusoidal_2d(coords, self.width).astype(self.dtype)
+        if "freq" in self.posemb:
+            table = positional.LearnedFrequencyEmbedding(grid[0], self.width, name="posemb_freq")
+            x = x + table(coords).astype(self.dtype)
 
         cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, self.width))
-        x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype), x], 1)
+        cls = jnp.broadcast_to(cls, (batch, 1, self.width)).astype(self.dtype)
+        x = jnp.concatenate([cls, x], axis=1)
         all_coords = jnp.concatenate([jnp.zeros((batch, 1, 2), coords.dtype), coords], axis=1)
         is_patch = jnp.arange(x.shape[1])[None, :] > 0
         is_patch = jnp.broadcast_to(is_patch, (batch, x.shape[1]))

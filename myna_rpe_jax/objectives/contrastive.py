@@ -8,15 +8,17 @@ import optax
 
 
 def l2_normalize(z: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """Rows of z [..., D] scaled to unit norm; zero rows stay zero with a finite gradient."""
-    # rsqrt of a clamped square avoids norm's NaN derivative at 0.
+    """Rows of z [..., D] scaled to unit norm, in float32; zero rows stay zero with a finite
+    gradient. The one row normalisation of every objective."""
+    # rsqrt of a clamped square avoids norm's infinite derivative at 0.
+    z = z.astype(jnp.float32)
     squared = jnp.sum(jnp.square(z), axis=-1, keepdims=True)
     return z * jax.lax.rsqrt(jnp.maximum(squared, eps**2))
 
 
 def info_nce_logits(z_a: jax.Array, z_b: jax.Array, temperature: float) -> jax.Array:
     """Cosine similarities over temperature: z_a [B, D], z_b [B, D] -> [B, B]."""
-    z_a, z_b = l2_normalize(z_a.astype(jnp.float32)), l2_normalize(z_b.astype(jnp.float32))
+    z_a, z_b = l2_normalize(z_a), l2_normalize(z_b)
     return z_a @ z_b.T / temperature
 
 

@@ -23,7 +23,8 @@ class Objective:
     terms (`geometric`) act on both views' embeddings and are on when their weight is
     > 0. Their state (`init_state`) lives in the train state, not in the parameters:
     "centroids" [K, D] when a geometric term is on, moved by mini-batch k-means; "sogclr" (a
-    `SogclrState` over the training set) for SogCLR.
+    `SogclrState` over the training set) for SogCLR. Every term is computed in float32
+    (docs/losses.md defines and derives them).
 
     Attributes:
       name: the contrastive term, "info_nce" or "sogclr".

@@ -1,45 +1,11 @@
 """SogCLR: a global contrastive loss with a per-example moving average (Myna's objective).
 
-Yuan et al., "Provable stochastic optimization for global contrastive learning: small batch
-does not harm performance" (ICML 2022). Myna uses tau = 0.1, gamma = 0.9.
-
-For an anchor x_i (view a of example i) with positive y_i (view b of example i) and the set
-N_i of its negatives (the other examples' embeddings, from both views by default, so
-|N_i| = 2(B - 1) as in SimCLR), the global contrastive loss replaces the batch's
-normaliser by one over the whole dataset:
-
-    L_i = -s(x_i, y_i)/tau + log g_i,    g_i = mean_{j in N_i} exp(s(x_i, x_j)/tau)
-
-with s the cosine similarity. The mini-batch g_i is a noisy estimate, and log of a noisy
-estimate is biased, so SogCLR keeps per example i (and per direction a->b, b->a) a moving
-average, updated each time the example is in the batch:
-
-    u_i <- (1 - gamma) u_i + gamma g_i(batch)          (gamma = 1: u_i is the batch estimate)
-
-and follows the gradient  -grad s_ii/tau + (1/|N_i|) sum_j [exp(s_ij/tau) / u_i] grad s_ij/tau,
-i.e. the exact gradient of L_i with the batch softmax's normaliser replaced by u_i.
-`sogclr_loss` implements it as a surrogate whose *gradient* is that estimator: the weights
-w_ij = exp(s_ij/tau) / u_i are held under stop-gradient and multiply s_ij/tau; its *value*
-is -s_ii/tau + log u_i, SogCLR's running estimate of L_i.
-
-State: `SogclrState.log_u` [num_examples, 2] keeps log u (column 0: anchor from view a,
-column 1: anchor from view b). The log domain makes the update and the weights overflow-free
-for any temperature (exp(1/tau) overflows float32 for tau < 0.012). Unseen examples hold
-log u = -inf (u = 0, as in the reference code), so their first update gives u = gamma g.
-
-Relation to other contrastive losses:
-- With gamma = 1 the loss and its gradient equal those of the mini-batch loss
-  mean_i [-s_ii/tau + log mean_{j in N_i} exp(s_ij/tau)] averaged over both directions: the
-  "decoupled" contrastive loss (no positive in the denominator), minus log |N_i|.
-- Symmetric InfoNCE (cross-view negatives only, positive inside the softmax) has, per
-  anchor, the gradient (1 - p_ii) times the gradient of that anchor's term here with
-  `same_view_negatives=False`, where p_ii is the anchor's softmax probability of its
-  positive. The two agree when p_ii is small and differ by this per-anchor (not constant)
-  factor otherwise.
-- The authors' PyTorch surrogate is the sum over directions of mean_i (-s_ii + mean_j w_ij
-  s_ij); its gradient is 2 tau times ours (we divide by tau and average the directions so
-  values are in nats, like InfoNCE; Adam is insensitive to the scale). It also stores the sum
-  of both directions' averages in a single u per example; we keep the two apart.
+Yuan et al. (ICML 2022); Myna uses tau = 0.1, gamma = 0.9. The batch's softmax normaliser
+g_i = mean_{j in N_i} exp(s_ij / tau) over anchor i's negatives N_i (both views: 2(B - 1)) is
+replaced by a moving average u_i <- (1 - gamma) u_i + gamma g_i, kept per example and
+direction in the train state (`SogclrState`, in the log domain). `sogclr_loss` is a surrogate
+whose gradient is SogCLR's estimator and whose value is its running estimate of the global
+loss. docs/losses.md derives it and relates it to InfoNCE and to the authors' code.
 """
 
 from __future__ import annotations
@@ -48,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from myna_rpe_jax.objectives.geometric import unit_rows
+from myna_rpe_jax.objectives.contrastive import l2_normalize
 
 NUM_DIRECTIONS = 2
 
@@ -92,7 +58,7 @@ def sogclr_loss(
     gamma: float = 0.9,
     same_view_negatives: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
-    """SogCLR loss of a batch and the moving averages to store back (see module docstring).
+    """SogCLR loss of a batch and the moving averages to store back (see docs/losses.md).
 
     Args:
       z_a, z_b: [B, D] embeddings of the two views; row i of each is example i (any scale:
@@ -121,7 +87,7 @@ def sogclr_loss(
         )
     if isinstance(gamma, int | float) and not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-    x_a, x_b = unit_rows(z_a), unit_rows(z_b)
+    x_a, x_b = l2_normalize(z_a), l2_normalize(z_b)
     log_u = log_u.astype(jnp.float32)
     loss_a, new_a = _direction(x_a, x_b, log_u[:, 0], temperature, gamma, same_view_negatives)
     loss_b, new_b = _direction(x_b, x_a, log_u[:, 1], temperature, gamma, same_view_negatives)

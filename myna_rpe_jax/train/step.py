@@ -52,17 +52,36 @@ def metrics_collection(terms: tuple[str, ...]) -> type[metrics.Collection]:
     )
 
 
+def decay_mask(params: Any) -> Any:
+    """Which parameters weight decay applies to: a pytree of bools shaped like `params`.
+
+    The weight matrices only, i.e. the `kernel` of every Dense / DenseGeneral layer (the patch
+    embedding, attention projections and MLPs); not biases, LayerNorm scales, the CLS token or
+    the positional tables (as MAE and big_vision).
+    """
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params
+    )
+
+
 def make_optimizer(
     optim: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warmup and cosine decay to 0, after global-norm gradient clipping."""
+    """AdamW with linear warmup and cosine decay to 0, after global-norm gradient clipping;
+    weight decay on the weight matrices only (`decay_mask`)."""
     warmup = int(optim.warmup_fraction * total_steps)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, optim.learning_rate, warmup_steps=max(warmup, 1), decay_steps=max(total_steps, 2)
     )
     tx = optax.chain(
         optax.clip_by_global_norm(optim.grad_clip_norm),
-        optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay),
+        optax.adamw(
+            schedule,
+            b1=optim.b1,
+            b2=optim.b2,
+            weight_decay=optim.weight_decay,
+            mask=decay_mask,
+        ),
     )
     return tx, schedule
 

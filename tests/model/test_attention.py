@@ -1,7 +1,7 @@
 """Dense, blockwise and fused attention against an independent reference.
 
-The reference builds the bias with `positional.alibi_bias_1d/2d` + `prepend_zero_bias` and
-does a written-out softmax; it shares no code with `attention.py`.
+The reference builds the bias with `oracles.alibi_bias_1d/2d` + `prepend_zero_bias` (scipy
+distances) and does a written-out softmax; it shares no code with `attention.py`.
 """
 
 import re
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from myna_rpe_jax.model import attention, patching, positional, vit
+from tests.model import oracles
 
 
 def reference_attention(q, k, v, bias=None):
@@ -48,15 +49,15 @@ def make_case(kind, num_tokens, seed=0, batch=2, heads=4, head_dim=8, cls=True):
     all_coords = np.concatenate([np.zeros((batch, num_prefix, 2), np.float32), coords], 1)
     is_patch = jnp.asarray(np.arange(num_tokens)[None].repeat(batch, 0) >= num_prefix)
     slopes = positional.alibi_slopes(heads)
-    with_cls = lambda b: positional.prepend_zero_bias(b, num_prefix) if cls else b
+    with_cls = lambda b: jnp.asarray(oracles.prepend_zero_bias(b, num_prefix), jnp.float32)
     if kind in ("alibi2d", "alibi2d_euclidean"):
         metric = "euclidean" if kind.endswith("euclidean") else "manhattan"
-        ref = with_cls(positional.alibi_bias_2d(jnp.asarray(coords), slopes, metric))
+        ref = with_cls(oracles.alibi_bias_2d(coords, slopes, metric))
         bias = attention.AlibiBias(jnp.asarray(all_coords), is_patch, jnp.asarray(slopes), metric)
         return q, k, v, bias, ref
     if kind == "alibi1d":
         time = all_coords[..., positional.TIME, None]
-        ref = with_cls(positional.alibi_bias_1d(jnp.asarray(coords[..., positional.TIME]), slopes))
+        ref = with_cls(oracles.alibi_bias_1d(coords[..., positional.TIME], slopes))
         return q, k, v, attention.AlibiBias(jnp.asarray(time), is_patch, jnp.asarray(slopes)), ref
     if kind == "rope":
         rotate = lambda t: positional.apply_rope(
@@ -64,6 +65,71 @@ def make_case(kind, num_tokens, seed=0, batch=2, heads=4, head_dim=8, cls=True):
         ).swapaxes(1, 2)
         return rotate(q), rotate(k), v, None, None
     raise ValueError(kind)
+
+
+def dense_bias(coords, slopes, metric="manhattan", is_patch=None):
+    """AlibiBias over one example: coords [N, C] -> [H, N, N]."""
+    coords = jnp.asarray(coords, jnp.float32)[None]
+    is_patch = jnp.ones(coords.shape[:2], bool) if is_patch is None else is_patch[None]
+    return attention.AlibiBias(coords, is_patch, jnp.asarray(slopes), metric).dense()[0]
+
+
+def random_coords(rng, n, rows=8, cols=40):
+    return np.stack([rng.integers(0, rows, n), rng.integers(0, cols, n)], -1).astype(np.int32)
+
+
+@pytest.mark.parametrize("metric", ["manhattan", "euclidean"])
+def test_alibi_2d_bias_matches_scipy_distances(metric):
+    coords = random_coords(np.random.default_rng(0), 30)
+    slopes = positional.alibi_slopes(6)
+    expected = oracles.alibi_bias_2d(coords, slopes, metric)
+    np.testing.assert_allclose(dense_bias(coords, slopes, metric), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_alibi_2d_bias_properties():
+    coords = random_coords(np.random.default_rng(1), 25)
+    slopes = positional.alibi_slopes(4)
+    bias = np.asarray(dense_bias(coords, slopes))
+    np.testing.assert_allclose(bias, dense_bias(coords + np.array([3, 17]), slopes))
+    np.testing.assert_allclose(bias, bias.swapaxes(-1, -2))
+    np.testing.assert_array_equal(np.diagonal(bias, axis1=-2, axis2=-1), 0.0)
+    assert np.all(bias <= 0), "ALiBi must penalise distance, never reward it"
+    # Steeper heads penalise more.
+    order = np.argsort(slopes)
+    assert np.all(np.diff(bias.sum((1, 2))[order]) <= 0)
+
+
+def test_alibi_bias_of_kept_tokens_is_a_submatrix_of_the_full_bias():
+    coords = jnp.asarray(patching.grid_coords(8, 12))
+    slopes = positional.alibi_slopes(6)
+    full = np.asarray(dense_bias(coords, slopes))
+    tokens = jnp.zeros((3, coords.shape[0], 1))
+    _, kept = patching.patchout(jax.random.key(0), tokens, coords, num_keep=10)
+    index = {tuple(c): i for i, c in enumerate(np.asarray(coords))}
+    for b in range(3):
+        rows = np.array([index[tuple(c)] for c in np.asarray(kept[b])])
+        np.testing.assert_allclose(dense_bias(kept[b], slopes), full[:, rows][:, :, rows])
+
+
+def test_alibi_1d_bias_matches_numpy():
+    positions = np.array([0, 3, 3, 7, 1])
+    slopes = positional.alibi_slopes(2)
+    expected = -slopes[:, None, None] * np.abs(positions[:, None] - positions[None, :])[None]
+    np.testing.assert_allclose(dense_bias(positions[:, None], slopes), expected)
+    np.testing.assert_allclose(oracles.alibi_bias_1d(positions, slopes), expected)
+
+
+def test_cls_gets_zero_bias_to_and_from_every_token():
+    coords = random_coords(np.random.default_rng(2), 6)
+    slopes = positional.alibi_slopes(4)
+    is_patch = jnp.arange(6) > 0
+    bias = np.asarray(dense_bias(coords, slopes, is_patch=is_patch))
+    np.testing.assert_array_equal(bias[:, 0, :], 0.0)
+    np.testing.assert_array_equal(bias[:, :, 0], 0.0)
+    np.testing.assert_allclose(bias[:, 1:, 1:], dense_bias(coords[1:], slopes))
+    np.testing.assert_allclose(
+        oracles.prepend_zero_bias(bias[:, 1:, 1:]), bias, err_msg="the oracle's CLS padding"
+    )
 
 
 KINDS = ["alibi2d", "alibi2d_euclidean", "alibi1d", "rope"]

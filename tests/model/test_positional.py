@@ -35,54 +35,37 @@ def random_coords(rng, n, rows=8, cols=40):
 @pytest.mark.parametrize(
     "metric,scipy_metric", [("manhattan", "cityblock"), ("euclidean", "euclidean")]
 )
-def test_alibi_2d_matches_scipy_distances(metric, scipy_metric):
-    coords = random_coords(np.random.default_rng(0), 30)
-    slopes = positional.alibi_slopes(6)
-    bias = positional.alibi_bias_2d(jnp.asarray(coords), slopes, metric)
-    expected = -slopes[:, None, None] * cdist(coords, coords, scipy_metric)[None]
-    np.testing.assert_allclose(bias, expected, rtol=1e-6, atol=1e-6)
+def test_pairwise_distance_matches_scipy(metric, scipy_metric):
+    rng = np.random.default_rng(0)
+    a, b = random_coords(rng, 30), random_coords(rng, 20)
+    got = positional.pairwise_distance(jnp.asarray(a), jnp.asarray(b), metric)
+    np.testing.assert_allclose(got, cdist(a, b, scipy_metric), rtol=1e-6, atol=1e-6)
+    batched = positional.pairwise_distance(jnp.asarray(a)[None], jnp.asarray(a)[None], metric)
+    np.testing.assert_allclose(batched[0], cdist(a, a, scipy_metric), rtol=1e-6, atol=1e-6)
 
 
-def test_alibi_2d_properties():
-    coords = jnp.asarray(random_coords(np.random.default_rng(1), 25))
-    slopes = positional.alibi_slopes(4)
-    bias = positional.alibi_bias_2d(coords, slopes)
-    np.testing.assert_allclose(bias, positional.alibi_bias_2d(coords + jnp.array([3, 17]), slopes))
-    np.testing.assert_allclose(bias, bias.swapaxes(-1, -2))
-    np.testing.assert_array_equal(jnp.diagonal(bias, axis1=-2, axis2=-1), 0.0)
-    assert np.all(np.asarray(bias) <= 0), "ALiBi must penalise distance, never reward it"
-    # Steeper heads penalise more.
-    order = np.argsort(slopes)
-    assert np.all(np.diff(np.asarray(bias).sum((1, 2))[order]) <= 0)
+def test_euclidean_distance_has_a_finite_gradient_at_zero():
+    coords = jnp.asarray([[1.0, 2.0], [1.0, 2.0]])
+    grad = jax.grad(lambda c: positional.pairwise_distance(c, c, "euclidean").sum())(coords)
+    assert np.all(np.isfinite(grad))
+    with pytest.raises(ValueError, match="chebyshev"):
+        positional.pairwise_distance(coords, coords, "chebyshev")
 
 
-def test_alibi_bias_of_kept_tokens_is_a_submatrix_of_the_full_bias():
-    coords = jnp.asarray(patching.grid_coords(8, 12))
-    slopes = positional.alibi_slopes(6)
-    full = positional.alibi_bias_2d(coords, slopes)
-    tokens = jnp.zeros((3, coords.shape[0], 1))
-    _, kept = patching.patchout(jax.random.key(0), tokens, coords, num_keep=10)
-    index = {tuple(c): i for i, c in enumerate(np.asarray(coords))}
-    for b in range(3):
-        rows = np.array([index[tuple(c)] for c in np.asarray(kept[b])])
-        sub = np.asarray(full)[:, rows][:, :, rows]
-        np.testing.assert_allclose(positional.alibi_bias_2d(kept[b], slopes), sub)
-
-
-def test_alibi_1d_matches_numpy():
-    positions = np.array([0, 3, 3, 7, 1])
-    slopes = positional.alibi_slopes(2)
-    expected = -slopes[:, None, None] * np.abs(positions[:, None] - positions[None, :])[None]
-    np.testing.assert_allclose(positional.alibi_bias_1d(jnp.asarray(positions), slopes), expected)
-
-
-def test_prepend_zero_bias_gives_cls_zero_bias():
-    bias = -jnp.ones((2, 4, 5, 5))
-    padded = positional.prepend_zero_bias(bias)
-    assert padded.shape == (2, 4, 6, 6)
-    np.testing.assert_array_equal(padded[..., 0, :], 0.0)
-    np.testing.assert_array_equal(padded[..., :, 0], 0.0)
-    np.testing.assert_array_equal(padded[..., 1:, 1:], bias)
+@pytest.mark.parametrize(
+    "posemb,expected",
+    [
+        (("alibi2d",), True),
+        (("alibi1d", "freq"), True),
+        (("rope",), True),
+        (("sinusoidal",), True),
+        (("learned",), False),
+        (("learned", "rope"), False),
+        (("learned", "alibi2d"), False),
+    ],
+)
+def test_only_the_learned_table_cannot_extrapolate(posemb, expected):
+    assert positional.extrapolates(posemb) is expected
 
 
 @pytest.mark.parametrize("num_axes", [1, 2])

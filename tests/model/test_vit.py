@@ -1,3 +1,6 @@
+import itertools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,6 +11,14 @@ from configs import tiny
 from myna_rpe_jax.model import vit
 
 RELATIVE = [("alibi2d",), ("alibi1d", "freq"), ("rope",), ("sinusoidal",), ("alibi2d", "rope")]
+# Every combination validate_posemb accepts: at most one absolute table, at most one ALiBi.
+ALL_POSEMB = [
+    tuple(name for name in combo if name)
+    for combo in itertools.product(
+        (None, "alibi1d", "alibi2d"), (None, "learned", "sinusoidal", "freq"), (None, "rope")
+    )
+    if any(combo)
+]
 
 
 def tiny_encoder(**overrides):
@@ -156,3 +167,59 @@ def test_lengths_count_only_whole_patches():
     run = lambda n: encoder.apply(params, x, train=False, lengths=jnp.asarray([n]))
     assert int(run(47)[1]["valid"].sum()) == 8 * 2  # 47 frames: two whole 16-frame patches
     np.testing.assert_allclose(run(47)[0], run(32)[0], atol=1e-6)
+
+
+def test_all_posemb_lists_every_valid_combination():
+    assert len(ALL_POSEMB) == 23
+    for posemb in ALL_POSEMB:
+        vit.validate_posemb(posemb)
+
+
+def residual_dtypes(encoder, params, x, train):
+    """Dtypes of every block's output (the residual stream), of the final norm and of the
+    returned tokens."""
+    capture = lambda module, _: isinstance(module, vit.EncoderBlock | nn.LayerNorm)
+    (_, aux), state = encoder.apply(
+        params,
+        x,
+        train=train,
+        rngs={"patchout": jax.random.key(2)},
+        capture_intermediates=capture,
+        mutable=["intermediates"],
+    )
+    found = state["intermediates"]
+    blocks = [found[f"block_{i}"]["__call__"][0].dtype for i in range(encoder.depth)]
+    assert len(blocks) == encoder.depth >= 2
+    return {*blocks, found["final_norm"]["__call__"][0].dtype, aux["tokens"].dtype}
+
+
+# bfloat16 keeps 8 significant bits: unit roundoff u = 2^-8. The tiny encoder rounds the
+# stream some 20 times in sequence (patch embedding, 2 x (norm, q/k/v, attention, output,
+# residual, norm, 2 MLP layers, residual), final norm); independent roundings add up like
+# sqrt(20) u ~ 0.017, the worst measured over all schemes was 0.016. The bound is 8u = 0.031;
+# a float32 stream in either model would not reach it, a scheme computed wrong in bfloat16
+# (an unscaled table, a bias in the wrong dtype) would exceed it.
+BF16_REL_ERROR = 8 * 2.0**-8
+BF16_MIN_COSINE = 0.999  # 1 - rel^2 / 2 for rel = 0.031 is 0.9995
+
+
+@pytest.mark.parametrize("posemb", ALL_POSEMB, ids="+".join)
+def test_bfloat16_encoder_keeps_a_bfloat16_stream_and_agrees_with_float32(posemb):
+    float32 = tiny_encoder(posemb=posemb)
+    bfloat16 = tiny_encoder(posemb=posemb, dtype="bfloat16")
+    x = spec(4, 128)
+    params = init(float32, x)
+    for train in (False, True):  # train=True: patchout, the same kept tokens in both
+        assert residual_dtypes(float32, params, x, train) == {jnp.dtype(jnp.float32)}
+        assert residual_dtypes(bfloat16, params, x, train) == {jnp.dtype(jnp.bfloat16)}
+        run = lambda encoder, train=train: encoder.apply(
+            params, x, train=train, rngs={"patchout": jax.random.key(2)}
+        )[0]
+        a, b = np.asarray(run(float32), np.float64), np.asarray(run(bfloat16), np.float64)
+        assert run(bfloat16).dtype == jnp.float32
+        norms = np.linalg.norm(a, axis=1)
+        cosine = np.sum(a * b, axis=1) / (norms * np.linalg.norm(b, axis=1))
+        relative = np.linalg.norm(a - b, axis=1) / norms
+        assert cosine.min() > BF16_MIN_COSINE, (train, cosine)
+        assert relative.max() < BF16_REL_ERROR, (train, relative)
+        assert relative.max() > 2.0**-12, "the bfloat16 encoder must really compute in bfloat16"
