@@ -24,6 +24,7 @@ import machine  # noqa: E402  benchmarks/machine.py
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from myna_rpe_jax.data.chunks import crop_to_patches  # noqa: E402
 from myna_rpe_jax.embed import embedder as embedder_lib  # noqa: E402
 from myna_rpe_jax.model import vit  # noqa: E402
 
@@ -55,11 +56,13 @@ def main() -> None:
     encoder = vit.encoder_from_config(ml_collections.ConfigDict(dict(variant=args.variant)))
     params = jax.jit(lambda: encoder.init(jax.random.key(0), np.zeros((1, 128, 64)), train=False))()
     mels = collection(args.tracks, args.min_s, args.max_s)
-    cropped = sum(mel.shape[1] // 16 * 16 for mel in mels)
+    # Full tracks are embedded cropped to whole patch columns (the rule of data/chunks.py).
+    kept = [crop_to_patches(mel, encoder.patch_size).shape[1] for mel in mels]
+    cropped = sum(kept)
     print(f"machine: {machine.describe()}; JAX {jax.__version__} on {jax.default_backend()}")
     print(
         f"{args.variant}, {args.tracks} tracks of {args.min_s:g}-{args.max_s:g} s"
-        f" ({len({mel.shape[1] // 16 for mel in mels})} distinct lengths in whole patches)\n"
+        f" ({len(set(kept))} distinct lengths in whole patches)\n"
     )
     print(
         "| max_padding | programs | padding (of frames) | first pass s | second pass s | max diff |"
@@ -70,7 +73,7 @@ def main() -> None:
         embedder = embedder_lib.Embedder(
             encoder, params["params"], chunk_frames=256, max_padding=max_padding
         )
-        padded = sum(embedder.bucket(mel.shape[1] // 16 * 16) for mel in mels)
+        padded = sum(embedder.bucket(frames) for frames in kept)
         first_s, out = timed_pass(embedder, mels)
         second_s, _ = timed_pass(embedder, mels)
         reference = out if reference is None else reference

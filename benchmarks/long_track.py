@@ -6,8 +6,9 @@ depend on the weights) three ways:
 
 - dense: the whole track in one pass with dense attention ([H, N, N] scores per layer);
 - blockwise: the whole track in one pass with blockwise (flash) attention, linear memory;
-- chunks: non-overlapping training-length chunks (256 frames; the last one looped to full
-  length), 64 per batch, CLS embeddings averaged: the chunk-and-average baseline.
+- chunks: non-overlapping training-length chunks (256 frames), 64 per batch, CLS embeddings
+  averaged: the chunk-and-average baseline, cut by the product's rule (`data.chunks.chunk_mel`,
+  as `--mode chunks` embeds: the tail shorter than a chunk is dropped).
 
 Every measurement runs in a fresh subprocess, so peak RSS (`getrusage`, the whole process:
 JAX runtime, parameters, input and activations) does not carry over. Time is one compiled
@@ -56,22 +57,15 @@ def _encoder(variant: str, posemb: str, method: str, block_size: int, dtype: str
     )
 
 
-def _embed_fn(encoder, method: str, chunk_frames: int, chunk_batch: int):
-    """spec [1, F, T] -> embedding [D]."""
+def _embed_fn(encoder, method: str, chunk_batch: int):
+    """spec [1, F, T] -> embedding [D]; for chunks, chunks [K, F, chunk_frames] -> [D]."""
     import jax
-    import jax.numpy as jnp
 
     apply = lambda params, spec: encoder.apply(params, spec, train=False)[0]
     if method != "chunks":
         return lambda params, spec: apply(params, spec)[0]
 
-    def chunked(params, spec):
-        frames = spec.shape[2]
-        num_chunks = -(-frames // chunk_frames)
-        # Loop the track so the last chunk is full length, as training does for short tracks.
-        looped = jnp.tile(spec, (1, 1, -(-num_chunks * chunk_frames // frames)))
-        looped = looped[:, :, : num_chunks * chunk_frames]
-        chunks = looped.reshape(spec.shape[1], num_chunks, chunk_frames).swapaxes(0, 1)
+    def chunked(params, chunks):
         embed = lambda batch: apply(params, batch)
         per_chunk = jax.lax.map(lambda c: embed(c[None])[0], chunks, batch_size=chunk_batch)
         return per_chunk.mean(0)
@@ -90,10 +84,14 @@ def _measure(job: dict) -> dict:
 
     encoder = _encoder(job["variant"], job["posemb"], job["method"], job["block"], job["dtype"])
     frames = job["frames"]
+    from myna_rpe_jax.data.chunks import chunk_mel
+
     spec = np.random.default_rng(0).uniform(-80.0, 0.0, (1, encoder.n_mels, frames))
+    if job["method"] == "chunks":  # the product's chunks (a view: cutting costs nothing)
+        spec = chunk_mel(spec[0], job["chunk_frames"])
     spec = jax.numpy.asarray(spec, jax.numpy.float32)
-    params = jax.jit(lambda s: encoder.init(jax.random.key(0), s, train=False))(spec[:, :, :256])
-    fn = jax.jit(_embed_fn(encoder, job["method"], job["chunk_frames"], job["chunk_batch"]))
+    params = jax.jit(lambda s: encoder.init(jax.random.key(0), s, train=False))(spec[:1, :, :256])
+    fn = jax.jit(_embed_fn(encoder, job["method"], job["chunk_batch"]))
     start = time.perf_counter()
     compiled = fn.lower(params, spec).compile()
     result = {"compile_s": time.perf_counter() - start}

@@ -30,12 +30,49 @@ from myna_rpe_jax.embed.embedder import (
     Embedder,
 )
 from myna_rpe_jax.embed.file import Embeddings
+from myna_rpe_jax.train.checkpoints import describe_differences, mel_differences
 
 log = logging.getLogger("myna_rpe_jax.embed")
+
+# The MelConfig fields data_prep.build takes as flags (the others keep their defaults there).
+_BUILD_FLAGS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels")
 
 # Tracks decoded or read ahead before embedding: bounds memory on folders of full tracks.
 _WINDOW_TRACKS = 256
 _WINDOW_FRAMES = 2**22  # ~1 GB of float16 mels at 128 bins
+
+
+class MelMismatchError(ValueError):
+    """A prepared dataset's log-mel settings are not those the model was trained on."""
+
+
+def build_command(name: str, mel: MelConfig) -> str:
+    """The data_prep.build command that prepares dataset `name` with the log-mel settings `mel`."""
+    flags = " ".join(f"--{k.replace('_', '-')} {getattr(mel, k)}" for k in _BUILD_FLAGS)
+    return (
+        f"python -m data_prep.build --dataset {name} --source <your {name} folder>"
+        f" --data-dir <a new folder> {flags}"
+    )
+
+
+def check_dataset_mel(name: str, data_dir: str | Path, data: MelConfig, embedder: Embedder):
+    """Raises MelMismatchError, with a one-line reason, unless dataset `name` in data_dir was
+    prepared (`data`) with the features the embedder's model was trained on."""
+    differences = mel_differences(embedder.mel_config, data)
+    if not differences:
+        return
+    other = [k for k in differences if k not in _BUILD_FLAGS]
+    extra = (
+        f" ({', '.join(other)}: no build flag; call myna_rpe_jax.data.datasets.prepare with"
+        " mel=MelConfig(**the run's features.json mel) instead)"
+        if other
+        else ""
+    )
+    raise MelMismatchError(
+        f"{name} in {data_dir} was prepared with other log-mel settings than the model was"
+        f" trained on ({embedder.mel_source}): {describe_differences(differences)}; prepare a"
+        f" matching one with: {build_command(name, embedder.mel_config)}{extra}"
+    )
 
 
 @dataclasses.dataclass
@@ -189,20 +226,16 @@ def dataset_embeddings(
     splits: Sequence[str] | None = None,
     progress: bool = True,
 ) -> Embeddings:
-    """Embeds the prepared splits (default: all) of dataset `name` in `data_dir`."""
+    """Embeds the prepared splits (default: all) of dataset `name` in `data_dir`.
+
+    Refuses (MelMismatchError) a dataset prepared with other log-mel settings than the model's.
+    """
     from myna_rpe_jax.data import datasets  # imports TensorFlow Datasets
 
     splits = splits or datasets.available_splits(name, data_dir)
     sources = [datasets.open_split(name, data_dir, split) for split in splits]
     mel_config = sources[0].mel_config
-    if mel_config != embedder.mel_config:
-        log.warning(
-            "%s was prepared with %s, the model was trained on %s (%s): embeddings may suffer",
-            name,
-            mel_config,
-            embedder.mel_config,
-            embedder.mel_source,
-        )
+    check_dataset_mel(name, data_dir, mel_config, embedder)
     result = embed_tracks(
         embedder, read_dataset(sources), mode, sum(map(len, sources)), progress=progress
     )
@@ -212,7 +245,7 @@ def dataset_embeddings(
         data_dir=str(Path(data_dir).absolute()),
         splits=list(splits),
         mel=dataclasses.asdict(mel_config),
-        mel_source=f"dataset {name!r} metadata",
+        mel_source=embedder.mel_source,  # the dataset's own settings are the same (checked)
         labels={
             spec.label_key: {"task": task, "kind": spec.kind, "class_names": spec.class_names}
             for task, spec in tasks.items()

@@ -2,7 +2,9 @@
 
 `full` feeds each track at its full length: the relative positional schemes extrapolate past
 the training chunk length. `chunks` cuts a track into non-overlapping chunks of the training
-length and averages their embeddings, as Myna does.
+length and averages their embeddings, as Myna does (the rule for the tail and for short
+tracks: `data.chunks`). Audio is turned into mels with the settings the run recorded
+(WORKDIR/features.json, `checkpoints.read_features`).
 
 Each track is cropped to whole 16-frame patch columns (patchify drops the rest anyway), then
 padded up to a length bucket: its column count rounded up to a multiple of the largest power of
@@ -30,10 +32,10 @@ import ml_collections
 import numpy as np
 
 from myna_rpe_jax import distributed
-from myna_rpe_jax.data import locations
 from myna_rpe_jax.data.audio import MelConfig
-from myna_rpe_jax.model import vit
-from myna_rpe_jax.train import checkpoints, pairs
+from myna_rpe_jax.data.chunks import chunk_mel, crop_to_patches
+from myna_rpe_jax.model import positional, vit
+from myna_rpe_jax.train import checkpoints
 
 log = logging.getLogger("myna_rpe_jax.embedding")
 
@@ -45,24 +47,6 @@ DEFAULT_MAX_TOKENS = 32768
 DEFAULT_MAX_PADDING = 0.125
 # Log-mel value of padded frames (silence); the encoder masks them out, so any value works.
 _PAD_DB = -80.0
-
-
-def crop_to_patches(mel: np.ndarray, patch_size: int) -> np.ndarray:
-    """mel [F, T] -> [F, T // p * p]: the frames patchify keeps."""
-    return mel[:, : mel.shape[1] // patch_size * patch_size]
-
-
-def chunk_mel(mel: np.ndarray, chunk_frames: int) -> np.ndarray:
-    """Non-overlapping chunks [K, F, chunk_frames] of mel [F, T], K = T // chunk_frames.
-
-    The tail shorter than a chunk is dropped; a track shorter than one chunk is looped to
-    one chunk, as training's `pairs.crop` does.
-    """
-    num_chunks = mel.shape[1] // chunk_frames
-    if num_chunks == 0:
-        return pairs.crop(mel, 0, chunk_frames)[None]
-    chunks = mel[:, : num_chunks * chunk_frames].reshape(mel.shape[0], num_chunks, chunk_frames)
-    return chunks.transpose(1, 0, 2)
 
 
 def bucket_frames(frames: int, patch_size: int, max_padding: float) -> int:
@@ -164,7 +148,7 @@ class Embedder:
     def bucket(self, frames: int) -> int:
         """The padded length a `frames`-frame input is embedded at (see `bucket_frames`)."""
         padded = bucket_frames(frames, self.encoder.patch_size, self.max_padding)
-        if not vit.extrapolates(self.encoder.posemb):
+        if not positional.extrapolates(self.encoder.posemb):
             # The learned table has max_time_patches columns: pad no further than it reaches.
             table_frames = self.encoder.max_time_patches * self.encoder.patch_size
             padded = max(frames, min(padded, table_frames))
@@ -252,35 +236,18 @@ def load_embedder(
     max_padding: float = DEFAULT_MAX_PADDING,
 ) -> tuple[Embedder, ml_collections.ConfigDict, int]:
     """The Embedder of a training workdir's checkpoint (latest if step is None), its config,
-    and the step loaded."""
+    and the step loaded. Its mel_config is the run's recorded features (`read_features`)."""
     config = checkpoints.read_config(workdir)
+    mel_config, mel_source = checkpoints.read_features(workdir)
     params, step = checkpoints.load_params(workdir, step)
     encoder = vit.encoder_from_config(config.model)
     chunk_frames = int(max(config.data.chunk_frames))
-    mel_config, mel_source = training_mel_config(config)
     if mel_config.n_mels != encoder.n_mels:
         raise ValueError(
-            f"{workdir}: the model takes {encoder.n_mels} mel bins but its training data"
-            f" ({mel_source}) has {mel_config.n_mels}; check config.model.n_mels"
+            f"{workdir}: the model takes {encoder.n_mels} mel bins but its training features"
+            f" ({mel_source}) have {mel_config.n_mels}; check config.model.n_mels"
         )
     embedder = Embedder(
         encoder, params, chunk_frames, max_tokens, mel_config, mel_source, max_padding
     )
     return embedder, config, step
-
-
-def training_mel_config(config: ml_collections.ConfigDict) -> tuple[MelConfig, str]:
-    """The MelConfig the run's training data was prepared with, and where it came from.
-
-    Falls back to the MelConfig defaults (Myna-RPE's) when that dataset is not on this machine.
-    """
-    from myna_rpe_jax.data import datasets  # imports TensorFlow Datasets
-
-    data = config.data
-    data_dir = locations.training_dir(data)
-    try:
-        mel = datasets.dataset_metadata(data.dataset, data_dir)["mel"]
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        reason = str(err).splitlines()[0]
-        return MelConfig(), f"MelConfig defaults (training data metadata unavailable: {reason})"
-    return MelConfig(**mel), f"training dataset {data.dataset!r} in {data_dir}"

@@ -1,13 +1,18 @@
 """Orbax checkpoints of the train state, and loading an encoder for inference.
 
-A workdir holds `config.json` (the run's full config), `checkpoints/<step>/` and, for each
-resume with a changed config, `config.until_step<N>.json`: the config in force up to step N
-(since the previous archive, if any).
+A workdir holds `config.json` (the run's full config), `features.json` (the log-mel settings,
+MelConfig fields, of its training data), `checkpoints/<step>/` and, for each resume with a
+changed config, `config.until_step<N>.json`: the config in force up to step N (since the
+previous archive, if any). config.json and features.json are all a checkpoint needs to be used
+on another machine (docs/runs.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,12 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from myna_rpe_jax.data.audio import MelConfig
+
 CONFIG_FILE = "config.json"
+FEATURES_FILE = "features.json"
+
+log = logging.getLogger("myna_rpe_jax.train")
 
 
 def checkpoint_manager(workdir: str | Path, keep: int = 3, async_save: bool = True):
@@ -102,3 +112,109 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
     restored = manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=single))
     params = restored["params"] if isinstance(restored, dict) else restored.params
     return params, step
+
+
+def _has_checkpoint(workdir: Path) -> bool:
+    folder = workdir / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def mel_differences(run: MelConfig, data: MelConfig) -> dict[str, tuple[Any, Any]]:
+    """MelConfig field -> (run value, data value) for every field that differs."""
+    run_fields, data_fields = dataclasses.asdict(run), dataclasses.asdict(data)
+    return {k: (v, data_fields[k]) for k, v in run_fields.items() if data_fields[k] != v}
+
+
+def describe_differences(differences: dict[str, tuple[Any, Any]]) -> str:
+    """`mel_differences` as one line: `hop_length 512 (run) vs 441 (data), ...`."""
+    return ", ".join(
+        f"{k} {run!r} (run) vs {data!r} (data)" for k, (run, data) in differences.items()
+    )
+
+
+def training_data_mel(data: ml_collections.ConfigDict) -> tuple[MelConfig, Path]:
+    """The MelConfig the run's training data (`config.data`) was prepared with, from the
+    prepared dataset's metadata, and that dataset's data_dir. Raises FileNotFoundError
+    (datasets.DatasetNotPreparedError) when it is not prepared on this machine."""
+    # Lazy: the training data machinery (and TensorFlow Datasets) only where it is needed.
+    from myna_rpe_jax.data import datasets, locations
+
+    data_dir = locations.training_dir(data)
+    return MelConfig(**datasets.dataset_metadata(data.dataset, data_dir)["mel"]), data_dir
+
+
+def record_features(workdir: str | Path, data: ml_collections.ConfigDict) -> MelConfig:
+    """Writes WORKDIR/features.json, the log-mel settings of the run's (opened) training data;
+    returns them. Call it once the training data is prepared, in every process: process 0
+    writes (atomically), the others only check.
+
+    A resumed run (a checkpoint in WORKDIR) whose data has other settings than the recorded
+    ones is refused (ValueError naming the fields): its checkpoint learned other features.
+    """
+    workdir = Path(workdir)
+    mel, data_dir = training_data_mel(data)
+    path = workdir / FEATURES_FILE
+    if path.exists() and _has_checkpoint(workdir):
+        recorded = read_features_file(path)
+        differences = mel_differences(recorded, mel)
+        if differences:
+            raise ValueError(
+                f"{path}: this run was trained on other log-mel features than its data"
+                f" {data.dataset!r} in {data_dir} has ({describe_differences(differences)});"
+                " resume it on data prepared with the recorded settings, or train in a fresh"
+                " --workdir."
+            )
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(
+            {"mel": dataclasses.asdict(mel), "dataset": data.dataset, "data_dir": str(data_dir)},
+            indent=2,
+            sort_keys=True,
+        )
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    return mel
+
+
+def read_features_file(path: str | Path) -> MelConfig:
+    """The MelConfig recorded in a run's features.json."""
+    path = Path(path)
+    try:
+        return MelConfig(**json.loads(path.read_text(encoding="utf-8"))["mel"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f'{path}: not a features file ({err}); expected {{"mel": {{MelConfig fields}}}}'
+            " as training writes it"
+        ) from err
+
+
+def read_features(workdir: str | Path) -> tuple[MelConfig, str]:
+    """The log-mel settings a run was trained on, and where they came from.
+
+    From WORKDIR/features.json. A run from before features.json was recorded falls back, with
+    a warning, to the metadata of its training dataset on this machine; where neither exists
+    it raises FileNotFoundError saying what is missing.
+    """
+    path = Path(workdir) / FEATURES_FILE
+    if path.exists():
+        return read_features_file(path), str(path.absolute())
+    config = read_config(workdir)
+    try:
+        mel, data_dir = training_data_mel(config.data)
+    except (FileNotFoundError, KeyError) as err:
+        reason = str(err).splitlines()[0]
+        raise FileNotFoundError(
+            f"{path} not found, and the run's training dataset {config.data.dataset!r} is not"
+            f" on this machine ({reason}): the log-mel settings the model was trained on are"
+            f" unknown. Copy features.json from the machine it trained on into {workdir}, or"
+            " prepare its training data there."
+        ) from err
+    source = f"training dataset {config.data.dataset!r} in {data_dir}"
+    log.warning(
+        "%s has no %s (a run from before it was recorded): using the log-mel settings of its %s",
+        workdir,
+        FEATURES_FILE,
+        source,
+    )
+    return mel, source

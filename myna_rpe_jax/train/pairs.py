@@ -9,7 +9,8 @@ the prepared dataset. Nothing about the data position lives in an iterator, so a
   a duplicated track would be a false negative for InfoNCE).
 - Each process reads only its contiguous slice of the global batch.
 - Chunk offsets are uniform; the two views of a track start at different frames whenever the
-  track allows it. A track shorter than a chunk is looped (tiled) to the chunk length.
+  track allows it. A track shorter than a chunk is looped (tiled) to the chunk length
+  (`data.chunks.crop`, the chunking rule shared with embedding).
 - With several chunk-length buckets, each step draws one length for its whole batch, so the
   train step compiles once per bucket.
 """
@@ -22,15 +23,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from myna_rpe_jax.data.chunks import crop
+
 _EPOCH, _OFFSETS, _BUCKET = 0, 1, 2  # independent random streams per step
-
-
-def crop(mel: np.ndarray, start: int, length: int) -> np.ndarray:
-    """mel[:, start:start + length], looping the track if it is shorter than `length`."""
-    frames = mel.shape[1]
-    if frames >= length:
-        return mel[:, start : start + length]
-    return np.tile(mel, (1, -(-length // frames)))[:, :length]
 
 
 def pair_offsets(rng: np.random.Generator, frames: int, length: int) -> tuple[int, int]:
