@@ -40,7 +40,8 @@ def get_config(posemb: tuple[str, ...] = ("alibi2d",)) -> ml_collections.ConfigD
             posemb=tuple(posemb),
             patchout_keep=0.1,
             n_mels=128,
-            max_time_patches=16,  # the learned table's length: 256 frames / 16
+            # max_time_patches (the learned table's length) is derived at training start:
+            # max(data.chunk_frames) // patch size (train/config_check.py).
             alibi_metric="manhattan",
             rope_theta=100.0,
             dtype="float32",

@@ -1,7 +1,9 @@
 """Baseline: the learned absolute table the Myna-RPE paper compares against (8 frequency x 16
 time patches). The original Myna used fixed 2-D sin-cos: that is configs/sinusoidal.py.
 
-It cannot embed inputs longer than 256 frames in one pass: use `embed --mode chunks`.
+Its table is as long as the longest training chunk (max(data.chunk_frames) // 16 time
+patches, derived at training start), so it cannot embed longer inputs in one pass: use
+`embed --mode chunks`. Shorter chunks: --config.data.chunk_frames='(96,)'.
 
 python -m myna_rpe_jax.train --config=configs/myna.py --workdir=runs/myna
 """

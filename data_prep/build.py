@@ -16,6 +16,7 @@ import os
 import sys
 import warnings
 
+from myna_rpe_jax import errors
 from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.data.datasets import DATASET_NAMES, LayoutError
 from myna_rpe_jax.data.datasets.cache import UnexpectedDecodeError
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
             )
     except (LayoutError, ValueError, UnexpectedDecodeError) as err:
+        if errors.debug():
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     for warning in caught:
@@ -98,4 +101,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run_cli(main, (OSError,)))  # e.g. a --data-dir that cannot be written

@@ -12,6 +12,7 @@ import collections
 import sys
 import time
 
+from myna_rpe_jax import errors
 from myna_rpe_jax.data.demo import music
 
 
@@ -63,4 +64,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run_cli(main, (OSError,)))  # e.g. an --out folder that cannot be written

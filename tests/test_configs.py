@@ -8,7 +8,9 @@ import pytest
 
 import configs
 from myna_rpe_jax.data.demo import music
+from myna_rpe_jax.errors import ConfigError
 from myna_rpe_jax.model import vit
+from myna_rpe_jax.train import config_check
 
 CONFIGS = sorted(name for _, name, _ in pkgutil.iter_modules(configs.__path__) if name != "common")
 
@@ -28,3 +30,73 @@ def test_config_builds_its_encoder_and_fits_its_batch_in_the_demo_train_split(na
     )
     # A batch never holds a track twice, so the train split must hold a whole batch.
     assert splits["train"] >= config.batch_size, (name, dict(splits), config.batch_size)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_passes_the_training_check_and_derives_the_table_length(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    checked = config_check.checked_config(config)  # 4 fake devices (conftest)
+    assert checked.model.max_time_patches == max(config.data.chunk_frames) // 16
+    assert "max_time_patches" not in config.model  # derived, not a field of the file
+
+
+def test_myna_config_with_shorter_chunks_has_a_shorter_table():
+    from configs import myna
+
+    config = myna.get_config()
+    config.data.chunk_frames = (96,)
+    assert config_check.checked_config(config).model.max_time_patches == 6
+
+
+def _tiny(**changes):
+    from configs import tiny
+
+    config = tiny.get_config()
+    for dotted, value in changes.items():
+        *parents, field = dotted.split("__")
+        holder = config
+        for parent in parents:
+            holder = holder[parent]
+        holder[field] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(model__posemb=("alibi3d",)), r"config.model: unknown positional scheme"),
+        (dict(model__posemb=("alibi1d", "alibi2d")), r"'alibi1d' and 'alibi2d' contradict"),
+        (dict(model__variant="M/16"), r"config.model.variant: unknown model variant 'M/16'"),
+        (dict(model__dtype="float16"), r"model.dtype must be one of"),
+        (dict(data__chunk_frames=(100,)), r"chunk_frames=\(100,\): .* multiple of the patch"),
+        (dict(data__chunk_frames=(0,)), r"chunk_frames=\(0,\)"),
+        (dict(data__chunk_frames=()), r"chunk_frames=\(\)"),
+        (dict(data__split="train+tset"), r"config.data.split='train\+tset'"),
+        (dict(data__split="train+train"), r"config.data.split='train\+train'"),
+        (dict(data__dataset="gtzam"), r"config.data.dataset='gtzam' is not a dataset"),
+        (dict(data__demo_tracks=0), r"config.data.demo_tracks=0 must be positive"),
+        (dict(batch_size=6), r"batch_size=6 is not divisible by the 4 devices"),
+        (dict(batch_size=0), r"batch_size=0 must be a positive"),
+        (dict(loss__name="simclr"), r"config.loss: "),
+        (dict(log_every=0), r"config.log_every=0 must be positive"),
+    ],
+)
+def test_training_check_names_the_wrong_field(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        config_check.checked_config(_tiny(**changes))
+
+
+def test_an_explicit_table_length_that_disagrees_with_the_chunks_is_refused():
+    config = _tiny()
+    config.model.max_time_patches = 16  # chunks of 256 frames = 16 patches: agrees
+    assert config_check.checked_config(config).model.max_time_patches == 16
+    config.data.chunk_frames = (96,)
+    with pytest.raises(ConfigError, match=r"max_time_patches=16 disagrees .* = 6"):
+        config_check.checked_config(config)
+
+
+def test_rope_needs_a_head_size_divisible_by_four():
+    config = _tiny(model__posemb=("rope",))
+    config.model.width, config.model.num_heads = 24, 4  # head size 6
+    with pytest.raises(ConfigError, match=r"head size .* = 6\) must be a multiple of 4"):
+        config_check.checked_config(config)

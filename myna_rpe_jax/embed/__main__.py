@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 
+from myna_rpe_jax import errors
 from myna_rpe_jax.data.datasets import SPLITS
 from myna_rpe_jax.embed.collection import (
     add_embedder_flags,
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                 embedder, args.dataset, args.data_dir, args.mode, splits, progress=progress
             )
     except (FileNotFoundError, ValueError) as err:  # missing workdir/data, bad split names
+        if errors.debug():
+            raise
         log.error("error: %s", err)
         return 1
     result.meta.update(run_meta(args.workdir, step, args.mode, config, embedder))
@@ -94,4 +97,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run_cli(main, (OSError, ValueError)))  # e.g. an unwritable --output

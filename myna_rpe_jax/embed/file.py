@@ -57,6 +57,9 @@ def save_npz(path: str | Path, result: Embeddings) -> Path:
     return path
 
 
+_WRITER = "`python -m myna_rpe_jax.embed`"
+
+
 def load_npz(path: str | Path, *, strict: bool = True) -> Embeddings:
     """Reads an embedding file (no pickle).
 
@@ -72,10 +75,10 @@ def load_npz(path: str | Path, *, strict: bool = True) -> Embeddings:
         raise FileNotFoundError(f"embeddings file {path} does not exist")
     try:
         f = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path} is not an .npz embedding file: {err}") from err
+    except (ValueError, OSError) as err:  # numpy's words would advise unpickling it
+        raise ValueError(f"not an embedding file (.npz from {_WRITER}): {path}") from err
     if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} holds a single array, not an .npz embedding file")
+        raise ValueError(f"not an embedding file (.npz from {_WRITER}): {path} holds one array")
     with f:
         missing = sorted(set(FIELDS if strict else MINIMAL_FIELDS) - set(f.files))
         if missing:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from myna_rpe_jax import errors
 from myna_rpe_jax.embed.file import load_npz
 from myna_rpe_jax.playlist import hull
 from myna_rpe_jax.playlist.strategies import STRATEGIES, expand, fill, interpolate, waypoints
@@ -129,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
     plot_picture(plot_path, emb, groups, pool[ranked.indices])
     print(f"wrote {len(ranked.indices)} tracks to {args.out} and a picture to {plot_path}")
+    if len(ranked.indices) < args.num:
+        print(
+            f"note: asked for {args.num}, found {len(ranked.indices)} candidate(s): the"
+            f" embeddings hold {len(pool)} track(s) outside the playlist(s)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -150,4 +157,4 @@ def write_ranked(path, strategy, pool_ids, ranked, emb, groups, near) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run_cli(main, (OSError,)))  # e.g. an unwritable --out

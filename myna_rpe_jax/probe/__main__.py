@@ -12,9 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
+from myna_rpe_jax import errors
 from myna_rpe_jax.embed.collection import add_embedder_flags, console_logging
 from myna_rpe_jax.embed.embedder import MODES
 from myna_rpe_jax.probe.evaluate import BENCHMARKS, PROBE_DATASETS, run
+from myna_rpe_jax.probe.report import not_probed
 
 log = logging.getLogger("myna_rpe_jax.probe")
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error(f"--modes must list some of {MODES}, got {args.modes!r}")
     console_logging()
     try:
-        run(
+        results = run(
             args.workdir,
             [name for name in args.tasks.split(",") if name],
             args.output,
@@ -63,13 +65,24 @@ def main(argv: list[str] | None = None) -> int:
             max_padding=args.max_padding,
         )
     except (FileNotFoundError, ValueError) as err:  # no workdir / checkpoint, unknown task
+        if errors.debug():
+            raise
         log.error("error: %s", err)
         return 1
     out = Path(args.output)
     log.info("\n%s", (out / "results.md").read_text(encoding="utf-8"))
     log.info("wrote %s, %s, %s", out / "results.json", out / "results.md", out / "results.png")
+    missing = not_probed(results)
+    if len(missing) == len(results["tasks"]):
+        log.error(
+            "error: none of the tasks %s could be probed: %s (see 'Not probed' in %s)",
+            ",".join(missing),
+            "; ".join(entry["reason"] for entry in missing.values()),
+            out / "results.md",
+        )
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run_cli(main, (OSError, ValueError)))  # e.g. an unwritable --output

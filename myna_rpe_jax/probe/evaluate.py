@@ -12,6 +12,7 @@ builds it; the others still run. For `demo` without --data-dir, the run's own de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -24,7 +25,7 @@ from myna_rpe_jax.data.datasets import dataset_tasks
 from myna_rpe_jax.embed import embedder as embedder_lib
 from myna_rpe_jax.embed.collection import dataset_embeddings, run_meta
 from myna_rpe_jax.embed.file import Embeddings, load_npz, save_npz
-from myna_rpe_jax.model import vit
+from myna_rpe_jax.model import positional
 from myna_rpe_jax.probe.report import model_label, table_rows, write_markdown, write_plot
 from myna_rpe_jax.probe.tasks import REG_GRID, run_probe, standardize
 
@@ -94,6 +95,7 @@ def cached_embeddings(
         "mode": mode,
         "dataset": name,
         "data_dir": str(data_dir.absolute()),
+        "mel": dataclasses.asdict(embedder.mel_config),  # the run's features (checked on data)
     }
     if path.exists():
         cached = load_npz(path)
@@ -171,7 +173,7 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     embedder, config, step = embedder_lib.load_embedder(workdir, step, max_tokens, max_padding)
     skipped_modes = {}
-    if "full" in modes and not vit.extrapolates(config.model.posemb):
+    if "full" in modes and not positional.extrapolates(config.model.posemb):
         skipped_modes["full"] = (
             f"posemb {tuple(config.model.posemb)} has a learned absolute table of"
             f" {config.model.max_time_patches} time patches: it cannot embed whole tracks"

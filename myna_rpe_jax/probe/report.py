@@ -66,6 +66,11 @@ def table_rows(results: dict) -> dict[str, dict[str, float | None]]:
     return rows
 
 
+def not_probed(results: dict) -> dict[str, dict]:
+    """The tasks that could not be probed (their dataset missing): name -> entry."""
+    return {name: e for name, e in results["tasks"].items() if e["status"] != "ok"}
+
+
 def write_markdown(path: Path, results: dict) -> None:
     rows = results["table"]
     titles = list(next(iter(rows.values())))
@@ -83,14 +88,18 @@ def write_markdown(path: Path, results: dict) -> None:
             for label, row in rows.items()
         ),
         "",
-        "Chosen regularisation (param = value, best valid score):",
-        "",
     ]
+    missing = not_probed(results)
+    if missing:
+        lines += ["## Not probed", ""]
+        lines += [
+            f"- {name}: **missing** ({entry['reason']}). Build: `{entry['build_command']}`"
+            for name, entry in missing.items()
+        ]
+        lines.append("")
+    lines += ["Chosen regularisation (param = value, best valid score):", ""]
     for name, entry in results["tasks"].items():
         if entry["status"] != "ok":
-            lines.append(
-                f"- {name}: **missing** ({entry['reason']}). Build: `{entry['build_command']}`"
-            )
             continue
         for mode, part in entry["modes"].items():
             for task, probe in part["probes"].items():

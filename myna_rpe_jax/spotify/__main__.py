@@ -25,6 +25,7 @@ from pathlib import Path
 import requests
 from spotipy.exceptions import SpotifyException, SpotifyOauthError
 
+from myna_rpe_jax import errors
 from myna_rpe_jax.spotify.api import (
     ACCOUNTS_URL,
     API_URL,
@@ -37,6 +38,8 @@ from myna_rpe_jax.spotify.api import (
     find_on_spotify,
     make_auth,
     make_client,
+    pending_login,
+    redirect_code,
 )
 from myna_rpe_jax.spotify.match import match_tracks, scan_audio
 
@@ -62,9 +65,30 @@ def write_csv(path: str, fields: Sequence[str], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def _pasted_redirect(prompt: str) -> str:
+    """The redirect URL the user pastes at `prompt`; UserError without a terminal."""
+    try:
+        return input(prompt)
+    except EOFError:
+        raise UserError(
+            "no terminal to paste the redirect URL into: open the URL above in a browser,"
+            " approve the app, then run `python -m myna_rpe_jax.spotify login --redirect-url"
+            " 'URL'` with the address the browser was sent to"
+        ) from None
+
+
 def cmd_login(args: argparse.Namespace) -> None:
     auth = make_auth(args, login=True)
-    auth.get_access_token(check_cache=False)
+    if args.redirect_url or args.no_browser:
+        pending = pending_login(auth, args.token_cache)
+        url = args.redirect_url
+        if not url:
+            prompt = f"Go to the following URL: {auth.get_authorize_url()}\n"
+            url = _pasted_redirect(prompt + "Enter the URL you were redirected to: ")
+        auth.get_access_token(code=redirect_code(url, auth.redirect_uri), check_cache=False)
+        pending.unlink(missing_ok=True)
+    else:
+        auth.get_access_token(check_cache=False)
     user = make_client(args, auth).current_user()
     print(
         f"logged in as {user.get('display_name') or user['id']}; token saved in {args.token_cache}"
@@ -147,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     login = sub.add_parser("login", help="log in with PKCE in the browser and save the token")
     login.add_argument("--no-browser", action="store_true", help="print the URL instead")
+    login.add_argument(
+        "--redirect-url",
+        help="the URL the browser was sent to after approving the URL that `login"
+        " --no-browser` printed (no terminal needed)",
+    )
     login.set_defaults(run=cmd_login, auth="user")
     export = sub.add_parser("export-playlist", help="write a playlist's tracks to CSV")
     export.add_argument("playlist", help="playlist URL, URI or id")
@@ -236,4 +265,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run_cli(main, (OSError,)))  # e.g. an unwritable --out

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import logging
 import os
 import re
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 import spotipy
 from spotipy.cache_handler import CacheFileHandler, MemoryCacheHandler
 from spotipy.util import Retry
 
+from myna_rpe_jax import errors
 from myna_rpe_jax.spotify.match import artist_keys, normalise
 
 API_URL = "https://api.spotify.com/v1/"
@@ -39,8 +42,8 @@ SCOPE = (
 LOGIN_HINT = "run `python -m myna_rpe_jax.spotify login`"
 
 
-class UserError(Exception):
-    """A problem the user can fix; the message says how."""
+# One kind of "problem the user can fix; the message says how" for every command.
+UserError = errors.UserError
 
 
 class RateLimitTooLong(Exception):
@@ -137,6 +140,42 @@ def make_auth(args: argparse.Namespace, *, login: bool = False):
     if args.auth == "user" and not login and auth.validate_token(cached()) is None:
         raise UserError(f"no saved Spotify login in {args.token_cache}: {LOGIN_HINT} first")
     return auth
+
+
+def pending_login(auth: spotipy.SpotifyPKCE, token_cache: str | Path) -> Path:
+    """Gives `auth` the PKCE verifier of the login in progress (TOKEN_CACHE.pkce), or a new
+    one saved there, so the authorize URL printed by one `login` and the redirect URL passed
+    to the next (--redirect-url) belong together. Returns the file (remove it once done)."""
+    path = Path(str(token_cache) + ".pkce")
+    try:
+        auth.code_verifier = json.loads(path.read_text(encoding="utf-8"))["code_verifier"]
+        auth.code_challenge = auth._get_code_challenge()
+    except (OSError, ValueError, KeyError):
+        auth.get_pkce_handshake_parameters()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps({"code_verifier": auth.code_verifier}), encoding="utf-8")
+    return path
+
+
+def redirect_code(url: str, redirect_uri: str) -> str:
+    """The authorization code in the URL the browser was redirected to after login.
+
+    Raises UserError when `url` is not such a URL (no http(s) scheme or no code= query) or
+    carries Spotify's error (the user declined)."""
+    parts = urlsplit(url.strip())
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme in ("http", "https") and query.get("error"):
+        raise UserError(
+            f"Spotify sent the login back with error {query['error']!r} (declined?): {LOGIN_HINT}"
+            " again and approve the app"
+        )
+    if parts.scheme not in ("http", "https") or not query.get("code"):
+        raise UserError(
+            f"{url.strip()!r} is not a redirect URL: expected the address your browser was sent"
+            f" to after you approved the app, {redirect_uri}?code=..."
+        )
+    return query["code"]
 
 
 def make_client(args: argparse.Namespace, auth) -> spotipy.Spotify:

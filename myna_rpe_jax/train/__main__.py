@@ -3,19 +3,24 @@
 python -m myna_rpe_jax.train --config=configs/alibi2d.py --workdir=runs/alibi2d \
     [--config.total_steps=1000 --config.batch_size=256 ...]
 
-See `loop.train` for what a run does and writes.
+See `loop.train` for what a run does and writes. A mistake in the config, its file or the
+data prints one `error:` line and exits non-zero (2: the config, 1: the data or the run);
+MYNA_RPE_DEBUG=1 shows the traceback (docs/troubleshooting.md).
 """
 
 from __future__ import annotations
 
 import logging as std_logging
+import re
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from myna_rpe_jax import distributed
-from myna_rpe_jax.train import loop
+from myna_rpe_jax import distributed, errors
+from myna_rpe_jax.errors import ConfigError
+from myna_rpe_jax.train import config_check
 
 
 def _quiet_orbax_info_logs() -> None:
@@ -29,8 +34,16 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _quiet_orbax_info_logs()
+    config = _CONFIG.value
+    try:
+        config.get("seed")  # a config file that failed to load raises on first access
+    except OSError as err:
+        raise _config_file_error(err, sys.argv) from err
     distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    history = loop.train(_CONFIG.value, _WORKDIR.value)
+    config = config_check.checked_config(config)  # in seconds, before the heavy imports
+    from myna_rpe_jax.train import loop  # TensorFlow (clu, tfds) and the data machinery
+
+    history = loop.train(config, _WORKDIR.value)
     if history and jax.process_index() == 0:
         logging.info("done: step %d, loss %.4f", history[-1]["step"], history[-1]["loss"])
 
@@ -54,6 +67,56 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
 
 
-if __name__ == "__main__":
+def _flag_values(argv: list[str], prefix: str) -> list[str]:
+    """The `--<prefix>...` arguments of argv, e.g. prefix "config." -> ["--config.x=1"]."""
+    return [arg for arg in argv if arg.lstrip("-").startswith(prefix)]
+
+
+def _config_file_error(err: OSError, argv: list[str]) -> ConfigError:
+    """ml_collections' "failed loading config file" (first access or an override), reworded."""
+    given = [arg.split("=", 1)[-1] for arg in _flag_values(argv, "config=")]
+    path = given[-1] if given else "?"
+    while err.__cause__ is not None:  # the innermost reason: "[Errno 2] No such file ..."
+        err = err.__cause__
+    reason = str(err).strip().splitlines()[-1].strip()
+    return ConfigError(
+        f"--config={path}: cannot load the config file ({reason}). Expected a Python file"
+        " with get_config(), relative to the current folder, e.g. --config=configs/alibi2d.py"
+    )
+
+
+def _unknown_field_error(err: Exception, argv: list[str]) -> ConfigError:
+    """ml_collections' AttributeError/KeyError for an override of a field that does not exist."""
+    text = str(err).replace("\\n", "\n").replace("\\'", "'")
+    names = re.findall(r"'(\w+)'", text)
+    hint = re.search(r"Did you mean \"(\w+)\"", text)
+    name = names[0] if names else "?"
+    flag = next((arg for arg in _flag_values(argv, "config.") if name in arg), f"--config...{name}")
+    config = next((arg.split("=", 1)[-1] for arg in _flag_values(argv, "config=")), "the config")
+    suggestion = f' Did you mean "{hint.group(1)}"?' if hint else ""
+    return ConfigError(
+        f"{flag.split('=', 1)[0]}: {config} has no field {name!r}.{suggestion} Fields are"
+        " named as in the config file (configs/common.py lists them all)."
+    )
+
+
+def run(argv: list[str]) -> int:
+    """`app.run(main)` with the user's mistakes as one line on stderr; the exit status."""
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    try:
+        app.run(main, argv)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+    except (AttributeError, KeyError) as err:
+        if flags.FLAGS.is_parsed():  # raised by the run, not by an override: a bug
+            raise
+        return errors.report(_unknown_field_error(err, argv))
+    except OSError as err:  # a missing config file; in the run: data or workdir not found
+        return errors.report(err if flags.FLAGS.is_parsed() else _config_file_error(err, argv))
+    except (errors.UserError, ValueError) as err:  # config, data, checkpoint, NaN stop
+        return errors.report(err)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv))

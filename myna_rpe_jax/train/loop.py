@@ -24,14 +24,15 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from myna_rpe_jax import distributed
+from myna_rpe_jax.errors import UserError
 from myna_rpe_jax.model import vit
 from myna_rpe_jax.objectives.objective import Objective
-from myna_rpe_jax.train import checkpoints, pairs, sources
+from myna_rpe_jax.train import checkpoints, config_check, pairs, sources
 from myna_rpe_jax.train.step import init_state, make_optimizer, train_step
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+class NonFiniteLossError(UserError, FloatingPointError):
+    """Training diverged; the message says which checkpoint is intact and what to try."""
 
 
 def _check_finite(summary: dict, step: int, last_saved: int | None, workdir: str) -> None:
@@ -60,15 +61,12 @@ def train(
     `stop_after` ends this run after that step with a checkpoint, as a preempted job would;
     rerunning resumes there.
     """
+    config = config_check.checked_config(config)  # before any data work; derives fields
     workdir = str(Path(workdir).absolute())
     mesh = distributed.data_mesh()
-    if config.batch_size % jax.device_count():
-        raise ValueError(
-            f"batch_size {config.batch_size} is not divisible by the {jax.device_count()}"
-            " devices; choose a multiple of the device count."
-        )
     objective = Objective.from_config(config.loss, config.batch_size)
     source = sources.open_training_split(config.data)
+    checkpoints.record_features(workdir, config.data)  # features.json; a resume must match
     sampler = pairs.PairSampler(
         source,
         global_batch=config.batch_size,

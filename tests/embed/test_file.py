@@ -59,7 +59,7 @@ def test_errors_name_the_file_and_the_missing_field(tmp_path):
     ):
         load_npz(tmp_path / "no.npz", strict=False)
     (tmp_path / "tracks.csv").write_text("track_id\nx\n")
-    with pytest.raises(ValueError, match="tracks.csv is not an .npz embedding file"):
+    with pytest.raises(ValueError, match="not an embedding file .*tracks.csv"):
         load_npz(tmp_path / "tracks.csv", strict=False)
     np.savez(path, track_ids=np.array(["x", "y"]), embeddings=np.zeros((3, 4)))
     with pytest.raises(ValueError, match=r"embeddings \(3, 4\) .* do not match 2 track_ids"):

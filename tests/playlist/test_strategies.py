@@ -154,3 +154,27 @@ def test_cli_reads_a_file_with_only_track_ids_and_embeddings(tmp_path, plane):
     argv = ["--embeddings", str(emb_path), "--playlist", "a,b,c", "--strategy", "fill"]
     assert playlist_cli.main([*argv, "-n", "1", "--out", str(out)]) == 0
     assert [r["track_id"] for r in csv.DictReader(out.open())] == ["d"]
+
+
+def test_cli_names_a_file_that_is_not_an_embedding_file(tmp_path):
+    text = tmp_path / "some.txt"
+    text.write_text("not numbers\n")
+    argv = ["--embeddings", str(text), "--playlist", "a,b", "--strategy", "fill"]
+    with pytest.raises(SystemExit) as raised:
+        playlist_cli.main(argv)
+    message = str(raised.value.code)
+    assert (
+        message
+        == f"error: not an embedding file (.npz from `python -m myna_rpe_jax.embed`): {text}"
+    )
+    assert "pickle" not in message
+
+
+def test_cli_says_when_fewer_candidates_than_asked(tmp_path, plane, capsys):
+    emb_path = tmp_path / "emb.npz"
+    write_embeddings(emb_path, ["a", "b", "c", "d"], plane([(0, 0), (1, 0), (0, 1), (2, 2)]))
+    out = tmp_path / "gen.csv"
+    argv = ["--embeddings", str(emb_path), "--playlist", "a,b,c", "--strategy", "fill"]
+    assert playlist_cli.main([*argv, "-n", "5", "--out", str(out)]) == 0
+    assert len(list(csv.DictReader(out.open()))) == 1
+    assert "note: asked for 5, found 1 candidate(s)" in capsys.readouterr().err

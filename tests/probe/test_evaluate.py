@@ -104,8 +104,18 @@ def test_missing_dataset_is_reported_with_its_build_command(demo_probe):
     assert results["table"]["alibi2d tiny (full)"]["GTZAN Acc"] is None
     markdown = (out / "results.md").read_text()
     assert "| Model | Demo genre Acc |" in markdown and "| alibi2d tiny (chunks) |" in markdown
-    assert "gtzan: **missing**" in markdown
+    not_probed, chosen = markdown.split("## Not probed", 1)[1].split("Chosen regularisation", 1)
+    assert "gtzan: **missing**" in not_probed and "gtzan" not in chosen
+    assert "demo/genre" in chosen
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_probe_of_only_missing_tasks_exits_non_zero(demo_probe, tmp_path):
+    run, _, _ = demo_probe
+    argv = ["--workdir", str(run.workdir), "--tasks", "gtzan", "--output", str(tmp_path)]
+    assert probe_cli.main([*argv, "--data-dir", str(tmp_path / "nothing"), "--no-progress"]) == 1
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## Not probed" in markdown and "gtzan: **missing**" in markdown
 
 
 def test_cached_embeddings_are_reused(demo_probe, caplog):

@@ -353,6 +353,38 @@ def test_login_runs_pkce_and_saves_the_token(cli, server, tmp_path, monkeypatch)
     assert json.loads((tmp_path / "token.json").read_text())["access_token"] == TOKENS[1]
 
 
+def test_login_without_a_terminal_resumes_with_redirect_url(cli, server, tmp_path, monkeypatch):
+    prompts = []
+
+    def no_terminal(prompt):
+        prompts.append(prompt)
+        raise EOFError  # what input() does when stdin is not a terminal (closed or empty)
+
+    monkeypatch.setattr("builtins.input", no_terminal)
+    code, _, err = cli("login", "--no-browser")
+    assert code == 1 and "no terminal" in err and "--redirect-url" in err
+    assert "Traceback" not in err and not server.verified
+    # The user opens the printed URL; Spotify binds its challenge to the code it redirects with.
+    query = dict(parse_qsl(urlsplit(re.search(r"http\S+", prompts[0]).group(0)).query))
+    server.challenges["code-2"] = query["code_challenge"]
+    redirect = f"{query['redirect_uri']}?code=code-2"
+    code, stdout, _ = cli("login", "--redirect-url", redirect)
+    assert code == 0 and "logged in as Test User" in stdout
+    assert server.verified == ["code-2"]
+    assert not (tmp_path / "token.json.pkce").exists()
+
+
+@pytest.mark.parametrize("pasted", ["hello", "ftp://127.0.0.1/callback?code=1", "http://x/?a=1"])
+def test_a_pasted_string_that_is_not_a_redirect_url_is_named(cli, server, monkeypatch, pasted):
+    monkeypatch.setattr("builtins.input", lambda prompt: pasted)
+    code, _, err = cli("login", "--no-browser")
+    # A code in the pasted string is redacted like every code the command prints.
+    assert code == 1 and api.REDACTOR.redact(f"{pasted!r} is not a redirect URL") in err
+    assert "cannot reach Spotify" not in err and not server.verified
+    code, _, err = cli("login", "--redirect-url", pasted)
+    assert code == 1 and "is not a redirect URL" in err
+
+
 def write_audio(path, fmt, **tags):
     path.parent.mkdir(parents=True, exist_ok=True)
     with sf.SoundFile(path, "w", 8000, 1, format=fmt) as f:

@@ -156,3 +156,33 @@ def test_checkpoint_trained_on_four_devices_loads_on_one(tiny_config, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "devices 1 step 1" in out.stdout
+
+
+def test_learned_table_follows_the_chunk_length_from_train_to_embed(tiny_config, tmp_path):
+    """configs/myna.py with shorter chunks trains: max_time_patches is derived from
+    chunk_frames (96 frames = 6 patches), recorded in config.json and used by embedding."""
+    from myna_rpe_jax.embed.embedder import load_embedder
+
+    flags = [f for f in overrides(tiny_config) if "chunk_frames" not in f]
+    args = [
+        "--config=configs/myna.py",
+        f"--workdir={tmp_path}",
+        *flags,
+        "--config.data.chunk_frames=(96,)",
+        "--config.model.variant=tiny",
+        "--config.total_steps=2",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "myna_rpe_jax.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert checkpoints.read_config(tmp_path).model.max_time_patches == 6
+    embedder, config, step = load_embedder(tmp_path)
+    assert step == 2 and embedder.encoder.max_time_patches == 6
+    assert embedder.encoder.posemb == ("learned",)
+    mel = np.random.default_rng(0).uniform(-80, 0, (128, 96)).astype(np.float16)
+    assert np.all(np.isfinite(embedder.embed([mel], mode="full")))

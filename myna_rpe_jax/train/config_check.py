@@ -1,0 +1,146 @@
+"""The whole training config checked before any data work, and the fields derived from it.
+
+`checked_config(config)` is the first thing a training run does: a wrong model variant,
+positional scheme, loss field, batch size, chunk length, split or dataset name stops the run
+in seconds with a `ConfigError` naming the field, before a demo set or a frame store is built.
+It returns a copy with `model.max_time_patches` derived from `data.chunk_frames` (the learned
+table's length: the longest training chunk in patches), which config.json records for
+embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from myna_rpe_jax.data.datasets import DATASET_NAMES, SPLITS
+from myna_rpe_jax.data.datasets.common import canonical_split
+from myna_rpe_jax.errors import ConfigError
+from myna_rpe_jax.model import vit
+from myna_rpe_jax.objectives.objective import Objective
+
+
+def max_time_patches(chunk_frames, patch_size: int) -> int:
+    """The time columns of the learned table: the longest chunk, in patches."""
+    return max(chunk_frames) // patch_size
+
+
+def _check_chunk_frames(data: ml_collections.ConfigDict, patch_size: int) -> tuple[int, ...]:
+    chunk_frames = data.chunk_frames
+    if isinstance(chunk_frames, int):
+        chunk_frames = (chunk_frames,)
+    try:
+        chunk_frames = tuple(chunk_frames)
+    except TypeError:
+        chunk_frames = ()
+    valid = all(isinstance(n, int) and n > 0 and n % patch_size == 0 for n in chunk_frames)
+    if not chunk_frames or not valid:
+        raise ConfigError(
+            f"config.data.chunk_frames={data.chunk_frames!r}: expected one or more positive"
+            f" frame counts, each a multiple of the patch size {patch_size} (whole patches),"
+            " e.g. --config.data.chunk_frames='(256,)'"
+        )
+    return chunk_frames
+
+
+def _check_data(data: ml_collections.ConfigDict) -> None:
+    if data.dataset not in DATASET_NAMES:
+        raise ConfigError(
+            f"config.data.dataset={data.dataset!r} is not a dataset; choose from"
+            f" {', '.join(DATASET_NAMES)}"
+        )
+    parts = [canonical_split(part.strip()) for part in str(data.split).split("+")]
+    unknown = [part for part in parts if part not in SPLITS]
+    if unknown or len(set(parts)) != len(parts):
+        raise ConfigError(
+            f"config.data.split={data.split!r}: name each of {', '.join(SPLITS)} at most once,"
+            " joined with '+' (e.g. 'train' or 'train+valid+test')"
+        )
+    folder = Path(data.data_dir).expanduser() if data.data_dir else None
+    if data.dataset != "demo" and folder is not None and not folder.is_dir():
+        raise ConfigError(
+            f"config.data.data_dir={data.data_dir!r} does not exist: pass the folder the dataset"
+            f" {data.dataset!r} was prepared in, or prepare it there first: python -m"
+            f" data_prep.build --dataset {data.dataset} --source <your {data.dataset} folder>"
+            f" --data-dir {data.data_dir}"
+        )
+    if data.dataset == "demo":
+        for field in ("demo_tracks", "demo_seconds"):
+            if not getattr(data, field) > 0:
+                raise ConfigError(f"config.data.{field}={getattr(data, field)!r} must be positive")
+
+
+def _check_batch(config: ml_collections.ConfigDict) -> None:
+    batch, devices = config.batch_size, jax.device_count()
+    if not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"config.batch_size={batch!r} must be a positive whole number")
+    if batch % devices:
+        suggested = max(devices, batch // devices * devices)
+        raise ConfigError(
+            f"config.batch_size={batch} is not divisible by the {devices} devices: choose a"
+            f" multiple of {devices}, e.g. --config.batch_size={suggested}"
+        )
+    if not (config.total_steps > 0 or config.epochs > 0):
+        raise ConfigError("config.total_steps or config.epochs must be positive")
+    for field in ("log_every", "checkpoint_every"):
+        if not getattr(config, field) > 0:
+            raise ConfigError(f"config.{field}={getattr(config, field)!r} must be positive")
+
+
+def _check_model(model: ml_collections.ConfigDict) -> None:
+    try:
+        encoder = vit.encoder_from_config(model)
+    except ValueError as err:
+        raise ConfigError(f"config.model: {err}") from err
+    if encoder.width % encoder.num_heads:
+        raise ConfigError(
+            f"config.model: width {encoder.width} is not divisible by num_heads {encoder.num_heads}"
+        )
+    head_dim = encoder.width // encoder.num_heads
+    if "rope" in encoder.posemb and head_dim % 4:
+        raise ConfigError(
+            f"config.model: RoPE rotates two axes, so the head size (width / num_heads ="
+            f" {head_dim}) must be a multiple of 4"
+        )
+    if "sinusoidal" in encoder.posemb and encoder.width % 4:
+        raise ConfigError(
+            f"config.model: the 2-D sinusoidal embedding needs width divisible by 4, got"
+            f" {encoder.width}"
+        )
+    if encoder.n_mels % encoder.patch_size:
+        raise ConfigError(
+            f"config.model.n_mels={encoder.n_mels} is not a multiple of the patch size"
+            f" {encoder.patch_size}"
+        )
+
+
+def checked_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every field a run uses before any data work; returns a copy with the derived
+    `model.max_time_patches`. Raises ConfigError naming the field and what it expects."""
+    try:
+        _, patch_size = vit.parse_variant(config.model.variant)
+    except ValueError as err:
+        raise ConfigError(f"config.model.variant: {err}") from err
+    chunk_frames = _check_chunk_frames(config.data, patch_size)
+    derived = max_time_patches(chunk_frames, patch_size)
+    given = config.model.get("max_time_patches")
+    if given is not None and given != derived:
+        raise ConfigError(
+            f"config.model.max_time_patches={given} disagrees with config.data.chunk_frames"
+            f" {chunk_frames}: it is derived from them (max(chunk_frames) // {patch_size} ="
+            f" {derived}); drop the field from the config"
+        )
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.chunk_frames = chunk_frames
+        config.model.max_time_patches = derived
+    _check_data(config.data)
+    _check_model(config.model)
+    _check_batch(config)
+    try:
+        Objective.from_config(config.loss, config.batch_size)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config.loss: {err}") from err
+    return config

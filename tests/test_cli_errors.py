@@ -1,0 +1,152 @@
+"""What a user can get wrong on the command lines: one `error:` line naming the field or file,
+a non-zero exit and no traceback (MYNA_RPE_DEBUG=1 shows it). The real CLIs, as subprocesses."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.embed.test_embedder import trained_tiny_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(module: str, *args: str, env: dict | None = None, timeout: int = 300):
+    """Runs `python -m module args` from the repository; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, "MYNA_RPE_DEBUG": "", **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_error(proc, status: int, *phrases: str) -> None:
+    assert proc.returncode == status, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    for phrase in phrases:
+        assert phrase in proc.stderr, (phrase, proc.stderr)
+
+
+def train(tmp_path, *overrides: str, config: str = "configs/tiny.py", env=None):
+    workdir = f"--workdir={tmp_path / 'run'}"
+    cache = {"MYNA_RPE_CACHE": str(tmp_path / "cache"), **(env or {})}
+    return run_cli("myna_rpe_jax.train", f"--config={config}", workdir, *overrides, env=cache)
+
+
+def test_misspelled_config_field_is_named_with_the_likely_one(tmp_path):
+    proc = train(tmp_path, "--config.batch_sise=8")
+    assert_error(proc, 2, "error: --config.batch_sise: configs/tiny.py has no field 'batch_sise'")
+    assert 'Did you mean "batch_size"?' in proc.stderr
+
+
+@pytest.mark.parametrize("overrides", [(), ("--config.batch_size=8",)])
+def test_missing_config_file_is_named(tmp_path, overrides):
+    proc = train(tmp_path, *overrides, config="configs/nope.py")
+    assert_error(proc, 2, "error: --config=configs/nope.py: cannot load the config file")
+    assert "No such file or directory" in proc.stderr and "configs/alibi2d.py" in proc.stderr
+
+
+def test_batch_that_does_not_split_over_the_devices(tmp_path):
+    proc = train(tmp_path, "--config.batch_size=6")  # 4 fake devices (conftest)
+    assert_error(proc, 2, "config.batch_size=6 is not divisible by the 4 devices")
+
+
+def test_wrong_posemb_fails_fast_before_any_data_work(tmp_path):
+    start = time.perf_counter()
+    proc = train(tmp_path, "--config.model.posemb=('alibi3d',)")
+    elapsed = time.perf_counter() - start
+    assert_error(proc, 2, "config.model: unknown positional scheme(s) ['alibi3d']", "alibi2d")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+
+
+def test_debug_switch_shows_the_traceback(tmp_path):
+    proc = train(tmp_path, "--config.model.posemb=('alibi3d',)", env={"MYNA_RPE_DEBUG": "1"})
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+def test_data_folder_that_does_not_exist(tmp_path):
+    folder = tmp_path / "nowhere"
+    proc = train(tmp_path, "--config.data.dataset=gtzan", f"--config.data.data_dir={folder}")
+    assert_error(proc, 2, f"config.data.data_dir='{folder}' does not exist")
+    assert "python -m data_prep.build --dataset gtzan" in proc.stderr
+
+
+def test_dataset_not_prepared_says_how_to_build_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = train(
+        tmp_path, "--config.data.dataset=gtzan", f"--config.data.data_dir={tmp_path / 'empty'}"
+    )
+    assert_error(proc, 1, "error: dataset 'gtzan' is not prepared in")
+    assert "python -m data_prep.build --dataset gtzan" in proc.stderr
+
+
+def test_nan_stop_is_one_message(tmp_path, tiny_config):
+    from tests.train.test_loop import overrides
+
+    flags = [*overrides(tiny_config), "--config.total_steps=2", "--config.optim.learning_rate=nan"]
+    proc = train(tmp_path, *flags)
+    assert_error(proc, 1, "became NaN/inf", "no checkpoint had been saved yet")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return trained_tiny_run(tmp_path_factory)
+
+
+def test_probe_with_no_task_probed_exits_non_zero(trained, tmp_path):
+    args = ["--workdir", str(trained.workdir), "--tasks", "gtzan", "--output", str(tmp_path)]
+    proc = run_cli("myna_rpe_jax.probe", *args, "--data-dir", str(tmp_path / "none"))
+    assert_error(proc, 1, "error: none of the tasks gtzan could be probed")
+    assert "## Not probed" in (tmp_path / "results.md").read_text()
+
+
+def test_embed_of_a_folder_that_is_no_workdir(tmp_path):
+    args = ["--workdir", str(tmp_path / "nowork"), "--audio", str(tmp_path)]
+    proc = run_cli("myna_rpe_jax.embed", *args, "--output", str(tmp_path / "x.npz"))
+    assert_error(proc, 1, "is not a training workdir")
+
+
+def test_playlist_of_a_text_file_and_a_short_result(tmp_path):
+    text = tmp_path / "some.txt"
+    text.write_text("hello\n")
+    args = ["--playlist", "a,b", "--strategy", "fill", "--out", str(tmp_path / "out.csv")]
+    proc = run_cli("myna_rpe_jax.playlist", "--embeddings", str(text), *args)
+    assert_error(
+        proc, 1, f"not an embedding file (.npz from `python -m myna_rpe_jax.embed`): {text}"
+    )
+    assert "pickle" not in proc.stderr
+    emb = tmp_path / "emb.npz"
+    vectors = np.array([[0, 0, 1], [1, 0, 1], [0, 1, 1], [2, 2, 1]], np.float32)
+    np.savez(emb, track_ids=np.array(list("abcd")), embeddings=vectors)
+    args = ["--playlist", "a,b,c", *args[2:], "-n", "5"]
+    proc = run_cli("myna_rpe_jax.playlist", "--embeddings", str(emb), *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: asked for 5, found 1 candidate(s)" in proc.stderr
+
+
+def test_spotify_login_without_a_terminal(tmp_path):
+    env = {"SPOTIPY_CLIENT_ID": "cid-test", "SPOTIPY_REDIRECT_URI": "http://127.0.0.1:8888/cb"}
+    cache = f"--token-cache={tmp_path / 'token.json'}"
+    proc = run_cli("myna_rpe_jax.spotify", cache, "login", "--no-browser", env=env)
+    assert_error(proc, 1, "no terminal to paste the redirect URL into", "--redirect-url")
+    assert "Go to the following URL: https://accounts.spotify.com/authorize?" in proc.stdout
+    proc = run_cli("myna_rpe_jax.spotify", cache, "login", "--redirect-url", "oops", env=env)
+    assert_error(proc, 1, "'oops' is not a redirect URL")
+
+
+def test_data_prep_commands_name_the_folder(tmp_path):
+    proc = run_cli("data_prep.make_demo", "--out", "/proc/not-here", "--tracks", "1")
+    assert_error(proc, 1, "error: [Errno 2] No such file or directory: '/proc/not-here'")
+    args = ["--dataset", "gtzan", "--source", str(tmp_path / "nosrc"), "--data-dir", str(tmp_path)]
+    proc = run_cli("data_prep.build", *args)
+    assert_error(proc, 2, "error:", str(tmp_path / "nosrc"))
