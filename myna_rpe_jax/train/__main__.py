@@ -10,15 +10,18 @@ MYNA_RPE_DEBUG=1 shows the traceback (docs/troubleshooting.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging as std_logging
 import re
 import sys
+from pathlib import Path
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from myna_rpe_jax import distributed, errors
+from myna_rpe_jax.data.lock import build_lock
 from myna_rpe_jax.errors import ConfigError
 from myna_rpe_jax.train import config_check
 
@@ -43,9 +46,19 @@ def main(argv: list[str]) -> None:
     config = config_check.checked_config(config)  # in seconds, before the heavy imports
     from myna_rpe_jax.train import loop  # TensorFlow (clu, tfds) and the data machinery
 
-    history = loop.train(config, _WORKDIR.value)
+    with _one_trainer(_WORKDIR.value):
+        history = loop.train(config, _WORKDIR.value)
     if history and jax.process_index() == 0:
         logging.info("done: step %d, loss %.4f", history[-1]["step"], history[-1]["loss"])
+
+
+def _one_trainer(workdir: str) -> contextlib.AbstractContextManager:
+    """One training process per workdir: a second one started on it (say `bash launch.sh`
+    twice) waits for the first, then resumes from its last checkpoint (nothing left to do
+    when the first finished). A multi-host run's processes share the workdir by design."""
+    if jax.process_count() > 1:
+        return contextlib.nullcontext()
+    return build_lock(Path(workdir).absolute() / "checkpoints")
 
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -50,6 +50,18 @@ def test_train_entry_point_runs_two_steps_on_four_devices(tiny_config, tmp_path)
     assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard summaries"
 
 
+def test_two_trainings_started_on_one_workdir_both_succeed(tiny_config, tmp_path):
+    """The second waits for the first (the workdir's lock), then resumes from its last step."""
+    args = [f"--workdir={tmp_path}", "--config.total_steps=3", *overrides(tiny_config)]
+    procs = [run_train(args, devices=1) for _ in range(2)]
+    outs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    waited = [out for out in outs if "waiting for" in out and "being prepared by pid" in out]
+    assert len(waited) == 1, outs
+    assert "Resumed from step 3" in waited[0]
+    assert checkpoints.checkpoint_manager(tmp_path).latest_step() == 3
+
+
 def test_two_processes_on_loopback_take_one_global_step(tiny_config, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
