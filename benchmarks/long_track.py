@@ -5,7 +5,9 @@ one random log-mel spectrogram of that length with an untrained encoder (the tim
 depend on the weights) three ways:
 
 - dense: the whole track in one pass with dense attention ([H, N, N] scores per layer);
-- blockwise: the whole track in one pass with blockwise (flash) attention, linear memory;
+- blockwise: the whole track in one pass with blockwise (flash) attention, linear memory,
+  skipping the tiles ALiBi makes exactly zero (`model.alibi_tile_skip=True`);
+- noskip: the same without tile skipping (the default; the result is the same);
 - chunks: non-overlapping training-length chunks (256 frames), 64 per batch, CLS embeddings
   averaged: the chunk-and-average baseline, cut by the product's rule (`data.chunks.chunk_mel`,
   as `--mode chunks` embeds: the tail shorter than a chunk is dropped).
@@ -18,6 +20,11 @@ not fit are compiled but not run; XLA's buffer assignment gives the memory they 
 whose time, extrapolated from the previous length, exceeds --max-run-seconds are only
 compiled, to report that memory ("XLA temp", GB, on top of the ~0.3 GB runtime and the
 parameters). --compile-only does that for every run: a quick check of what fits.
+
+Every one-pass cell also gets its share of the machine's matmul peak ("% peak": the model
+FLOPs of the projections, MLP and attention, `machine.vit_forward_flops`, over the wall time,
+against a jitted fp32 `a @ a` measured at the start of the same run). --small runs a tiny
+model on a few seconds of audio (the test suite runs it).
 
     python benchmarks/long_track.py                               # tiny and S/16, all lengths
     python benchmarks/long_track.py --variants tiny --minutes 0.5 1 --methods blockwise chunks
@@ -36,7 +43,8 @@ import time
 
 import machine  # benchmarks/machine.py
 
-METHODS = ("dense", "blockwise", "chunks")
+METHODS = ("dense", "blockwise", "noskip", "chunks")
+ONE_PASS = ("dense", "blockwise", "noskip")
 _GB = 1024**3
 
 
@@ -50,8 +58,9 @@ def _encoder(variant: str, posemb: str, method: str, block_size: int, dtype: str
 
     # The blockwise column is blockwise at every length; `attention` itself would stay dense
     # up to its threshold (1024 tokens).
-    threshold = {"dense": sys.maxsize, "blockwise": 0, "chunks": sys.maxsize}[method]
+    threshold = {"dense": sys.maxsize, "blockwise": 0, "noskip": 0, "chunks": sys.maxsize}[method]
     cfg = dict(variant=variant, posemb=(posemb,), dtype=dtype, attention_block_size=block_size)
+    cfg["alibi_tile_skip"] = method != "noskip"
     return vit.encoder_from_config(
         ml_collections.ConfigDict(dict(cfg, blockwise_threshold=threshold))
     )
@@ -155,14 +164,24 @@ def _cell(result: dict | None) -> tuple[str, str]:
     return f"{result['time_s']:.2f} ({result['cpu_s']:.1f})", memory
 
 
-def _table(rows: list[dict], methods: list[str], compile_only: bool) -> str:
+def _share_of_peak(result: dict | None, flops: float, peak: float) -> str:
+    if not result or "time_s" not in result:
+        return "-"
+    return f"{100 * flops / result['time_s'] / peak:.0f}%"
+
+
+def _table(rows: list[dict], methods: list[str], compile_only: bool, peak: float) -> str:
     header = ["model", "audio", "tokens"]
     for method in methods:
         header += [f"{method} XLA temp GB"] if compile_only else [f"{method} s (CPU s)"]
         header += [] if compile_only else [f"{method} peak RSS GB"]
+        header += [f"{method} % peak"] if method in ONE_PASS and not compile_only else []
     compare = {"blockwise", "chunks"} <= set(methods) and not compile_only
     if compare:
         header.append("blockwise / chunks (CPU)")
+    saving = {"blockwise", "noskip"} <= set(methods) and not compile_only
+    if saving:
+        header.append("tile skipping saves")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["variant"], f"{row['minutes']:g} min", f"{row['tokens']:,}"]
@@ -171,6 +190,8 @@ def _table(rows: list[dict], methods: list[str], compile_only: bool) -> str:
                 cells.append(f"{row[method].get('temp_gb', float('nan')):.2f}")
             else:
                 cells += _cell(row.get(method))
+                if method in ONE_PASS:
+                    cells.append(_share_of_peak(row.get(method), row["flops"], peak))
         if compare:
             block, chunk = row.get("blockwise") or {}, row.get("chunks") or {}
             ratio = "-"
@@ -178,6 +199,13 @@ def _table(rows: list[dict], methods: list[str], compile_only: bool) -> str:
                 ratio = f"{block['time_s'] / chunk['time_s']:.1f}x"
                 ratio += f" ({block['cpu_s'] / chunk['cpu_s']:.1f}x)"
             cells.append(ratio)
+        if saving:
+            skip, full = row.get("blockwise") or {}, row.get("noskip") or {}
+            saved = "-"
+            if "time_s" in skip and "time_s" in full:
+                saved = f"{100 * (1 - skip['time_s'] / full['time_s']):.0f}%"
+                saved += f" ({100 * (1 - skip['cpu_s'] / full['cpu_s']):.0f}% CPU)"
+            cells.append(saved)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -203,6 +231,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only report the memory XLA allocates for each run (fast; nothing is run)",
     )
     parser.add_argument("--json", default="", help="also write all results to this file")
+    parser.add_argument(
+        "--small", action="store_true", help="tiny model, 6 s of audio: a check that it runs"
+    )
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -212,20 +243,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.worker:
         print("RESULT " + json.dumps(_measure(json.loads(args.worker))), flush=True)
         return []
+    if args.small:
+        args.variants, args.minutes = ["tiny"], [0.1]
+        args.methods = [m for m in args.methods if m != "dense"]
     import jax
 
     from myna_rpe_jax.data import audio
+    from myna_rpe_jax.model import vit
 
     fps = args.frames_per_second or audio.MelConfig().frames_per_second
     where = f"{machine.describe()}; JAX {jax.__version__} on {jax.default_backend()}"
     print(f"{where}; {args.posemb}, {args.dtype}, {fps:g} frames/s, block {args.block_size}")
     print(f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
+    peak = machine.matmul_peak(256 if args.small else 2048)
+    print(f"measured fp32 matmul peak: {peak / 1e9:.0f} GFLOP/s", flush=True)
     rows = []
     for variant in args.variants:
         previous: dict[str, tuple[int, float]] = {}
         for minutes in sorted(args.minutes):
             frames = round(minutes * 60 * fps)
             row = dict(variant=variant, minutes=minutes, frames=frames, tokens=_tokens(frames))
+            sizes, patch = vit.parse_variant(variant)
+            row["flops"] = machine.vit_forward_flops(
+                row["tokens"], sizes["width"], sizes["depth"], sizes["mlp_dim"], patch
+            )
             for method in args.methods:
                 estimate = _estimate(previous.get(method), row["tokens"], method)
                 skip = "compile only" if args.compile_only else ""
@@ -249,10 +290,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"{variant} {minutes:g} min {method}: {_cell(result)}", flush=True)
             rows.append(row)
     print(f"load average at end: {os.getloadavg()[0]:.1f}\n")
-    print(_table(rows, args.methods, args.compile_only))
+    print(_table(rows, args.methods, args.compile_only, peak))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(machine=where, args=vars(args), rows=rows), f, indent=1)
+            json.dump(dict(machine=where, peak=peak, args=vars(args), rows=rows), f, indent=1)
     return rows
 
 

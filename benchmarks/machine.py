@@ -20,3 +20,30 @@ def describe() -> str:
     """E.g. "AMD EPYC 7B13, 2 cores, 24 GB RAM"."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     return f"{cpu_name()}, {os.cpu_count()} cores, {memory:.0f} GB RAM"
+
+
+def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 5) -> float:
+    """The device's measured matmul rate, FLOP/s: best of `repeats` jitted n x n `a @ a`
+    (2 n^3 FLOPs each), after a warm-up call. Quoted beside every MFU figure."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    square = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(square(a))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(square(a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def vit_forward_flops(tokens: int, width: int, depth: int, mlp_dim: int, patch: int = 16) -> int:
+    """Model FLOPs of one ViT forward pass over `tokens` tokens (multiply-add = 2 FLOPs): patch
+    embedding, and per layer the q/k/v/out projections (8 N D^2), the MLP (4 N D M) and the
+    attention scores and weighted sum (4 N^2 D). Softmax, norms and biases are left out."""
+    per_layer = 8 * tokens * width**2 + 4 * tokens * width * mlp_dim + 4 * tokens**2 * width
+    return 2 * tokens * patch * patch * width + depth * per_layer

@@ -1,32 +1,69 @@
-"""Train-step throughput of the encoder at the paper's batch and masking.
+"""Train-step throughput of the encoder, beside a plain Flax ViT step, against the matmul peak.
 
 python benchmarks/train_step.py [--variant S/16] [--batch 1024] [--posemb alibi2d] [--steps 3]
+                                [--frames 256] [--dtype float32] [--no-plain] [--small]
 
 Times the real jitted, data-parallel `loop.train_step` on random spectrograms (no data
-loading), after one compile step, and prints a table with the device.
+loading), after one compile step. In the same run it measures the device's matmul peak (a
+jitted fp32 `a @ a`, `machine.matmul_peak`) and times a plain reference step written here as
+plainly as possible (flax `nn.MultiHeadDotProductAttention`, learned positions, `optax.adamw`,
+InfoNCE; same width, depth, heads, MLP and token count after patchout), so that the ratio and
+the share of the peak (MFU: 3 x forward model FLOPs, `machine.vit_forward_flops`, per second
+over the peak) are read in one run. It also prints what XLA's cost analysis counts for both
+compiled steps and how many HLO instructions of each kind they hold, to see where ours differs.
+--small: a tiny model on a few examples (seconds; the test suite runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import os
+import re
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import machine  # noqa: E402  benchmarks/machine.py
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 from configs import common  # noqa: E402
 from myna_rpe_jax import distributed  # noqa: E402
-from myna_rpe_jax.model import vit  # noqa: E402
+from myna_rpe_jax.model import patching, vit  # noqa: E402
 from myna_rpe_jax.train import loop  # noqa: E402
 
+_HLO_KINDS = ("dot", "convolution", "gather", "scatter", "while", "convert", "fusion")
 
-def measure(variant: str, batch: int, posemb: str, steps: int, frames: int, dtype: str) -> dict:
+
+def _time_steps(step_fn, state, args, steps: int) -> float:
+    """Mean seconds of a jitted step(state, *args), after a first (compiling) call."""
+    state, out = step_fn(state, *args)
+    jax.block_until_ready(out)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, out = step_fn(state, *args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps
+
+
+def hlo_profile(step_fn, *args) -> dict:
+    """Compile time, XLA's FLOP count of the compiled step and its HLO instructions by kind."""
+    start = time.perf_counter()
+    compiled = step_fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    ops = collections.Counter(re.findall(r"= \S+ (\w[\w-]*)\(", compiled.as_text()))
+    ops = {k: ops[k] for k in _HLO_KINDS}
+    return dict(compile_s=compile_s, xla_flops=float(cost.get("flops", 0.0)), ops=ops)
+
+
+def measure_ours(variant, batch, posemb, steps, frames, dtype) -> dict:
     config = common.get_config(posemb=tuple(posemb.split(",")))
     config.model.update(variant=variant, dtype=dtype)
     encoder = vit.encoder_from_config(config.model)
@@ -48,19 +85,105 @@ def measure(variant: str, batch: int, posemb: str, steps: int, frames: int, dtyp
     batch_arrays = distributed.global_batch_from_local(
         {"view_a": data[0], "view_b": data[1], "index": np.arange(batch, dtype=np.int32)}, mesh
     )
-    start = time.perf_counter()
-    state, metrics = step_fn(state, batch_arrays, rng)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step_fn(state, batch_arrays, rng)
-    jax.block_until_ready(metrics)
-    step_s = (time.perf_counter() - start) / steps
-    return dict(compile_s=compile_s, step_s=step_s, examples_per_s=batch / step_s)
+    profile = hlo_profile(step_fn, state, batch_arrays, rng)
+    step_s = _time_steps(step_fn, state, (batch_arrays, rng), steps)
+    return dict(step_s=step_s, **profile)
 
 
-def main() -> None:
+# ---- the plain reference step: no tuning, written as a first ViT would be ------------------
+
+
+class PlainViT(nn.Module):
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens):  # [B, K, P] kept patches -> CLS [B, D]
+        x = nn.Dense(self.width, dtype=self.dtype)(tokens)
+        x = x + self.param("pos", nn.initializers.normal(0.02), (1, *x.shape[1:]))
+        cls = jnp.broadcast_to(
+            self.param("cls", nn.initializers.zeros, (1, 1, self.width)), x[:, :1].shape
+        )
+        x = jnp.concatenate([cls, x], axis=1)
+        for _ in range(self.depth):
+            y = nn.LayerNorm(dtype=self.dtype)(x)
+            x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype)(y)
+            y = nn.LayerNorm(dtype=self.dtype)(x)
+            y = nn.Dense(self.mlp_dim, dtype=self.dtype)(y)
+            x = x + nn.Dense(self.width, dtype=self.dtype)(nn.gelu(y, approximate=False))
+        return nn.LayerNorm(dtype=self.dtype)(x)[:, 0].astype(jnp.float32)
+
+
+def measure_plain(variant, batch, steps, frames, dtype, keep) -> dict:
+    sizes, patch = vit.parse_variant(variant)
+    model = PlainViT(**sizes, dtype=jnp.dtype(dtype))
+    num_patches = (128 // patch) * (frames // patch)
+    num_keep = patching.num_kept(num_patches, keep)
+    tx = optax.adamw(2e-4, weight_decay=1e-4)
+
+    def embed(params, views, rng):  # views [2B, F, T]: patchify, keep a random subset
+        tokens, _ = patching.patchify(views.astype(jnp.float32), patch)
+        kept = jax.random.permutation(rng, num_patches)[:num_keep]
+        return model.apply(params, tokens[:, kept])
+
+    def step(state, views, rng):
+        params, opt_state = state
+
+        def loss_fn(params):
+            z = embed(params, views, rng)
+            z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+            z_a, z_b = z[0::2], z[1::2]
+            logits = z_a @ z_b.T / 0.1
+            labels = jnp.arange(z_a.shape[0])
+            ce = optax.softmax_cross_entropy_with_integer_labels
+            return (ce(logits, labels).mean() + ce(logits.T, labels).mean()) / 2
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    views = jnp.asarray(
+        np.random.default_rng(0).uniform(-80, 0, (2 * batch, 128, frames)), jnp.float16
+    )
+    rng = jax.random.key(0)
+    params = model.init(rng, jnp.zeros((1, num_keep, patch * patch)))
+    state = (params, tx.init(params))
+    step_fn = jax.jit(step, donate_argnums=0)
+    profile = hlo_profile(step_fn, state, views, rng)
+    step_s = _time_steps(step_fn, state, (views, rng), steps)
+    return dict(step_s=step_s, **profile)
+
+
+def step_flops(variant: str, batch: int, frames: int, keep: float) -> int:
+    """Model FLOPs of one train step: 3 x the forward of 2 x batch views of kept + CLS tokens."""
+    sizes, patch = vit.parse_variant(variant)
+    tokens = patching.num_kept((128 // patch) * (frames // patch), keep) + 1
+    forward = machine.vit_forward_flops(
+        tokens, sizes["width"], sizes["depth"], sizes["mlp_dim"], patch
+    )
+    return 3 * 2 * batch * forward
+
+
+def table(rows: list[dict], flops: int, batch: int, peak: float) -> str:
+    lines = [
+        "| step | compile (s) | step (s) | examples/s | model GFLOP | MFU"
+        " | XLA GFLOP | HLO dot / gather / scatter / while / convert / fusion |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ops = " / ".join(str(row["ops"][k]) for k in _HLO_KINDS if k != "convolution")
+        lines.append(
+            f"| {row['name']} | {row['compile_s']:.1f} | {row['step_s']:.3f}"
+            f" | {batch / row['step_s']:.1f} | {flops / 1e9:.1f}"
+            f" | {100 * flops / row['step_s'] / peak:.0f}% | {row['xla_flops'] / 1e9:.1f} | {ops} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="S/16")
     parser.add_argument("--batch", type=int, default=1024)
@@ -68,22 +191,37 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = parser.parse_args()
+    parser.add_argument("--no-plain", action="store_true", help="do not time the plain step")
+    parser.add_argument("--small", action="store_true", help="tiny model, batch 4: seconds")
+    args = parser.parse_args(argv)
+    if args.small:
+        args.variant, args.batch, args.frames, args.steps = "tiny", 4, 96, 1
     devices = jax.devices()
     print(
         f"machine: {machine.describe()};"
         f" jax {jax.__version__} on {len(devices)} x {devices[0].device_kind}"
     )
+    keep = common.get_config().model.patchout_keep
     print(
         f"{args.variant}, posemb {args.posemb}, batch {args.batch} pairs of {args.frames}"
-        f" frames, 10% patchout, {args.dtype}\n"
+        f" frames, {100 * (1 - keep):.0f}% patchout, {args.dtype}"
     )
-    result = measure(args.variant, args.batch, args.posemb, args.steps, args.frames, args.dtype)
-    print("| compile + first step (s) | step (s) | examples/s |")
-    print("|---|---|---|")
-    print(
-        f"| {result['compile_s']:.1f} | {result['step_s']:.2f} | {result['examples_per_s']:.1f} |"
-    )
+    peak = machine.matmul_peak(256 if args.small else 2048, args.dtype)
+    print(f"measured {args.dtype} matmul peak: {peak / 1e9:.0f} GFLOP/s\n")
+    rows = [
+        dict(
+            name="ours",
+            **measure_ours(
+                args.variant, args.batch, args.posemb, args.steps, args.frames, args.dtype
+            ),
+        )
+    ]
+    if not args.no_plain:
+        plain = measure_plain(args.variant, args.batch, args.steps, args.frames, args.dtype, keep)
+        rows.append(dict(name="plain", **plain))
+    print(table(rows, step_flops(args.variant, args.batch, args.frames, keep), args.batch, peak))
+    if len(rows) == 2:
+        print(f"\nours / plain step time: {rows[0]['step_s'] / rows[1]['step_s']:.2f}")
 
 
 if __name__ == "__main__":

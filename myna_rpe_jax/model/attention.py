@@ -12,6 +12,13 @@ too, because fused kernels only take a bias as a materialised [N, N] array.
 
 Every implementation takes an optional `key_mask` [B, N]: keys where it is False get exactly
 zero weight, so a batch of tracks padded to one length attends as each track alone would.
+
+With an ALiBi bias whose `tile_skip` is on (off by default), blockwise attention skips, per tile
+and head, the work where the bias provably makes every weight exactly 0 in float32 (`tile_skip`
+states the criterion): far-apart tiles of a long track, for the steep heads. The result is
+unchanged (bit-identical per tile; tokens, heads and key tiles are visited in another order,
+so equal to the unskipped kernel within float32 rounding). On the 2-core CPU the branching
+costs about what the skipped tiles save (docs/benchmarks.md), hence off by default.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from myna_rpe_jax.model import positional
+from myna_rpe_jax.model import positional, tile_skip
 
 DEFAULT_BLOCK_SIZE = 512
 DEFAULT_BLOCKWISE_THRESHOLD = 1024
@@ -42,12 +49,14 @@ class AlibiBias:
       is_patch: [B, N] bool.
       slopes: [H].
       metric: "manhattan" or "euclidean" (identical for C = 1).
+      tile_skip: blockwise attention skips the tiles this bias makes exactly zero.
     """
 
     coords: jax.Array
     is_patch: jax.Array
     slopes: jax.Array
     metric: str = flax.struct.field(pytree_node=False, default="manhattan")
+    tile_skip: bool = flax.struct.field(pytree_node=False, default=False)
 
     def block(self, q_start, q_size: int, k_start, k_size: int) -> jax.Array:
         """Bias [B, H, q_size, k_size]: queries [q_start, +q_size) vs keys [k_start, +k_size)."""
@@ -139,7 +148,69 @@ def blockwise_attention(
         if key_mask is None:
             key_mask = jnp.ones(q.shape[:2], bool)
         key_valid = jnp.pad(key_mask, ((0, 0), (0, padded - num_tokens)))
-    return _flash(pad(q), pad(k), pad(v), bias, key_valid, block)[:, :num_tokens]
+    q, k, v = pad(q), pad(k), pad(v)
+    if bias is None or not bias.tile_skip:
+        return _flash(q, k, v, bias, key_valid, block, False)[:, :num_tokens]
+    return _skipping(q, k, v, bias, key_valid, block)[:, :num_tokens]
+
+
+def _skipping(q, k, v, bias: AlibiBias, key_valid, block: int) -> jax.Array:
+    """`_flash` with tile skipping.
+
+    Tokens are put in time order first (the last coordinate; attention does not depend on the
+    order, the bias is computed from the coordinates), so that a tile spans a short stretch of
+    time rather than one frequency row of the whole track, and far tiles are far apart. Heads
+    are put in order of decreasing slope, so that the heads a tile can skip are a prefix: each
+    tile computes only the heads after it (a steep head skips most of a long track, a shallow
+    one little), still batched over heads.
+    """
+    (order, heads), (q, k, v, bias, key_valid) = _skip_order(q, k, v, bias, key_valid)
+    out = _flash(q, k, v, bias, key_valid, block, True)
+    out = jnp.take_along_axis(out, jnp.argsort(order, axis=1)[:, :, None, None], 1)
+    return jnp.take(out, jnp.argsort(heads), axis=2)
+
+
+def _skip_order(q, k, v, bias: AlibiBias, key_valid):
+    """(token permutation [B, Np] that sorts by time, head permutation [H] that sorts by
+    decreasing slope) and the inputs permuted by them."""
+    order = jnp.argsort(bias.coords[..., -1], axis=1, stable=True)
+    by_time = lambda t: jnp.take_along_axis(t, order.reshape(order.shape + (1,) * (t.ndim - 2)), 1)
+    heads = jnp.argsort(-bias.slopes)
+    by_head = lambda t: jnp.take(by_time(t), heads, axis=2)
+    bias = bias.replace(
+        coords=by_time(bias.coords), is_patch=by_time(bias.is_patch), slopes=bias.slopes[heads]
+    )
+    key_valid = None if key_valid is None else by_time(key_valid)
+    return (order, heads), (by_head(q), by_head(k), by_head(v), bias, key_valid)
+
+
+def count_skipped_tiles(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: AlibiBias,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    key_mask: jax.Array | None = None,
+) -> tuple[int, int, int]:
+    """(head tiles skipped in the forward pass, in the backward pass, all head tiles) of
+    `blockwise_attention(q, k, v, bias, block_size, key_mask)` with tile skipping."""
+    num_tokens = q.shape[1]
+    block, num_tiles = tile_layout(num_tokens, block_size)
+    padded = block * num_tiles
+    pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0)))
+    bias = bias.pad(padded)
+    key_mask = jnp.ones(q.shape[:2], bool) if key_mask is None else key_mask
+    key_valid = jnp.pad(key_mask, ((0, 0), (0, padded - num_tokens)))
+    _, (q, k, v, bias, key_valid) = _skip_order(pad(q), pad(k), pad(v), bias, key_valid)
+    _, logsumexp, forward = _flash_forward(q, k, v, bias, key_valid, block, True)
+    bounds = tile_skip.tile_bounds(q, k, bias.coords, bias.is_patch, key_valid, block)
+    backward = 0
+    for i in range(num_tiles):
+        lse = _tile(logsumexp, i, block, axis=2)
+        for j in range(num_tiles):
+            bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block, bias.metric)
+            backward += int(tile_skip.skipped_heads(bound, lse))
+    return int(forward), backward, q.shape[2] * num_tiles**2
 
 
 def tile_layout(num_tokens: int, block_size: int) -> tuple[int, int]:
@@ -235,79 +306,126 @@ def _tile_scores(q_tile, k_tile, bias, key_valid, q_index, k_index, block) -> ja
     return scores
 
 
+def _keep_heads(old: jax.Array, new: jax.Array, first: int, axis: int) -> jax.Array:
+    """`old` with heads first, first + 1, ... (along `axis`) replaced by `new`."""
+    if first == 0:
+        return new
+    return jnp.concatenate([jax.lax.slice_in_dim(old, 0, first, axis=axis), new], axis=axis)
+
+
 def _f32_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a, b.astype(a.dtype), preferred_element_type=jnp.float32)
 
 
-def _flash_forward(q, k, v, bias, key_valid, block):
-    """Returns out [B, Np, H, Dh] and the log-sum-exp of every query's scores [B, H, Np]."""
+def _flash_forward(q, k, v, bias, key_valid, block, skip):
+    """Returns out [B, Np, H, Dh], the log-sum-exp of every query's scores [B, H, Np] and the
+    number of tiles skipped (with `skip`: key tiles from the diagonal on, so that the running
+    maximum is high when the far tiles come and `tile_skip.underflows` can drop them)."""
     batch, padded, heads, head_dim = q.shape
     num_tiles = padded // block
+    if skip:
+        bounds = tile_skip.tile_bounds(q, k, bias.coords, bias.is_patch, key_valid, block)
 
     def query_tile(i, buffers):
-        out, logsumexp = buffers
+        out, logsumexp, skipped = buffers
         q_tile = _tile(q, i, block)
 
-        def key_tile(j, carry):
-            running_max, denominator, acc = carry
-            scores = _tile_scores(q_tile, _tile(k, j, block), bias, key_valid, i, j, block)
+        def update(j, carry, first=0):
+            """Adds key tile j to the online softmax of heads first, first + 1, ..."""
+            running_max, denominator, acc = (x[:, first:] for x in carry)
+            head_bias = None if bias is None else bias.replace(slopes=bias.slopes[first:])
+            k_tile, v_tile = _tile(k, j, block)[:, :, first:], _tile(v, j, block)[:, :, first:]
+            scores = _tile_scores(q_tile[:, :, first:], k_tile, head_bias, key_valid, i, j, block)
             new_max = jnp.maximum(running_max, scores.max(-1))
             probs = jnp.exp(scores - new_max[..., None])
             # Rescales what was accumulated under the old maximum.
             correction = jnp.exp(running_max - new_max)
             denominator = denominator * correction + probs.sum(-1)
-            pv = _f32_einsum("bhqk,bkhd->bhqd", probs.astype(v.dtype), _tile(v, j, block))
-            return new_max, denominator, acc * correction[..., None] + pv
+            pv = _f32_einsum("bhqk,bkhd->bhqd", probs.astype(v.dtype), v_tile)
+            new = (new_max, denominator, acc * correction[..., None] + pv)
+            return tuple(_keep_heads(old, n, first, 1) for old, n in zip(carry, new, strict=True))
+
+        def key_tile(t, carry):
+            if not skip:
+                return update(t, carry)
+            j = (i + t) % num_tiles
+            *state, count = carry
+            bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block, bias.metric)
+            first = tile_skip.skipped_heads(bound, state[0])
+            branches = [functools.partial(update, first=h) for h in range(heads)]
+            branches.append(lambda j, state: state)  # every head skips
+            state = jax.lax.switch(first, branches, j, tuple(state))
+            return *state, count + first
 
         init = (
             jnp.full((batch, heads, block), _MASKED, jnp.float32),
             jnp.zeros((batch, heads, block), jnp.float32),
             jnp.zeros((batch, heads, block, head_dim), jnp.float32),
         )
-        running_max, denominator, acc = jax.lax.fori_loop(0, num_tiles, key_tile, init)
+        init = (*init, skipped) if skip else init
+        running_max, denominator, acc, *count = jax.lax.fori_loop(0, num_tiles, key_tile, init)
         # A fully masked tile seen before any valid key adds junk under the running maximum
         # _MASKED; the first valid key's maximum rescales it by exp(_MASKED - max) = 0. Every
         # query has a valid key, so the final maximum is a real score and denominator >= 1.
         out = _put_tile(out, (acc / denominator[..., None]).swapaxes(1, 2), i, block)
         lse = running_max + jnp.log(denominator)
-        return out, _put_tile(logsumexp, lse, i, block, axis=2)
+        return out, _put_tile(logsumexp, lse, i, block, axis=2), count[0] if skip else skipped
 
-    buffers = (jnp.zeros_like(q), jnp.zeros((batch, heads, padded), jnp.float32))
+    buffers = (jnp.zeros_like(q), jnp.zeros((batch, heads, padded), jnp.float32), jnp.int32(0))
     return jax.lax.fori_loop(0, num_tiles, query_tile, buffers)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(q, k, v, bias, key_valid, block):
-    return _flash_forward(q, k, v, bias, key_valid, block)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _flash(q, k, v, bias, key_valid, block, skip):
+    return _flash_forward(q, k, v, bias, key_valid, block, skip)[0]
 
 
-def _flash_fwd(q, k, v, bias, key_valid, block):
-    out, logsumexp = _flash_forward(q, k, v, bias, key_valid, block)
+def _flash_fwd(q, k, v, bias, key_valid, block, skip):
+    out, logsumexp, _ = _flash_forward(q, k, v, bias, key_valid, block, skip)
     return out, (q, k, v, bias, key_valid, out, logsumexp)
 
 
-def _flash_bwd(block, residuals, d_out):
+def _flash_bwd(block, skip, residuals, d_out):
     """FlashAttention-2 backward: tiles of the attention weights are recomputed from the
-    saved log-sum-exp, so nothing quadratic in N is stored."""
+    saved log-sum-exp, so nothing quadratic in N is stored. With `skip`, tiles whose weights
+    exp(score - logsumexp) all underflow contribute exactly 0 and are not computed."""
     q, k, v, bias, key_valid, out, logsumexp = residuals
     scale = q.shape[-1] ** -0.5
-    num_tiles = q.shape[1] // block
+    num_tiles, num_heads = q.shape[1] // block, q.shape[2]
     # delta_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax Jacobian's rank-one term.
     delta = _f32_einsum("bqhd,bqhd->bhq", d_out, out)
+    if skip:
+        bounds = tile_skip.tile_bounds(q, k, bias.coords, bias.is_patch, key_valid, block)
 
     def key_tile(j, grads):
         k_tile, v_tile = _tile(k, j, block), _tile(v, j, block)
 
         def query_tile(i, carry):
+            if not skip:
+                return update(i, carry)
+            bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block, bias.metric)
+            first = tile_skip.skipped_heads(bound, _tile(logsumexp, i, block, axis=2))
+            branches = [functools.partial(update, first=h) for h in range(num_heads)]
+            branches.append(lambda i, carry: carry)  # every head skips
+            return jax.lax.switch(first, branches, i, carry)
+
+        def update(i, carry, first=0):
+            """Adds the gradients of query tile i vs key tile j for heads first, first + 1, ..."""
             dk, dv, dq = carry
-            q_tile, do_tile = _tile(q, i, block), _tile(d_out, i, block)
-            scores = _tile_scores(q_tile, k_tile, bias, key_valid, i, j, block)
-            probs = jnp.exp(scores - _tile(logsumexp, i, block, axis=2)[..., None])
-            dv = dv + _f32_einsum("bhqk,bqhd->bkhd", probs.astype(do_tile.dtype), do_tile)
-            d_probs = _f32_einsum("bqhd,bkhd->bhqk", do_tile, v_tile)
-            d_scores = probs * (d_probs - _tile(delta, i, block, axis=2)[..., None]) * scale
-            dk = dk + _f32_einsum("bhqk,bqhd->bkhd", d_scores.astype(q.dtype), q_tile)
-            dq_tile = _tile(dq, i, block) + _f32_einsum("bhqk,bkhd->bqhd", d_scores, k_tile)
+            h = slice(first, None)
+            q_tile, do_tile = _tile(q, i, block)[:, :, h], _tile(d_out, i, block)[:, :, h]
+            head_bias = None if bias is None else bias.replace(slopes=bias.slopes[h])
+            scores = _tile_scores(q_tile, k_tile[:, :, h], head_bias, key_valid, i, j, block)
+            probs = jnp.exp(scores - _tile(logsumexp, i, block, axis=2)[:, h, :, None])
+            dv_h = _f32_einsum("bhqk,bqhd->bkhd", probs.astype(do_tile.dtype), do_tile)
+            d_probs = _f32_einsum("bqhd,bkhd->bhqk", do_tile, v_tile[:, :, h])
+            d_scores = probs * (d_probs - _tile(delta, i, block, axis=2)[:, h, :, None]) * scale
+            dk_h = _f32_einsum("bhqk,bqhd->bkhd", d_scores.astype(q.dtype), q_tile)
+            dq_h = _f32_einsum("bhqk,bkhd->bqhd", d_scores, k_tile[:, :, h])
+            dq_tile = _tile(dq, i, block)
+            dq_tile = _keep_heads(dq_tile, dq_tile[:, :, h] + dq_h, first, 2)
+            dk = _keep_heads(dk, dk[:, :, h] + dk_h, first, 2)
+            dv = _keep_heads(dv, dv[:, :, h] + dv_h, first, 2)
             return dk, dv, _put_tile(dq, dq_tile, i, block)
 
         dq, dk, dv = grads

@@ -152,6 +152,7 @@ class Encoder(nn.Module):
     patchout_keep: float = 0.1
     max_time_patches: int = 16
     alibi_metric: str = "manhattan"
+    alibi_tile_skip: bool = False  # blockwise attention skips tiles ALiBi makes exactly 0
     rope_theta: float = 100.0
     dtype: Any = jnp.float32
     # Attention over more tokens than this (a whole track) runs blockwise, in linear memory.
@@ -228,7 +229,8 @@ class Encoder(nn.Module):
         else:
             return None
         slopes = jnp.asarray(positional.alibi_slopes(self.num_heads))
-        return attention.AlibiBias(spatial.astype(jnp.float32), is_patch, slopes, metric)
+        spatial = spatial.astype(jnp.float32)
+        return attention.AlibiBias(spatial, is_patch, slopes, metric, self.alibi_tile_skip)
 
 
 def parse_variant(variant: str) -> tuple[dict, int]:
@@ -249,7 +251,7 @@ def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
 
     Fields: variant ("tiny", "S/16", "B/16"); optional width / depth / num_heads / mlp_dim
     overriding the variant; posemb (tuple of scheme names); patchout_keep (fraction kept in
-    training); n_mels; max_time_patches (the learned table's length); alibi_metric;
+    training); n_mels; max_time_patches (the learned table's length); alibi_metric; alibi_tile_skip;
     rope_theta; dtype ("float32" or "bfloat16" compute); attention_block_size and
     blockwise_threshold (attention over more tokens than the threshold runs blockwise).
     """

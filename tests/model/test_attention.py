@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from myna_rpe_jax.model import attention, patching, positional, vit
+from myna_rpe_jax.model import attention, patching, positional, tile_skip, vit
 from tests.model import oracles
 
 
@@ -314,3 +314,84 @@ def test_encoder_embeds_a_long_track_blockwise_with_the_same_result(posemb):
     (out, aux), (expected, _) = run(blockwise_encoder)(spec), run(dense)(spec)
     assert aux["tokens"].shape[:2] == (2, 8 * 21)
     np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+# ---- exact ALiBi tile skipping -----------------------------------------------------------------
+# Steep slopes make far tiles skippable at a few hundred tokens (the model's slopes need tracks).
+STEEP_SLOPES = [4.0, 1.0, 0.25, 1 / 64]
+
+
+def skip_case(kind, num_tokens=700, block_size=64, seed=7):
+    """A long key-masked case with steep slopes: example 0 loses a random fifth of its keys,
+    example 1 its whole first key tile after the CLS (the running max starts on masked keys)."""
+    q, k, v, bias, _ = make_case(kind, num_tokens, seed=seed)
+    mask = np.ones((2, num_tokens), bool)
+    mask[0, 1:] = np.random.default_rng(seed).random(num_tokens - 1) > 0.2
+    mask[1, 1 : block_size + 1] = False
+    bias = bias.replace(slopes=jnp.asarray(STEEP_SLOPES), tile_skip=True)
+    return q, k, v, bias, jnp.asarray(mask)
+
+
+@pytest.mark.parametrize("kind", ["alibi2d", "alibi2d_euclidean", "alibi1d"])
+def test_tile_skipping_leaves_values_and_gradients_unchanged(kind):
+    block_size = 64
+    q, k, v, bias, mask = skip_case(kind, block_size=block_size)
+    forward, backward, total = attention.count_skipped_tiles(q, k, v, bias, block_size, mask)
+    assert 0.1 * total < forward < total and 0.1 * total < backward < total
+    weights = jnp.asarray(np.random.default_rng(3).normal(size=q.shape), jnp.float32)
+
+    def value_and_grads(alibi):
+        loss = lambda q, k, v: jnp.sum(
+            attention.blockwise_attention(q, k, v, alibi, block_size, mask) * weights
+        )
+        return jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
+
+    got, grads = value_and_grads(bias)
+    expected, expected_grads = value_and_grads(bias.replace(tile_skip=False))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    for name, g, e in zip("qkv", grads, expected_grads, strict=True):
+        scale = np.abs(e).max()
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6 * scale, err_msg=f"d / d {name}")
+    dense = attention.dense_attention(q, k, v, bias, mask)
+    skipped = attention.blockwise_attention(q, k, v, bias, block_size, mask)
+    np.testing.assert_allclose(skipped, dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["alibi2d", "alibi2d_euclidean", "alibi1d"])
+def test_tile_score_bound_is_above_every_score_of_the_tile(kind):
+    """The property the skip rests on, against the dense scores (CLS and masked keys included);
+    tiles with the CLS get no distance credit."""
+    block = 32
+    q, k, v, bias, mask = skip_case(kind, num_tokens=256, block_size=block)
+    bounds = tile_skip.tile_bounds(q, k, bias.coords, bias.is_patch, mask, block)
+    scores = np.asarray(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]) + bias.dense())
+    for i in range(256 // block):
+        for j in range(256 // block):
+            bound = np.asarray(tile_skip.score_bound(bounds, bias.slopes, i, j, block, bias.metric))
+            tile = scores[:, :, i * block : (i + 1) * block, j * block : (j + 1) * block]
+            tile = np.where(
+                np.asarray(mask)[:, None, None, j * block : (j + 1) * block], tile, -np.inf
+            )
+            assert np.all(tile.max(-1) <= bound + 1e-4), (i, j)
+            if i == 0 or j == 0:
+                np.testing.assert_array_equal(
+                    tile_skip.min_distance(bounds, i, j, bias.metric), 0.0
+                )
+
+
+def test_model_slopes_skip_tiles_of_a_long_track_in_time_order():
+    """With the S/16 slopes and a whole-track grid (row-major tokens), tiles are skipped once
+    the tokens are in time order; results equal the unskipped kernel."""
+    rows, cols, heads = 4, 1024, 6
+    coords = np.concatenate([np.zeros((1, 2)), patching.grid_coords(rows, cols)])[None]
+    num_tokens = coords.shape[1]
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(1, num_tokens, heads, 8)), jnp.float32) for _ in "qkv")
+    is_patch = jnp.asarray(np.arange(num_tokens) > 0)[None]
+    slopes = jnp.asarray(positional.alibi_slopes(heads))
+    bias = attention.AlibiBias(jnp.asarray(coords, jnp.float32), is_patch, slopes, tile_skip=True)
+    forward, _, total = attention.count_skipped_tiles(q, k, v, bias, 256)
+    assert forward > 0.05 * total
+    got = attention.blockwise_attention(q, k, v, bias, 256)
+    expected = attention.blockwise_attention(q, k, v, bias.replace(tile_skip=False), 256)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,187 @@
+"""One report of this device for the README: train step, embedding, a long track, attention.
+
+python benchmarks/device_report.py            # on a GPU: under 8 minutes on one H100/A100
+python benchmarks/device_report.py --small    # any machine, seconds: every section, tiny sizes
+
+Prints a markdown table per section, headed by the device and its measured matmul peak (a
+jitted n x n `a @ a` in each dtype, `machine.matmul_peak`; MFU is against it):
+
+- train step (`benchmarks/train_step.py`'s real step): S/16 and B/16, bfloat16 and float32,
+  batch 1024 pairs of 256 frames, 10% patchout: compile s, step s, examples/s, MFU;
+- embedding throughput: 30 s clips per second through `embed.embedder.Embedder` (random
+  parameters), full and chunk mode;
+- one 10-minute track in one pass (S/16, 2-D ALiBi, blockwise attention): time and peak device
+  memory (`device.memory_stats()`, where the backend reports it);
+- attention kernels by token count (dense, blockwise, blockwise with tile skipping);
+- GPU-only tests: the suite has no `gpu` marker (every test runs on CPU), so this says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ at the repo root
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import machine  # noqa: E402  benchmarks/machine.py
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import train_step  # noqa: E402  benchmarks/train_step.py
+
+from myna_rpe_jax.embed.embedder import Embedder  # noqa: E402
+from myna_rpe_jax.model import attention, patching, positional, vit  # noqa: E402
+
+FULL = dict(
+    variants=("S/16", "B/16"), batch=1024, frames=256, steps=3, clips=256, track_minutes=10.0,
+    tokens=(257, 1025, 4097, 16385), peak_n=4096,
+)  # fmt: skip
+SMALL = dict(
+    variants=("tiny",), batch=4, frames=96, steps=1, clips=2, track_minutes=0.1,
+    tokens=(65, 257), peak_n=256,
+)  # fmt: skip
+DTYPES = ("bfloat16", "float32")
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _best_seconds(fn, repeats: int = 3) -> float:
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def train_section(sizes: dict, peaks: dict) -> str:
+    keep = 0.1
+    rows = []
+    for variant in sizes["variants"]:
+        flops = train_step.step_flops(variant, sizes["batch"], sizes["frames"], keep)
+        for dtype in DTYPES:
+            r = train_step.measure_ours(
+                variant, sizes["batch"], "alibi2d", sizes["steps"], sizes["frames"], dtype
+            )
+            mfu = 100 * flops / r["step_s"] / peaks[dtype]
+            rows.append(
+                [variant, dtype, f"{r['compile_s']:.1f}", f"{r['step_s']:.3f}"]
+                + [f"{sizes['batch'] / r['step_s']:.0f}", f"{mfu:.0f}%"]
+            )
+            print(f"  train {variant} {dtype}: {r['step_s']:.3f} s", file=sys.stderr, flush=True)
+    header = ["model", "dtype", "compile s", "step s", "examples/s", "MFU"]
+    title = f"Train step: batch {sizes['batch']} pairs of {sizes['frames']} frames, 10% patchout"
+    return f"{title}\n\n" + _markdown(header, rows)
+
+
+def _random_encoder(variant: str, **fields):
+    encoder = vit.encoder_from_config(ml_collections.ConfigDict(dict(variant=variant, **fields)))
+    spec = jnp.zeros((1, encoder.n_mels, 256))
+    return encoder, jax.jit(lambda s: encoder.init(jax.random.key(0), s, train=False))(spec)
+
+
+def embed_section(sizes: dict) -> str:
+    rows = []
+    clip_frames = 3000  # 30 s at 100 frames/s
+    rng = np.random.default_rng(0)
+    for variant in sizes["variants"]:
+        encoder, params = _random_encoder(variant)
+        embedder = Embedder(encoder, params["params"], chunk_frames=256)
+        mels = [
+            rng.uniform(-80, 0, (encoder.n_mels, clip_frames)).astype(np.float16)
+            for _ in range(sizes["clips"])
+        ]
+        for mode in ("full", "chunks"):
+            seconds = _best_seconds(
+                lambda e=embedder, m=mels, mode=mode: e.embed(m, mode), repeats=2
+            )
+            rows.append([variant, mode, f"{sizes['clips'] / seconds:.1f}"])
+    header = ["model", "mode", "30 s clips/s"]
+    return f"Embedding, {sizes['clips']} clips of 30 s, random parameters\n\n" + _markdown(
+        header, rows
+    )
+
+
+def track_section(sizes: dict) -> str:
+    variant = sizes["variants"][0]
+    encoder, params = _random_encoder(variant)
+    frames = round(sizes["track_minutes"] * 60 * 100)
+    spec = jnp.asarray(np.random.default_rng(0).uniform(-80, 0, (1, encoder.n_mels, frames)))
+    fn = jax.jit(lambda p, s: encoder.apply(p, s, train=False)[0])
+    start = time.perf_counter()
+    compiled = fn.lower(params, spec).compile()
+    compile_s = time.perf_counter() - start
+    seconds = _best_seconds(lambda: compiled(params, spec), repeats=1)
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    memory = f"{peak / 1024**3:.2f}" if peak else "n/a (backend does not report)"
+    tokens = (encoder.n_mels // 16) * (frames // 16) + 1
+    header = ["model", "audio", "tokens", "compile s", "time s", "peak device GB"]
+    row = [variant, f"{sizes['track_minutes']:g} min", f"{tokens:,}", f"{compile_s:.1f}"]
+    return "One track in one pass (2-D ALiBi, blockwise)\n\n" + _markdown(
+        header, [row + [f"{seconds:.2f}", memory]]
+    )
+
+
+def attention_section(sizes: dict) -> str:
+    model_sizes, _ = vit.parse_variant(sizes["variants"][0])
+    heads, head_dim = model_sizes["num_heads"], model_sizes["width"] // model_sizes["num_heads"]
+    kernels = {
+        "dense": lambda q, k, v, b: attention.dense_attention(q, k, v, b),
+        "blockwise": lambda q, k, v, b: attention.blockwise_attention(q, k, v, b),
+        "blockwise, tile skip": lambda q, k, v, b: attention.blockwise_attention(
+            q, k, v, b.replace(tile_skip=True)
+        ),
+    }
+    rows = []
+    for num_tokens in sizes["tokens"]:
+        rng = np.random.default_rng(0)
+        q, k, v = (
+            jnp.asarray(rng.normal(size=(1, num_tokens, heads, head_dim)), jnp.float32)
+            for _ in range(3)
+        )
+        grid = patching.grid_coords(8, -(-(num_tokens - 1) // 8))[: num_tokens - 1]
+        coords = jnp.asarray(np.concatenate([np.zeros((1, 2)), grid])[None], jnp.float32)
+        is_patch = (jnp.arange(num_tokens) > 0)[None]
+        bias = attention.AlibiBias(coords, is_patch, jnp.asarray(positional.alibi_slopes(heads)))
+        row = [f"{num_tokens:,}"]
+        for name, kernel in kernels.items():
+            if name == "dense" and num_tokens > 8192:
+                row.append("-")
+                continue
+            fn = jax.jit(kernel)
+            row.append(f"{1e3 * _best_seconds(lambda fn=fn, args=(q, k, v, bias): fn(*args)):.1f}")
+        rows.append(row)
+    title = f"Attention forward, {heads} heads x {head_dim}, float32, ms"
+    return f"{title}\n\n" + _markdown(["tokens", *kernels], rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="tiny sizes: every section, seconds")
+    args = parser.parse_args(argv)
+    sizes = SMALL if args.small else FULL
+    device = jax.devices()[0]
+    peaks = {dtype: machine.matmul_peak(sizes["peak_n"], dtype) for dtype in DTYPES}
+    peak_text = ", ".join(f"{d} {p / 1e12:.2f} TFLOP/s" for d, p in peaks.items())
+    print(f"# Device report: {device.device_kind} ({jax.default_backend()})\n")
+    print(f"{time.strftime('%Y-%m-%d')}; host {machine.describe()}; JAX {jax.__version__};")
+    print(f"measured matmul peak (n = {sizes['peak_n']}): {peak_text}\n")
+    for section in (train_section, embed_section, track_section, attention_section):
+        start = time.perf_counter()
+        text = section(sizes, peaks) if section is train_section else section(sizes)
+        print(f"{text}\n\n({section.__name__}: {time.perf_counter() - start:.0f} s)\n", flush=True)
+    print("GPU-only tests: none; the suite has no `gpu` marker (all tests run on CPU).")
+
+
+if __name__ == "__main__":
+    main()
