@@ -23,12 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import machine  # noqa: E402  benchmarks/machine.py
 import numpy as np  # noqa: E402
 
-from myna_rpe_jax.model import (
-    attention,  # noqa: E402
-    patching,  # noqa: E402
-    positional,  # noqa: E402
-    vit,  # noqa: E402
-)
+from myna_rpe_jax.model import attention, blockwise, patching, positional, vit  # noqa: E402
 
 
 def case(batch: int, num_tokens: int, heads: int, head_dim: int):
@@ -43,7 +38,7 @@ def case(batch: int, num_tokens: int, heads: int, head_dim: int):
     coords = jnp.asarray(np.broadcast_to(coords, (batch, num_tokens, 2)))
     is_patch = jnp.broadcast_to(jnp.arange(num_tokens) > 0, (batch, num_tokens))
     slopes = jnp.asarray(positional.alibi_slopes(heads))
-    return q, k, v, attention.AlibiBias(coords, is_patch, slopes)
+    return q, k, v, positional.AlibiBias(coords, is_patch, slopes)
 
 
 def median_ms(fn, args, repeats: int) -> float:
@@ -72,7 +67,7 @@ def main() -> None:
     kernels = {"dense": lambda q, k, v, bias: attention.dense_attention(q, k, v, bias)}
     for block in blocks:
         kernels[f"blockwise {block}"] = lambda q, k, v, bias, block=block: (
-            attention.blockwise_attention(q, k, v, bias, block)
+            blockwise.blockwise_attention(q, k, v, bias, block)
         )
 
     print(f"machine: {machine.describe()}; JAX {jax.__version__} on {jax.default_backend()}")

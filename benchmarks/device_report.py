@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import train_step  # noqa: E402  benchmarks/train_step.py
 
 from myna_rpe_jax.embed.embedder import Embedder  # noqa: E402
-from myna_rpe_jax.model import attention, patching, positional, vit  # noqa: E402
+from myna_rpe_jax.model import attention, blockwise, patching, positional, vit  # noqa: E402
 
 FULL = dict(
     variants=("S/16", "B/16"), batch=1024, frames=256, steps=3, clips=256, track_minutes=10.0,
@@ -137,8 +137,8 @@ def attention_section(sizes: dict) -> str:
     heads, head_dim = model_sizes["num_heads"], model_sizes["width"] // model_sizes["num_heads"]
     kernels = {
         "dense": lambda q, k, v, b: attention.dense_attention(q, k, v, b),
-        "blockwise": lambda q, k, v, b: attention.blockwise_attention(q, k, v, b),
-        "blockwise, tile skip": lambda q, k, v, b: attention.blockwise_attention(
+        "blockwise": lambda q, k, v, b: blockwise.blockwise_attention(q, k, v, b),
+        "blockwise, tile skip": lambda q, k, v, b: blockwise.blockwise_attention(
             q, k, v, b.replace(tile_skip=True)
         ),
     }
@@ -152,7 +152,7 @@ def attention_section(sizes: dict) -> str:
         grid = patching.grid_coords(8, -(-(num_tokens - 1) // 8))[: num_tokens - 1]
         coords = jnp.asarray(np.concatenate([np.zeros((1, 2)), grid])[None], jnp.float32)
         is_patch = (jnp.arange(num_tokens) > 0)[None]
-        bias = attention.AlibiBias(coords, is_patch, jnp.asarray(positional.alibi_slopes(heads)))
+        bias = positional.AlibiBias(coords, is_patch, jnp.asarray(positional.alibi_slopes(heads)))
         row = [f"{num_tokens:,}"]
         for name, kernel in kernels.items():
             if name == "dense" and num_tokens > 8192:

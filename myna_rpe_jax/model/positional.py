@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,3 +171,50 @@ class LearnedAbsoluteEmbedding(nn.Module):
             "table", nn.initializers.normal(0.02), (self.num_rows, self.max_cols, self.dim)
         )
         return table[coords[..., FREQ], coords[..., TIME]]
+
+
+@flax.struct.dataclass
+class AlibiBias:
+    """bias[b, h, i, j] = -slopes[h] * d(coords[b, i], coords[b, j]) between patch tokens.
+
+    Tokens where `is_patch` is False (the CLS) get zero bias to and from every token.
+
+    Attributes:
+      coords: [B, N, C] coordinates (C = 2 for 2-D ALiBi, C = 1 (time) for 1-D ALiBi).
+      is_patch: [B, N] bool.
+      slopes: [H].
+      metric: "manhattan" or "euclidean" (identical for C = 1).
+      tile_skip: blockwise attention skips the tiles this bias makes exactly zero.
+    """
+
+    coords: jax.Array
+    is_patch: jax.Array
+    slopes: jax.Array
+    metric: str = flax.struct.field(pytree_node=False, default="manhattan")
+    tile_skip: bool = flax.struct.field(pytree_node=False, default=False)
+
+    def block(self, q_start, q_size: int, k_start, k_size: int) -> jax.Array:
+        """Bias [B, H, q_size, k_size]: queries [q_start, +q_size) vs keys [k_start, +k_size)."""
+        take = lambda a, start, size: jax.lax.dynamic_slice_in_dim(a, start, size, axis=1)
+        distance = pairwise_distance(
+            take(self.coords, q_start, q_size), take(self.coords, k_start, k_size), self.metric
+        )
+        both = (
+            take(self.is_patch, q_start, q_size)[:, :, None]
+            & (take(self.is_patch, k_start, k_size)[:, None, :])
+        )
+        distance = jnp.where(both, distance, 0.0)
+        return -self.slopes[:, None, None] * distance[:, None, :, :]
+
+    def dense(self) -> jax.Array:
+        """The full [B, H, N, N] bias."""
+        n = self.coords.shape[1]
+        return self.block(0, n, 0, n)
+
+    def pad(self, num_tokens: int) -> AlibiBias:
+        """Appends tokens with coordinate 0 and `is_patch` False up to `num_tokens` in all."""
+        extra = num_tokens - self.coords.shape[1]
+        return self.replace(
+            coords=jnp.pad(self.coords, ((0, 0), (0, extra), (0, 0))),
+            is_patch=jnp.pad(self.is_patch, ((0, 0), (0, extra))),
+        )

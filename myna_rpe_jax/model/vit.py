@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from myna_rpe_jax.model import attention, patching, positional
+from myna_rpe_jax.model import attention, blockwise, patching, positional
 
 POSEMB_SCHEMES = ("learned", "sinusoidal", "freq", "alibi1d", "alibi2d", "rope")
 # Schemes that cannot be combined: two absolute tables, or two ALiBi biases.
@@ -74,14 +74,14 @@ class SelfAttention(nn.Module):
     num_heads: int
     rope_theta: float = 100.0
     dtype: Any = jnp.float32
-    block_size: int = attention.DEFAULT_BLOCK_SIZE
+    block_size: int = blockwise.DEFAULT_BLOCK_SIZE
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
 
     @nn.compact
     def __call__(
         self,
         x: jax.Array,
-        bias: attention.AlibiBias | None,
+        bias: positional.AlibiBias | None,
         rope_coords: jax.Array | None,
         is_patch: jax.Array,
         key_mask: jax.Array | None = None,
@@ -118,7 +118,7 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     rope_theta: float = 100.0
     dtype: Any = jnp.float32
-    block_size: int = attention.DEFAULT_BLOCK_SIZE
+    block_size: int = blockwise.DEFAULT_BLOCK_SIZE
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
 
     @nn.compact
@@ -156,7 +156,7 @@ class Encoder(nn.Module):
     rope_theta: float = 100.0
     dtype: Any = jnp.float32
     # Attention over more tokens than this (a whole track) runs blockwise, in linear memory.
-    attention_block_size: int = attention.DEFAULT_BLOCK_SIZE
+    attention_block_size: int = blockwise.DEFAULT_BLOCK_SIZE
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
 
     @nn.compact
@@ -221,7 +221,7 @@ class Encoder(nn.Module):
         x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
         return x[:, 0].astype(jnp.float32), {"tokens": x[:, 1:], **aux}
 
-    def _alibi(self, coords: jax.Array, is_patch: jax.Array) -> attention.AlibiBias | None:
+    def _alibi(self, coords: jax.Array, is_patch: jax.Array) -> positional.AlibiBias | None:
         if "alibi2d" in self.posemb:
             spatial, metric = coords, self.alibi_metric
         elif "alibi1d" in self.posemb:
@@ -230,7 +230,7 @@ class Encoder(nn.Module):
             return None
         slopes = jnp.asarray(positional.alibi_slopes(self.num_heads))
         spatial = spatial.astype(jnp.float32)
-        return attention.AlibiBias(spatial, is_patch, slopes, metric, self.alibi_tile_skip)
+        return positional.AlibiBias(spatial, is_patch, slopes, metric, self.alibi_tile_skip)
 
 
 def parse_variant(variant: str) -> tuple[dict, int]:

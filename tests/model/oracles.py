@@ -1,6 +1,6 @@
 """Independent references for the model tests: ALiBi biases as whole [H, N, N] arrays.
 
-The package never materialises these (`attention.AlibiBias` evaluates the bias tile by tile
+The package never materialises these (`positional.AlibiBias` evaluates the bias tile by tile
 from coordinates); the tests compare it against them.
 """
 

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from myna_rpe_jax.model import attention, patching, positional, tile_skip, vit
+from myna_rpe_jax.model import attention, blockwise, patching, positional, tile_skip, vit
 from tests.model import oracles
 
 
@@ -53,12 +53,12 @@ def make_case(kind, num_tokens, seed=0, batch=2, heads=4, head_dim=8, cls=True):
     if kind in ("alibi2d", "alibi2d_euclidean"):
         metric = "euclidean" if kind.endswith("euclidean") else "manhattan"
         ref = with_cls(oracles.alibi_bias_2d(coords, slopes, metric))
-        bias = attention.AlibiBias(jnp.asarray(all_coords), is_patch, jnp.asarray(slopes), metric)
+        bias = positional.AlibiBias(jnp.asarray(all_coords), is_patch, jnp.asarray(slopes), metric)
         return q, k, v, bias, ref
     if kind == "alibi1d":
         time = all_coords[..., positional.TIME, None]
         ref = with_cls(oracles.alibi_bias_1d(coords[..., positional.TIME], slopes))
-        return q, k, v, attention.AlibiBias(jnp.asarray(time), is_patch, jnp.asarray(slopes)), ref
+        return q, k, v, positional.AlibiBias(jnp.asarray(time), is_patch, jnp.asarray(slopes)), ref
     if kind == "rope":
         rotate = lambda t: positional.apply_rope(
             t.swapaxes(1, 2), jnp.asarray(all_coords)[:, None], 100.0, is_patch[:, None]
@@ -71,7 +71,7 @@ def dense_bias(coords, slopes, metric="manhattan", is_patch=None):
     """AlibiBias over one example: coords [N, C] -> [H, N, N]."""
     coords = jnp.asarray(coords, jnp.float32)[None]
     is_patch = jnp.ones(coords.shape[:2], bool) if is_patch is None else is_patch[None]
-    return attention.AlibiBias(coords, is_patch, jnp.asarray(slopes), metric).dense()[0]
+    return positional.AlibiBias(coords, is_patch, jnp.asarray(slopes), metric).dense()[0]
 
 
 def random_coords(rng, n, rows=8, cols=40):
@@ -135,8 +135,8 @@ def test_cls_gets_zero_bias_to_and_from_every_token():
 KINDS = ["alibi2d", "alibi2d_euclidean", "alibi1d", "rope"]
 
 
-def blockwise(q, k, v, bias, block_size):
-    return jax.jit(attention.blockwise_attention, static_argnums=4)(q, k, v, bias, block_size)
+def jitted_blockwise(q, k, v, bias, block_size):
+    return jax.jit(blockwise.blockwise_attention, static_argnums=4)(q, k, v, bias, block_size)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_blockwise_values_and_gradients_equal_reference(kind, num_tokens, block_
     weights = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32)
     ref_loss = lambda q, k, v: jnp.sum(reference_attention(q, k, v, ref_bias) * weights)
     loss = lambda q, k, v: jnp.sum(
-        attention.blockwise_attention(q, k, v, bias, block_size) * weights
+        blockwise.blockwise_attention(q, k, v, bias, block_size) * weights
     )
     expected, expected_grads = jax.value_and_grad(ref_loss, (0, 1, 2))(q, k, v)
     got, grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
@@ -169,7 +169,9 @@ def test_blockwise_and_dense_outputs_equal_reference(kind, num_tokens, block_siz
     np.testing.assert_allclose(
         attention.dense_attention(q, k, v, bias), expected, rtol=1e-5, atol=1e-5
     )
-    np.testing.assert_allclose(blockwise(q, k, v, bias, block_size), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        jitted_blockwise(q, k, v, bias, block_size), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def key_mask_case(kind, num_tokens, block_size, seed=5):
@@ -201,7 +203,7 @@ def test_key_mask_equals_attention_over_the_kept_keys_only(kind):
     expected, expected_grads = jax.value_and_grad(ref_loss, (0, 1, 2))(q, k, v)
     for name, fn in [
         ("dense", lambda q, k, v: attention.dense_attention(q, k, v, bias, mask)),
-        ("blockwise", lambda q, k, v: attention.blockwise_attention(q, k, v, bias, 16, mask)),
+        ("blockwise", lambda q, k, v: blockwise.blockwise_attention(q, k, v, bias, 16, mask)),
     ]:
         loss = lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v) * weights)
         got, grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
@@ -217,13 +219,13 @@ def test_blockwise_without_cls_and_with_large_scores():
     q, k, v, bias, ref_bias = make_case("alibi2d", 50, seed=3, cls=False)
     q = q * 40.0
     expected = reference_attention(q, k, v, ref_bias)
-    np.testing.assert_allclose(blockwise(q, k, v, bias, 16), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jitted_blockwise(q, k, v, bias, 16), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_blockwise_keeps_half_precision_dtype():
     q, k, v, bias, ref_bias = make_case("alibi2d", 40, seed=4)
     half = lambda t: t.astype(jnp.bfloat16)
-    out = blockwise(half(q), half(k), half(v), bias, 16)
+    out = jitted_blockwise(half(q), half(k), half(v), bias, 16)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(
         out.astype(jnp.float32), reference_attention(q, k, v, ref_bias), atol=0.05
@@ -244,8 +246,8 @@ def test_blockwise_memory_is_linear_in_tokens(differentiate):
         q = jnp.zeros((1, num_tokens, heads, 8))
         coords = jnp.asarray(patchout_coords(np.random.default_rng(0), 1, num_tokens))
         slopes = jnp.asarray(positional.alibi_slopes(heads))
-        bias = attention.AlibiBias(coords, jnp.ones((1, num_tokens), bool), slopes)
-        fn = lambda q, k, v: attention.blockwise_attention(q, k, v, bias, 64).sum()
+        bias = positional.AlibiBias(coords, jnp.ones((1, num_tokens), bool), slopes)
+        fn = lambda q, k, v: blockwise.blockwise_attention(q, k, v, bias, 64).sum()
         return compiled_temp_bytes(jax.grad(fn, (0, 1, 2)) if differentiate else fn, q, q, q)
 
     assert temp_bytes(small) < 0.1 * heads * small**2 * 4
@@ -267,11 +269,11 @@ def uses_loop(fn, *args) -> bool:
 def test_attention_switches_to_blockwise_above_threshold(kind):
     q, k, v, bias, ref_bias = make_case(kind, 70)
     expected = reference_attention(q, k, v, ref_bias)
-    for threshold, blockwise in [(70, False), (69, True)]:
+    for threshold, goes_blockwise in [(70, False), (69, True)]:
         fn = lambda q, k, v, t=threshold: attention.attention(
             q, k, v, bias, block_size=32, blockwise_threshold=t
         )
-        assert uses_loop(fn, q, k, v) == blockwise
+        assert uses_loop(fn, q, k, v) == goes_blockwise
         np.testing.assert_allclose(fn(q, k, v), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -288,7 +290,7 @@ def test_fused_attention_layout_matches_reference():
 @pytest.mark.parametrize("num_tokens", [1, 5, 37, 512, 513, 2049, 30001])
 @pytest.mark.parametrize("block_size", [1, 16, 512])
 def test_tiles_are_as_few_as_the_block_size_allows_and_barely_padded(num_tokens, block_size):
-    block, num_tiles = attention.tile_layout(num_tokens, block_size)
+    block, num_tiles = blockwise.tile_layout(num_tokens, block_size)
     assert block <= block_size and num_tiles == -(-num_tokens // block_size)
     assert 0 <= block * num_tiles - num_tokens < num_tiles
 
@@ -296,7 +298,7 @@ def test_tiles_are_as_few_as_the_block_size_allows_and_barely_padded(num_tokens,
 def test_blockwise_rejects_bad_block_size():
     q, k, v, bias, _ = make_case("alibi2d", 20)
     with pytest.raises(ValueError, match="block_size"):
-        attention.blockwise_attention(q, k, v, bias, 0)
+        blockwise.blockwise_attention(q, k, v, bias, 0)
 
 
 @pytest.mark.parametrize("posemb", [("alibi2d",), ("rope", "freq")])
@@ -336,13 +338,13 @@ def skip_case(kind, num_tokens=700, block_size=64, seed=7):
 def test_tile_skipping_leaves_values_and_gradients_unchanged(kind):
     block_size = 64
     q, k, v, bias, mask = skip_case(kind, block_size=block_size)
-    forward, backward, total = attention.count_skipped_tiles(q, k, v, bias, block_size, mask)
+    forward, backward, total = blockwise.count_skipped_tiles(q, k, v, bias, block_size, mask)
     assert 0.1 * total < forward < total and 0.1 * total < backward < total
     weights = jnp.asarray(np.random.default_rng(3).normal(size=q.shape), jnp.float32)
 
     def value_and_grads(alibi):
         loss = lambda q, k, v: jnp.sum(
-            attention.blockwise_attention(q, k, v, alibi, block_size, mask) * weights
+            blockwise.blockwise_attention(q, k, v, alibi, block_size, mask) * weights
         )
         return jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
 
@@ -353,7 +355,7 @@ def test_tile_skipping_leaves_values_and_gradients_unchanged(kind):
         scale = np.abs(e).max()
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6 * scale, err_msg=f"d / d {name}")
     dense = attention.dense_attention(q, k, v, bias, mask)
-    skipped = attention.blockwise_attention(q, k, v, bias, block_size, mask)
+    skipped = blockwise.blockwise_attention(q, k, v, bias, block_size, mask)
     np.testing.assert_allclose(skipped, dense, rtol=1e-5, atol=1e-5)
 
 
@@ -389,9 +391,9 @@ def test_model_slopes_skip_tiles_of_a_long_track_in_time_order():
     q, k, v = (jnp.asarray(rng.normal(size=(1, num_tokens, heads, 8)), jnp.float32) for _ in "qkv")
     is_patch = jnp.asarray(np.arange(num_tokens) > 0)[None]
     slopes = jnp.asarray(positional.alibi_slopes(heads))
-    bias = attention.AlibiBias(jnp.asarray(coords, jnp.float32), is_patch, slopes, tile_skip=True)
-    forward, _, total = attention.count_skipped_tiles(q, k, v, bias, 256)
+    bias = positional.AlibiBias(jnp.asarray(coords, jnp.float32), is_patch, slopes, tile_skip=True)
+    forward, _, total = blockwise.count_skipped_tiles(q, k, v, bias, 256)
     assert forward > 0.05 * total
-    got = attention.blockwise_attention(q, k, v, bias, 256)
-    expected = attention.blockwise_attention(q, k, v, bias.replace(tile_skip=False), 256)
+    got = blockwise.blockwise_attention(q, k, v, bias, 256)
+    expected = blockwise.blockwise_attention(q, k, v, bias.replace(tile_skip=False), 256)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
