@@ -3,6 +3,8 @@
     python -m myna_rpe_jax.probe --workdir=runs/alibi2d \
         --tasks gtzan,giantsteps_key,emomusic,mtg_jamendo --data-dir ~/tfds --output probes/alibi2d
     python -m myna_rpe_jax.probe --workdir=runs/tiny --tasks demo --output probes/tiny
+    python -m myna_rpe_jax.probe --workdir=runs/tiny --tasks demo --output probes/tiny \
+        --no-baselines   # the encoder's rows only (default: also random init and features)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from myna_rpe_jax import errors
 from myna_rpe_jax.embed.collection import add_embedder_flags, console_logging
 from myna_rpe_jax.embed.embedder import MODES
-from myna_rpe_jax.probe.evaluate import BENCHMARKS, PROBE_DATASETS, run
+from myna_rpe_jax.probe.evaluate import BASELINES, BENCHMARKS, PROBE_DATASETS, run
 from myna_rpe_jax.probe.report import not_probed
 
 log = logging.getLogger("myna_rpe_jax.probe")
@@ -41,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: full, chunks")
+    parser.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help="comma-separated rows beside the encoder's: random (the architecture at random"
+        " init, one more embedding pass per mode), features (log-mel, MFCC and chroma"
+        ' statistics); "" for none',
+    )
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="the encoder's rows only (--baselines '')"
+    )
     add_embedder_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -51,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = [mode for mode in args.modes.split(",") if mode]
     if not modes or any(mode not in MODES for mode in modes):
         _parser().error(f"--modes must list some of {MODES}, got {args.modes!r}")
+    kinds = [] if args.no_baselines else [kind for kind in args.baselines.split(",") if kind]
+    if any(kind not in BASELINES for kind in kinds):
+        _parser().error(f"--baselines must list some of {BASELINES} (or be ''), got {kinds}")
     console_logging()
     try:
         results = run(
@@ -63,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_tokens,
             progress=not args.no_progress,
             max_padding=args.max_padding,
+            baseline_kinds=kinds,
         )
     except (FileNotFoundError, ValueError) as err:  # no workdir / checkpoint, unknown task
         if errors.debug():

@@ -4,10 +4,15 @@ For every dataset and mode (`full`: whole tracks in one pass; `chunks`: Myna's a
 training-length chunks) the train, valid and test splits are embedded once and cached in
 OUT/embeddings/<dataset>-step<N>-<mode>.npz (reused by later runs of the same checkpoint), then
 each of the dataset's tasks gets a linear probe (`tasks`: fit on train, regularisation
-chosen on valid, test scored once). Writes OUT/results.json, OUT/results.md (a table like the
-paper's) and OUT/results.png. A dataset that is not prepared is reported with the command that
-builds it; the others still run. For `demo` without --data-dir, the run's own demo set is used
-(built on first use, exactly as training builds it).
+chosen on valid, test scored once). Every test score gets a bootstrap 95% interval over the
+test tracks (`metrics.bootstrap_interval` on the fixed predictions). Beside the encoder's rows,
+`baseline_kinds` adds the same probes on baselines (`baselines`): the architecture at random
+initialisation in every mode (OUT/embeddings/<dataset>-random-seed<S>-<mode>.npz) and
+hand-made features of the log-mels (OUT/embeddings/<dataset>-features.npz), cached alike.
+Writes OUT/results.json, OUT/results.md (a table like the paper's) and OUT/results.png. A
+dataset that is not prepared is reported with the command that builds it; the others still run.
+For `demo` without --data-dir, the run's own demo set is used (built on first use, exactly as
+training builds it).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ml_collections
@@ -26,6 +32,7 @@ from myna_rpe_jax.embed import embedder as embedder_lib
 from myna_rpe_jax.embed.collection import dataset_embeddings, run_meta
 from myna_rpe_jax.embed.file import Embeddings, load_npz, save_npz
 from myna_rpe_jax.model import positional
+from myna_rpe_jax.probe import baselines, metrics
 from myna_rpe_jax.probe.report import model_label, table_rows, write_markdown, write_plot
 from myna_rpe_jax.probe.tasks import REG_GRID, run_probe, standardize
 
@@ -33,6 +40,7 @@ log = logging.getLogger("myna_rpe_jax.probe")
 
 BENCHMARKS = ("gtzan", "giantsteps_key", "emomusic", "mtg_jamendo")
 PROBE_DATASETS = (*BENCHMARKS, "demo")
+BASELINES = ("random", "features")
 SPLITS = ("train", "valid", "test")
 
 
@@ -77,6 +85,32 @@ def missing_reason(name: str, data_dir: Path) -> str | None:
     return None
 
 
+def cached(
+    path: Path, expected: dict, compute: Callable[[], Embeddings]
+) -> tuple[Embeddings, bool]:
+    """The embeddings in `path` when its meta holds every `expected` item, else `compute()`
+    saved there. Returns (embeddings, reused)."""
+    if path.exists():
+        cached_result = load_npz(path)
+        meta = cached_result.meta
+        stale = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
+        if not stale:
+            log.info("reusing cached embeddings %s", path)
+            return cached_result, True
+        log.info("recomputing %s: it was made with different settings %s", path, stale)
+    result = compute()
+    save_npz(path, result)
+    return result, False
+
+
+def _data_meta(embedder, name: str, data_dir: Path) -> dict:
+    return {
+        "dataset": name,
+        "data_dir": str(data_dir.absolute()),
+        "mel": dataclasses.asdict(embedder.mel_config),  # the run's features (checked on data)
+    }
+
+
 def cached_embeddings(
     embedder: embedder_lib.Embedder,
     run: dict,
@@ -89,68 +123,168 @@ def cached_embeddings(
     """The embeddings of every split of `name` in `mode`: from OUT's cache when it holds those
     of this checkpoint and data, else computed and cached. Returns (embeddings, reused, path)."""
     path = out_dir / "embeddings" / f"{name}-step{run['step']}-{mode}.npz"
+    expected = {"workdir": run["workdir"], "step": run["step"], "mode": mode}
+
+    def compute() -> Embeddings:
+        result = dataset_embeddings(embedder, name, data_dir, mode, SPLITS, progress=progress)
+        result.meta.update(run_meta(run["workdir"], run["step"], mode, run["config"], embedder))
+        return result
+
+    result, reused = cached(path, {**expected, **_data_meta(embedder, name, data_dir)}, compute)
+    return result, reused, path
+
+
+def random_init_embeddings(
+    embedder: embedder_lib.Embedder,
+    run: dict,
+    name: str,
+    data_dir: Path,
+    mode: str,
+    out_dir: Path,
+    progress: bool,
+) -> tuple[Embeddings, bool, Path]:
+    """As `cached_embeddings`, for the run's architecture at its initial parameters
+    (`baselines.random_init_embedder`: `run["random_embedder"]`, made on first use)."""
+    config = run["config"]
+    path = out_dir / "embeddings" / f"{name}-random-seed{config.seed}-{mode}.npz"
     expected = {
-        "workdir": run["workdir"],
-        "step": run["step"],
+        "baseline": baselines.RANDOM_INIT,
+        "seed": config.seed,
         "mode": mode,
-        "dataset": name,
-        "data_dir": str(data_dir.absolute()),
-        "mel": dataclasses.asdict(embedder.mel_config),  # the run's features (checked on data)
+        "model": json.loads(config.model.to_json_best_effort()),
+        **_data_meta(embedder, name, data_dir),
     }
-    if path.exists():
-        cached = load_npz(path)
-        stale = {k: cached.meta.get(k) for k, v in expected.items() if cached.meta.get(k) != v}
-        if not stale:
-            log.info("reusing cached embeddings %s", path)
-            return cached, True, path
-        log.info("recomputing %s: it was made with different settings %s", path, stale)
-    result = dataset_embeddings(embedder, name, data_dir, mode, SPLITS, progress=progress)
-    result.meta.update(run_meta(run["workdir"], run["step"], mode, run["config"], embedder))
-    save_npz(path, result)
-    return result, False, path
+
+    def compute() -> Embeddings:
+        if "random_embedder" not in run:
+            run["random_embedder"] = baselines.random_init_embedder(embedder, config)
+        log.info("%s: embedding with the random-init encoder (%s, one more pass)", name, mode)
+        random = run["random_embedder"]
+        result = dataset_embeddings(random, name, data_dir, mode, SPLITS, progress=progress)
+        result.meta.update(
+            expected, chunk_frames=embedder.chunk_frames if mode == "chunks" else None
+        )
+        return result
+
+    result, reused = cached(path, expected, compute)
+    return result, reused, path
 
 
-def probe_embeddings(name: str, result: Embeddings) -> dict[str, dict]:
-    """Every task of dataset `name` probed on one embedding set -> task -> result."""
+def feature_embeddings(
+    embedder: embedder_lib.Embedder, name: str, data_dir: Path, out_dir: Path, progress: bool
+) -> tuple[Embeddings, bool, Path]:
+    """Every hand-made feature set of every track of `name` (`baselines.track_features`),
+    cached in OUT/embeddings/<name>-features.npz. Returns (features, reused, path)."""
+    path = out_dir / "embeddings" / f"{name}-features.npz"
+    slices = baselines.feature_slices(embedder.mel_config.n_mels)
+    expected = {
+        "baseline": "features",
+        "feature_slices": {k: list(v) for k, v in slices.items()},
+        **_data_meta(embedder, name, data_dir),
+    }
+
+    def compute() -> Embeddings:
+        log.info("%s: computing the hand-made features from the log-mels", name)
+        features = baselines.FeatureExtractor(embedder.mel_config, embedder.mel_source)
+        result = dataset_embeddings(features, name, data_dir, "features", SPLITS, progress)
+        result.meta.update(expected)
+        return result
+
+    result, reused = cached(path, expected, compute)
+    return result, reused, path
+
+
+def score_intervals(probe: dict) -> dict[str, list[float] | None]:
+    """Bootstrap 95% intervals over the test set of every test metric of a probe result (from
+    its "test_outputs": the fixed test labels and predictions); None where no resample could
+    be scored (e.g. a single positive tag in test)."""
+    names = [name for name, value in probe["metrics"].items() if isinstance(value, float)]
+    try:
+        found = metrics.bootstrap_intervals(metrics.scorer(names), *probe["test_outputs"])
+    except ValueError as err:
+        log.warning("no bootstrap interval: %s", err)
+        found = {}
+    return {name: list(found[name]) if name in found else None for name in names}
+
+
+def probe_embeddings(
+    name: str, result: Embeddings, label: str, columns: tuple[int, int] | None = None
+) -> dict[str, dict]:
+    """Every task of dataset `name` probed on one embedding set (its `columns` [start, stop)
+    only, when given) -> task -> result, with bootstrap intervals. label names it in the log."""
     split = np.asarray(result.split)
-    features = standardize({s: result.embeddings[split == s] for s in SPLITS})
+    embeddings = result.embeddings if columns is None else result.embeddings[:, slice(*columns)]
+    features = standardize({s: embeddings[split == s] for s in SPLITS})
     probes = {}
     for task, spec in dataset_tasks(name).items():
         labels = result.labels[spec.label_key]
         data = {s: (features[s], labels[split == s]) for s in SPLITS}
         try:
-            probes[task] = {"status": "ok", **run_probe(spec, data)}
+            probe = run_probe(spec, data)
+            probes[task] = {"status": "ok", **probe, "intervals": score_intervals(probe)}
         except ValueError as err:  # e.g. no tag with both positives and negatives in valid
             log.warning("%s/%s: probe failed: %s", name, task, err)
             probes[task] = {"status": "failed", "reason": str(err)}
             continue
+        del probes[task]["test_outputs"]  # arrays: results.json keeps the scores only
         scores = {k: v for k, v in probes[task]["metrics"].items() if isinstance(v, float)}
-        shown = ", ".join(f"{metric} {value:.4f}" for metric, value in scores.items())
-        log.info("%s/%s (%s): test %s", name, task, result.meta["mode"], shown)
+        intervals = probes[task]["intervals"]
+        shown = ", ".join(
+            f"{metric} {value:.4f}" + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else "")
+            for metric, value in scores.items()
+            for iv in [intervals.get(metric)]
+        )
+        log.info("%s/%s (%s): test %s", name, task, label, shown)
     return probes
 
 
+def _part(result: Embeddings, reused: bool, path: Path, probes: dict) -> dict:
+    return {
+        "embeddings": str(path),
+        "cached": reused,
+        "dim": int(result.embeddings.shape[1]),
+        "probes": probes,
+    }
+
+
 def probe_dataset(
-    embedder, run: dict, name: str, data_dir: Path, modes, out_dir: Path, progress: bool
+    embedder,
+    run: dict,
+    name: str,
+    data_dir: Path,
+    modes,
+    out_dir: Path,
+    progress: bool,
+    baseline_kinds: Sequence[str] = (),
 ) -> dict:
-    """Results of dataset `name` in every mode, or its "missing" record."""
+    """Results of dataset `name` in every mode (entry["modes"]) and of the asked baselines
+    (entry["baselines"]: row label -> the same record), or its "missing" record."""
     reason = missing_reason(name, data_dir)
     if reason is not None:
         command = build_command(name, data_dir)
         log.warning("%s: missing (%s). Build it with:\n  %s", name, reason, command)
         return {"status": "missing", "reason": reason, "build_command": command}
-    entry = {"status": "ok", "data_dir": str(data_dir.absolute()), "modes": {}}
+    entry = {"status": "ok", "data_dir": str(data_dir.absolute()), "modes": {}, "baselines": {}}
     for mode in modes:
-        result, reused, path = cached_embeddings(
-            embedder, run, name, data_dir, mode, out_dir, progress
-        )
-        entry["modes"][mode] = {
-            "embeddings": str(path),
-            "cached": reused,
-            "dim": int(result.embeddings.shape[1]),
-            "probes": probe_embeddings(name, result),
-        }
+        got = cached_embeddings(embedder, run, name, data_dir, mode, out_dir, progress)
+        entry["modes"][mode] = _part(*got, probe_embeddings(name, got[0], mode))
+    if "random" in baseline_kinds:
+        for mode in modes:
+            got = random_init_embeddings(embedder, run, name, data_dir, mode, out_dir, progress)
+            label = f"{baselines.RANDOM_INIT} ({mode})"
+            entry["baselines"][label] = _part(*got, probe_embeddings(name, got[0], label))
+    if "features" in baseline_kinds:
+        got = feature_embeddings(embedder, name, data_dir, out_dir, progress)
+        for label, columns in got[0].meta["feature_slices"].items():
+            probes = probe_embeddings(name, got[0], label, tuple(columns))
+            entry["baselines"][label] = {**_part(*got, probes), "dim": columns[1] - columns[0]}
     return entry
+
+
+def baseline_rows(kinds: Sequence[str], modes: Sequence[str]) -> list[str]:
+    """The table's baseline row labels, in order, for baseline kinds ("random", "features")."""
+    rows = [f"{baselines.RANDOM_INIT} ({mode})" for mode in modes] if "random" in kinds else []
+    return rows + (list(baselines.FEATURE_SETS) if "features" in kinds else [])
 
 
 def run(
@@ -163,9 +297,17 @@ def run(
     max_tokens: int = embedder_lib.DEFAULT_MAX_TOKENS,
     progress: bool = True,
     max_padding: float = embedder_lib.DEFAULT_MAX_PADDING,
+    baseline_kinds: Sequence[str] = (),
 ) -> dict:
     """Probes checkpoint `step` (latest if None) of `workdir` on `tasks`; writes the reports
-    to out_dir and returns the results dict (the content of results.json)."""
+    to out_dir and returns the results dict (the content of results.json).
+
+    baseline_kinds: any of BASELINES: "random" adds the random-init rows (one more embedding
+    pass per mode), "features" the hand-made feature rows (`baselines`).
+    """
+    unknown_kinds = [kind for kind in baseline_kinds if kind not in BASELINES]
+    if unknown_kinds:
+        raise ValueError(f"unknown baseline(s) {unknown_kinds}; choose from {', '.join(BASELINES)}")
     unknown = [name for name in tasks if name not in PROBE_DATASETS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(PROBE_DATASETS)}")
@@ -191,14 +333,16 @@ def run(
         "modes": list(modes),
         "skipped_modes": skipped_modes,
         "reg_grid": list(REG_GRID),
+        "baselines": baseline_rows(baseline_kinds, modes),
         "tasks": {},
     }
     for name in tasks:
         where = resolve_data_dir(name, data_dir, config)
         results["tasks"][name] = probe_dataset(
-            embedder, run_info, name, where, modes, out_dir, progress
+            embedder, run_info, name, where, modes, out_dir, progress, baseline_kinds
         )
-    results["table"] = table_rows(results)
+    run_info.pop("random_embedder", None)
+    results["table"], results["intervals"] = table_rows(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     write_markdown(out_dir / "results.md", results)
     write_plot(out_dir / "results.png", results)

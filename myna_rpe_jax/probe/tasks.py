@@ -43,12 +43,12 @@ def _multiclass(spec: TaskSpec, data: Data, grid: np.ndarray):
     valid_pred = np.asarray(jnp.argmax(jnp.einsum("nd,ldc->lnc", xv, w) + b[:, None], -1))
     valid = np.array([probe_metrics.accuracy(yv, p) for p in valid_pred])
 
-    def test(i: int) -> dict[str, float]:
+    def test(i: int) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
         pred = np.asarray(jnp.argmax(solvers.predict_logits(w[i], b[i], xt), -1))
         metrics = {"accuracy": probe_metrics.accuracy(yt, pred)}
         if spec.class_names == KEY_NAMES:
             metrics["mirex"] = probe_metrics.mirex_key_score(yt, pred)
-        return metrics
+        return metrics, (np.asarray(yt), pred)
 
     return valid, test
 
@@ -62,9 +62,9 @@ def _regression(spec: TaskSpec, data: Data, grid: np.ndarray):
     valid_pred = np.asarray(jnp.einsum("nd,ld->ln", xv, w) + b[:, None])
     valid = np.array([probe_metrics.r2_per_target(z(yv), p)[0] for p in valid_pred])
 
-    def test(i: int) -> dict[str, float]:
+    def test(i: int) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
         pred = np.asarray(xt @ w[i] + b[i])
-        return {"r2": float(probe_metrics.r2_per_target(z(yt), pred)[0])}
+        return {"r2": float(probe_metrics.r2_per_target(z(yt), pred)[0])}, (z(yt), pred)
 
     return valid, test
 
@@ -75,16 +75,15 @@ def _multilabel(spec: TaskSpec, data: Data, grid: np.ndarray):
     valid_scores = np.asarray(jnp.einsum("nd,ldc->lnc", xv, w) + b[:, None])
     valid = np.array([probe_metrics.multilabel_scores(yv, s).roc_auc for s in valid_scores])
 
-    def test(i: int) -> dict:
-        scores = probe_metrics.multilabel_scores(
-            yt, np.asarray(solvers.predict_logits(w[i], b[i], xt))
-        )
+    def test(i: int) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+        logits = np.asarray(solvers.predict_logits(w[i], b[i], xt))
+        scores = probe_metrics.multilabel_scores(yt, logits)
         return {
             "roc_auc": scores.roc_auc,
             "pr_auc": scores.pr_auc,
             "num_labels_scored": scores.num_labels_scored,
             "skipped_labels": list(scores.skipped_labels),
-        }
+        }, (np.asarray(yt), logits)
 
     return valid, test
 
@@ -109,7 +108,9 @@ def run_probe(spec: TaskSpec, data: Data, grid=REG_GRID) -> dict:
 
     data: split -> (standardised features [N, D], labels [N] or [N, C]).
     Returns {"kind", "metrics" (test), "selection": {"metric", "param" ("l2" or "alpha"),
-    "grid" (its values), "valid_scores", "chosen"}, "num_examples"}.
+    "grid" (its values), "valid_scores", "chosen"}, "num_examples", "test_outputs"}, where
+    test_outputs = (y_true, predictions) are the test arrays the metrics were computed from
+    (z-scored targets for regression, logits for multilabel), e.g. for a bootstrap.
     """
     missing = [split for split in ("train", "valid", "test") if split not in data]
     if missing:
@@ -119,9 +120,10 @@ def run_probe(spec: TaskSpec, data: Data, grid=REG_GRID) -> dict:
     chosen = _select(valid, grid)
     param = "alpha" if spec.kind == "regression" else "l2"
     scale = len(data["train"][0]) if spec.kind == "regression" else 1
+    metrics, test_outputs = test(chosen)
     return {
         "kind": spec.kind,
-        "metrics": test(chosen),
+        "metrics": metrics,
         "selection": {
             "metric": f"valid {SELECTION_METRIC[spec.kind]}",
             "param": param,
@@ -130,4 +132,5 @@ def run_probe(spec: TaskSpec, data: Data, grid=REG_GRID) -> dict:
             "chosen": float(grid[chosen] * scale),
         },
         "num_examples": {split: len(x) for split, (x, _) in data.items()},
+        "test_outputs": test_outputs,
     }

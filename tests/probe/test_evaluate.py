@@ -4,6 +4,7 @@ tiny checkpoint (shared with test_embed through the session's temporary folder).
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -110,26 +111,79 @@ def test_missing_dataset_is_reported_with_its_build_command(demo_probe):
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_baseline_rows_sit_beside_the_encoder_with_finite_intervals(demo_probe):
+    _, out, results = demo_probe
+    rows = [
+        "alibi2d tiny (full)",
+        "alibi2d tiny (chunks)",
+        "random init (full)",
+        "random init (chunks)",
+        "log-mel stats",
+        "MFCC stats",
+        "chroma",
+    ]
+    assert list(results["table"]) == rows and list(results["intervals"]) == rows
+    demo_columns = [title for title in results["table"][rows[0]] if title.startswith("Demo")]
+    assert "Demo key Acc" in demo_columns and "Demo tags ROC-AUC" in demo_columns
+    for row in rows:
+        for title in demo_columns:
+            value, (low, high) = results["table"][row][title], results["intervals"][row][title]
+            assert np.isfinite([value, low, high]).all() and low <= high, (row, title)
+            assert low - 1e-6 <= value <= high + 1e-6 or title.endswith("R²"), (row, title)
+        assert results["intervals"][row]["GTZAN Acc"] is None
+    demo = results["tasks"]["demo"]
+    assert demo["baselines"]["log-mel stats"]["dim"] == 2 * 128
+    assert demo["baselines"]["MFCC stats"]["dim"] == 40 and demo["baselines"]["chroma"]["dim"] == 12
+    seed = results["config"]["seed"]
+    for name in [f"demo-random-seed{seed}-full", f"demo-random-seed{seed}-chunks", "demo-features"]:
+        assert (out / "embeddings" / f"{name}.npz").exists()
+    markdown = (out / "results.md").read_text()
+    table = markdown.split("## Not probed")[0]
+    for row in rows:
+        line = next(line for line in table.splitlines() if line.startswith(f"| {row} |"))
+        assert re.search(r"\| -?\d+\.\d \[-?\d+\.\d, -?\d+\.\d\] \|", line), line
+    assert "demo/key (random init (full))" in markdown and "demo/key (chroma)" in markdown
+
+
 def test_probe_of_only_missing_tasks_exits_non_zero(demo_probe, tmp_path):
     run, _, _ = demo_probe
     argv = ["--workdir", str(run.workdir), "--tasks", "gtzan", "--output", str(tmp_path)]
-    assert probe_cli.main([*argv, "--data-dir", str(tmp_path / "nothing"), "--no-progress"]) == 1
+    argv += ["--no-baselines", "--data-dir", str(tmp_path / "nothing"), "--no-progress"]
+    assert probe_cli.main(argv) == 1
     markdown = (tmp_path / "results.md").read_text()
     assert "## Not probed" in markdown and "gtzan: **missing**" in markdown
+    assert json.loads((tmp_path / "results.json").read_text())["baselines"] == []
+
+
+def test_unknown_baseline_is_a_usage_error(demo_probe, tmp_path):
+    run, _, _ = demo_probe
+    argv = ["--workdir", str(run.workdir), "--output", str(tmp_path), "--baselines", "pca"]
+    with pytest.raises(SystemExit) as exit_info:
+        probe_cli.main(argv)
+    assert exit_info.value.code == 2
 
 
 def test_cached_embeddings_are_reused(demo_probe, caplog):
     run, out, first = demo_probe
-    cache = {m: out / "embeddings" / f"demo-step{first['step']}-{m}.npz" for m in first["modes"]}
-    before = {m: path.stat().st_mtime_ns for m, path in cache.items()}
-    assert first["tasks"]["demo"]["modes"]["full"]["cached"] is False
+    cache = [out / "embeddings" / f"demo-step{first['step']}-{m}.npz" for m in first["modes"]]
+    cache += [out / "embeddings" / "demo-features.npz"]
+    cache += (out / "embeddings").glob("demo-random-*.npz")
+    before = {path: path.stat().st_mtime_ns for path in cache}
+    demo = first["tasks"]["demo"]
+    assert demo["modes"]["full"]["cached"] is False
+    assert not any(part["cached"] for part in demo["baselines"].values())
     with caplog.at_level("INFO", logger="myna_rpe_jax.probe"):
-        again = evaluate.run(str(run.workdir), ["demo"], out, progress=False)
-    assert {m: path.stat().st_mtime_ns for m, path in cache.items()} == before
-    assert "reusing cached embeddings" in caplog.text
+        again = evaluate.run(
+            str(run.workdir), ["demo"], out, progress=False, baseline_kinds=evaluate.BASELINES
+        )
+    assert {path: path.stat().st_mtime_ns for path in cache} == before and len(before) == 5
+    assert "reusing cached embeddings" in caplog.text and "random-init encoder" not in caplog.text
     assert all(again["tasks"]["demo"]["modes"][m]["cached"] for m in first["modes"])
+    assert all(part["cached"] for part in again["tasks"]["demo"]["baselines"].values())
+    assert list(again["table"]) == list(first["table"])
     for row, scores in again["table"].items():  # deterministic probes: the same scores
         assert scores == {title: first["table"][row][title] for title in scores}
+        assert again["intervals"][row] == {t: first["intervals"][row][t] for t in scores}
 
 
 def test_learned_table_model_is_probed_on_chunks_only(tiny_config, tmp_path):
@@ -140,9 +194,11 @@ def test_learned_table_model_is_probed_on_chunks_only(tiny_config, tmp_path):
     tiny_config.model.posemb = ("learned",)
     tiny_config.total_steps = 2
     loop.train(tiny_config, str(tmp_path / "run"))
-    results = evaluate.run(str(tmp_path / "run"), ["demo"], tmp_path / "out", progress=False)
+    results = evaluate.run(
+        str(tmp_path / "run"), ["demo"], tmp_path / "out", progress=False, baseline_kinds=["random"]
+    )
     assert results["modes"] == ["chunks"] and "learned" in results["skipped_modes"]["full"]
     assert results["tasks"]["demo"]["status"] == "ok"
-    assert list(results["table"]) == ["learned tiny (chunks)"]
+    assert list(results["table"]) == ["learned tiny (chunks)", "random init (chunks)"]
     argv = ["--workdir", str(tmp_path / "run"), "--tasks", "demo", "--modes", "full"]
     assert probe_cli.main([*argv, "--output", str(tmp_path / "out2"), "--no-progress"]) == 1
