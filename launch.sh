@@ -3,7 +3,7 @@
 #
 #   bash launch.sh                       the whole demo, offline, on CPU: generate + prepare the
 #                                        demo music set, pretrain the tiny model, embed, probe,
-#                                        print the results table (about 5-10 minutes on 2 cores)
+#                                        print the results table (about 4 minutes on 2 cores)
 #   bash launch.sh train CONFIG [FLAGS]  pretrain one config, e.g. configs/alibi2d.py, in
 #                                        runs/<config name> (FLAGS: --config.batch_size=256 ...)
 #   bash launch.sh probe WORKDIR [FLAGS] linear probes of a trained run (FLAGS: --tasks ...)

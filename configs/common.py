@@ -24,9 +24,9 @@ def get_config(posemb: tuple[str, ...] = ("alibi2d",)) -> ml_collections.ConfigD
             # its chunks, not whole tracks (doubles the disk used by the training data).
             frame_store=True,
             chunk_frames=(256,),  # several values = variable-length buckets, one per step
-            # The generated demo set (used when dataset == "demo"): 1440 tracks put 1028 in
-            # the train split (~5/7), enough for a batch of 1024 (tests/test_configs.py).
-            demo_tracks=1440,
+            # The generated demo set (used when dataset == "demo"): 2160 tracks put 1080 in
+            # the train split (1/2), enough for a batch of 1024 (tests/test_configs.py).
+            demo_tracks=2160,
             demo_seconds=8.0,
             demo_seed=0,
             prefetch=2,

@@ -10,11 +10,15 @@ def get_config():
     config = common.get_config(posemb=("alibi2d",))
     config.model.variant = "tiny"
     config.model.patchout_keep = 0.5
-    config.data.update(demo_tracks=96, demo_seconds=12.0, read_threads=2)
+    # 576 tracks: 288 train, 96 valid, 192 test, 8 test tracks per key and 32 per genre, so
+    # a 95% interval on the demo's key and genre accuracy is under +-10 points (even at 50%).
+    config.data.update(demo_tracks=576, demo_seconds=6.0, read_threads=2)
     config.batch_size = 32
     config.optim.learning_rate = 1e-3
     config.optim.warmup_fraction = 0.1
-    config.total_steps = 200
+    # 1000 steps (~2 min on 2 cores): after 200 the demo's probes could not tell the encoder
+    # from its random initialisation; after 1000 its key accuracy is ~13 points above it.
+    config.total_steps = 1000
     config.log_every = 10
-    config.checkpoint_every = 50
+    config.checkpoint_every = 250
     return config

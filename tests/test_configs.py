@@ -2,9 +2,11 @@
 
 import collections
 import importlib
+import math
 import pkgutil
 
 import pytest
+import scipy.stats
 
 import configs
 from myna_rpe_jax.data.demo import music
@@ -30,6 +32,28 @@ def test_config_builds_its_encoder_and_fits_its_batch_in_the_demo_train_split(na
     )
     # A batch never holds a track twice, so the train split must hold a whole batch.
     assert splits["train"] >= config.batch_size, (name, dict(splits), config.batch_size)
+
+
+def test_the_default_demo_has_enough_test_tracks_to_read_key_and_genre_accuracy():
+    """bash launch.sh probes configs/tiny.py's demo set: >= 8 test tracks of every key, and a
+    95% interval on key or genre accuracy narrower than +-10 points even at 50%."""
+    from configs import tiny
+
+    data = tiny.get_config().data
+    specs = [music.track_spec(i, data.demo_seed) for i in range(data.demo_tracks)]
+    test = [spec for spec in specs if spec.split == "test"]
+    per_key = collections.Counter(spec.key for spec in test)
+    assert min(per_key[k] for k in range(24)) >= 8, per_key
+    per_genre = collections.Counter(spec.genre for spec in test)
+    assert set(per_genre) == set(music.DEMO_GENRES) and min(per_genre.values()) >= 8
+    for split in ("train", "valid"):  # the key probe is fit on train, tuned on valid
+        assert {spec.key for spec in specs if spec.split == split} == set(range(24)), split
+    n = len(test)  # key and genre are both scored on every test track
+    normal_half_width = 1.96 * math.sqrt(0.5 * 0.5 / n)
+    wilson = scipy.stats.binomtest(n // 2, n).proportion_ci(0.95, method="wilson")
+    exact = scipy.stats.binomtest(n // 2, n).proportion_ci(0.95, method="exact")
+    assert normal_half_width < 0.10, n
+    assert (wilson.high - wilson.low) / 2 < 0.10 and (exact.high - exact.low) / 2 < 0.10, n
 
 
 @pytest.mark.parametrize("name", CONFIGS)

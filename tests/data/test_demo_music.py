@@ -81,11 +81,33 @@ def test_splits_by_artist_with_every_genre_and_tag():
         split_of_artist[spec.artist].add(spec.split)
     assert all(len(splits) == 1 for splits in split_of_artist.values())
     counts = collections.Counter(spec.split for spec in specs)
-    assert counts["train"] / 168 == pytest.approx(0.7, abs=0.05)
-    assert counts["valid"] / 168 == pytest.approx(0.15, abs=0.05)
+    assert counts["train"] / 168 == pytest.approx(1 / 2, abs=0.05)
+    assert counts["valid"] / 168 == pytest.approx(1 / 6, abs=0.05)
     for split in ("train", "valid", "test"):
         tags = {tag for spec in specs if spec.split == split for tag in spec.tags}
         assert tags == set(music.DEMO_TAGS), split
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_splits_are_stratified_by_key_and_genre(seed):
+    """Every 576 tracks hold 12 train, 4 valid, 8 test tracks of each key (48/16/32 of each
+    genre), whatever the seed: the demo's test scores rest on every class alike."""
+    specs = [music.track_spec(i, seed) for i in range(2 * 576)]
+    for part in (specs[:576], specs[576:]):
+        by_key = collections.Counter((spec.key, spec.split) for spec in part)
+        by_genre = collections.Counter((spec.genre, spec.split) for spec in part)
+        for split, per_key in (("train", 12), ("valid", 4), ("test", 8)):
+            assert [by_key[k, split] for k in range(24)] == [per_key] * 24, split
+            assert {by_genre[g, split] for g in music.DEMO_GENRES} == {24 * per_key // 6}
+    assert [s.split for s in specs] == [music.track_spec(i, seed + 1).split for i in range(1152)]
+
+
+def test_every_split_holds_every_genre_and_tag_from_72_tracks():
+    for seed in (0, 1, 2):
+        specs = [music.track_spec(i, seed) for i in range(72)]
+        for split in ("train", "valid", "test"):
+            tags = {tag for spec in specs if spec.split == split for tag in spec.tags}
+            assert tags == set(music.DEMO_TAGS), (seed, split)
 
 
 def test_written_splits_keep_artists_together(demo):

@@ -9,7 +9,9 @@ brightness, note density, drum level relative to the music, mode) plus a little 
 
 Track i depends only on (seed, i): generating 10 or 100 tracks gives the same first 10.
 Tracks i = 12h + g and 12h + g + 6 form artist 6h + g (genre g); artists, not tracks, are
-split train/valid/test (~70/15/15), so no artist appears in two splits.
+split train/valid/test (1/2, 1/6, 1/3), so no artist appears in two splits. The split is
+stratified: every 576 tracks hold, for each of the 24 keys, 12 train, 4 valid and 8 test
+tracks, and for each genre 48, 16 and 32, so the probes' test scores can be read.
 
 This module holds the labels and the music (genres, rhythms, keys, the notes of each track,
 the metadata CSV); the sounds that play the notes (instruments, drums) are in `synth`.
@@ -45,9 +47,11 @@ METADATA_COLUMNS = (
     "valence",
     "tags",
 )
-# Split of artist (h, g) is _SPLIT_CYCLE[(h + 3 g) % 7]: every 7 artists of a genre hold
-# 5 train, 1 valid, 1 test, and consecutive artists land in different splits.
-_SPLIT_CYCLE = ("train", "train", "valid", "train", "train", "test", "train")
+# Split of artist (h, g) is _SPLIT_CYCLE[(h + g) % 6]: every 6 artists of a genre hold 3
+# train, 1 valid, 2 test. In block b (half-blocks 2b and 2b + 1) key k is played by genre
+# (k - b) % 6, so over 24 blocks (576 tracks) each key meets every cycle position equally
+# often: 12 train, 4 valid, 8 test tracks per key (tests/data/test_demo_music.py).
+_SPLIT_CYCLE = ("train", "test", "train", "test", "train", "valid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +185,7 @@ def _layout(index: int) -> tuple[int, int, int, str]:
     block, pos = divmod(index, 24)
     genre = index % 6
     half_block = index // 12
-    split = _SPLIT_CYCLE[(half_block + 3 * genre) % 7]
+    split = _SPLIT_CYCLE[(half_block + genre) % len(_SPLIT_CYCLE)]
     return genre, (pos + block) % 24, 6 * half_block + genre, split
 
 
