@@ -9,15 +9,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# librosa's numba functions cache their machine code beside librosa's sources; two xdist
-# workers compiling one function at once on a fresh install left a cache entry that segfaults
-# every later process. One cache folder per worker avoids the race.
-os.environ.setdefault(
-    "NUMBA_CACHE_DIR",
-    os.path.join(
-        tempfile.gettempdir(), f"myna-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
-    ),
-)
+# librosa's numba functions cache their machine code beside librosa's sources (or in
+# NUMBA_CACHE_DIR). Two test processes compiling one function into one cache at once left an
+# entry that segfaults every later process; a fresh folder per test process avoids the race.
+# (xdist sets PYTEST_XDIST_WORKER only after this file runs, so it cannot name the folder.)
+os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="myna-numba-")
 
 from pathlib import Path  # noqa: E402
 

@@ -69,7 +69,7 @@ def test_cli_builds_demo_and_reads_it_back(tmp_path, capsys):
     argv = ["--dataset", "demo", "--source", str(source), "--data-dir", str(data_dir)]
     assert build.main([*argv, "--workers", "2", "--no-progress", *MEL_FLAGS]) == 0
     out = capsys.readouterr().out
-    assert "tracks prepared: 8 (train 6, valid 1, test 1)" in out and "skipped:  0" in out
+    assert "tracks prepared: 8 (train 4, valid 1, test 3)" in out and "skipped:  0" in out
 
     assert available_splits("demo", data_dir) == ["train", "valid", "test"]
     seen = set()
@@ -138,7 +138,7 @@ def test_missing_annotated_files_are_listed(tmp_path):
     [row] = read_tsv(summary.skipped_tsv)
     assert row["path"] == "audio/demo00001.wav" and row["reason"].startswith("missing")
     ids = {
-        e["track_id"] for s in ("train", "valid") for e in open_split("demo", tmp_path / "data", s)
+        e["track_id"] for s in ("train", "test") for e in open_split("demo", tmp_path / "data", s)
     }
     assert ids == {"demo00000", "demo00002", "demo00003"}
 
