@@ -1,6 +1,7 @@
 """The package layout: one folder per stage, imports only downwards, small folders and files."""
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ MAX_MODULES = 8
 MAX_LINES = 420  # "about 400"
 
 
+@functools.cache
 def modules() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of the package."""
+    """Dotted module name -> file, for every module of the package (read once)."""
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -24,7 +26,8 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def imports_of(path: Path) -> set[str]:
+@functools.cache
+def imports_of(path: Path) -> frozenset[str]:
     """The myna_rpe_jax modules `path` imports (anywhere in the file, lazy imports too)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -33,8 +36,7 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    known = modules()
-    return {name for name in names if name in known}
+    return frozenset(name for name in names if name in modules())
 
 
 def stage(module: str) -> int:
