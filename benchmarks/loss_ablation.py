@@ -52,7 +52,8 @@ def variant_config(variant: str, seed: int, args: argparse.Namespace) -> ml_coll
     """configs/tiny.py with the variant's loss terms and the run's settings."""
     name, kmeans, hull = VARIANTS[variant]
     config = tiny.get_config()
-    config.seed = seed
+    config.seed, config.eval_every = seed, 0  # probed once at the end, below
+
     config.loss.update(
         name=name,
         kmeans_weight=args.kmeans_weight if kmeans else 0.0,

@@ -78,6 +78,16 @@ def get_config(posemb: tuple[str, ...] = ("alibi2d",)) -> ml_collections.ConfigD
     config.batch_size = 1024  # global, across all devices and processes
     config.epochs = 512
     config.total_steps = 0  # > 0 overrides epochs
+    # Linear probes during pretraining (train/evals.py): at step 0, every eval_every steps
+    # (0: never) and at the end, on the labelled splits of evals.datasets, e.g. ("gtzan",).
+    config.eval_every = 0
+    config.evals = ml_collections.ConfigDict(
+        dict(
+            datasets=(),  # any of demo, gtzan, giantsteps_key, emomusic, mtg_jamendo
+            modes=("full",),  # and/or "chunks", "patchout" (probe --modes)
+            data_dir="",  # where they are prepared; "" = the training data root / demo set
+        )
+    )
     config.log_every = 50
     config.checkpoint_every = 500
     config.keep_checkpoints = 3

@@ -19,6 +19,10 @@ def get_config():
     # 1000 steps (~2 min on 2 cores): after 200 the demo's probes could not tell the encoder
     # from its random initialisation; after 1000 its key accuracy is ~13 points above it.
     config.total_steps = 1000
+    # Probes of the demo's tasks at steps 0 (the random-init row), 500 and 1000: evals.jsonl
+    # and TensorBoard's eval/demo/full/...; ~4 s each after the first (~15 s, compiling).
+    config.eval_every = 500
+    config.evals.datasets = ("demo",)
     config.log_every = 10
     config.checkpoint_every = 250
     return config

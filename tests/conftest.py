@@ -59,4 +59,5 @@ def tiny_config(demo_root):
     config.total_steps = 6
     config.log_every = 1
     config.checkpoint_every = 3
+    config.eval_every = 0  # tests/train/test_evals.py turns the probes on
     return config

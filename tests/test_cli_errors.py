@@ -38,7 +38,11 @@ def assert_error(proc, status: int, *phrases: str) -> None:
 def train(tmp_path, *overrides: str, config: str = "configs/tiny.py", env=None):
     workdir = f"--workdir={tmp_path / 'run'}"
     cache = {"MYNA_RPE_CACHE": str(tmp_path / "cache"), **(env or {})}
-    return run_cli("myna_rpe_jax.train", f"--config={config}", workdir, *overrides, env=cache)
+    # No probes during these runs (configs/tiny.py has them): they test the errors.
+    probes = ["--config.eval_every=0"] if config == "configs/tiny.py" else []
+    return run_cli(
+        "myna_rpe_jax.train", f"--config={config}", workdir, *probes, *overrides, env=cache
+    )
 
 
 def test_misspelled_config_field_is_named_with_the_likely_one(tmp_path):

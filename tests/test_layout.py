@@ -8,7 +8,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "myna_rpe_jax"
 # The pipeline, lowest first: a stage may import its own folder and the ones before it.
-STAGES = ("data", "model", "objectives", "train", "embed", "probe", "playlist", "spotify")
+STAGES = (
+    "data", "model", "objectives", "run", "embed", "probe", "train", "playlist", "spotify"
+)  # fmt: skip
 # Training-only machinery that inference (embedding, probing) must not pull in.
 TRAINING_DATA = ("myna_rpe_jax.train.sources", "myna_rpe_jax.train.frame_store",
                  "myna_rpe_jax.train.pairs")  # fmt: skip

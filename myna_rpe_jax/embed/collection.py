@@ -30,7 +30,7 @@ from myna_rpe_jax.embed.embedder import (
     Embedder,
 )
 from myna_rpe_jax.embed.file import Embeddings
-from myna_rpe_jax.train.checkpoints import describe_differences, mel_differences
+from myna_rpe_jax.run.checkpoints import describe_differences, mel_differences
 
 log = logging.getLogger("myna_rpe_jax.embed")
 

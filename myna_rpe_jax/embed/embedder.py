@@ -1,10 +1,12 @@
 """A frozen encoder that embeds spectrograms of any length: whole tracks or Myna's chunks.
 
 `full` feeds each track at its full length: the relative positional schemes extrapolate past
-the training chunk length. `chunks` cuts a track into non-overlapping chunks of the training
-length and averages their embeddings, as Myna does (the rule for the tail and for short
-tracks: `data.chunks`). Audio is turned into mels with the settings the run recorded
-(WORKDIR/features.json, `checkpoints.read_features`).
+the training chunk length. `patchout` is `full` as training sees a chunk: the mean CLS of
+`patchout_passes` passes over the whole track, each keeping a random `patchout_keep` of its
+patches (inference-time patchout; a fixed key, so the result is reproducible). `chunks`
+cuts a track into non-overlapping chunks of the training length and averages their
+embeddings, as Myna does (the rule for the tail and for short tracks: `data.chunks`). Audio is
+turned into mels with the settings the run recorded (WORKDIR/features.json, `read_features`).
 
 Each track is cropped to whole 16-frame patch columns (patchify drops the rest anyway), then
 padded up to a length bucket: its column count rounded up to a multiple of the largest power of
@@ -21,6 +23,7 @@ repeats).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -35,11 +39,14 @@ from myna_rpe_jax import distributed
 from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.data.chunks import chunk_mel, crop_to_patches
 from myna_rpe_jax.model import positional, vit
-from myna_rpe_jax.train import checkpoints
+from myna_rpe_jax.run import checkpoints
 
 log = logging.getLogger("myna_rpe_jax.embedding")
 
-MODES = ("full", "chunks")
+MODES = ("full", "chunks", "patchout")
+DEFAULT_MODES = ("full", "chunks")
+# Masked passes averaged in `patchout` mode.
+DEFAULT_PATCHOUT_PASSES = 8
 # Tokens (batch x tokens per track) per device and forward pass. Dense attention holds
 # batch x heads x N^2 scores for N <= 1024 tokens: ~0.8 GB for ViT-S at this budget.
 DEFAULT_MAX_TOKENS = 32768
@@ -106,6 +113,7 @@ class Embedder:
         mel_source: str = "MelConfig defaults",
         max_padding: float = DEFAULT_MAX_PADDING,
         devices: Sequence[jax.Device] | None = None,
+        patchout_passes: int = DEFAULT_PATCHOUT_PASSES,
     ):
         if not 0.0 <= max_padding < 1.0:
             raise ValueError(f"max_padding must be in [0, 1), got {max_padding}")
@@ -114,7 +122,8 @@ class Embedder:
         self.devices = list(devices or jax.local_devices())
         mesh = distributed.data_mesh(self.devices)
         self._batch_sharding = distributed.batch_sharded(mesh)
-        self.params = jax.device_put(params, distributed.replicated(mesh))
+        self.params_sharding = distributed.replicated(mesh)
+        self.params = jax.device_put(params, self.params_sharding)
         self.chunk_frames, self.max_tokens = chunk_frames, max_tokens
         self.mel_config, self.mel_source = mel_config or MelConfig(), mel_source
         self.max_padding = max_padding
@@ -125,13 +134,22 @@ class Embedder:
                 {"params": p}, spec, train=False, lengths=lengths
             )[0]
         )
+        self.patchout_passes = patchout_passes
+        self._apply_patchout = jax.jit(functools.partial(patchout_mean, encoder, patchout_passes))
+
+    def set_params(self, params: Any) -> None:
+        """Embeds with `params` from now on (same shapes: nothing recompiles)."""
+        self.params = jax.device_put(params, self.params_sharding)
 
     def _tokens_per_frame(self) -> float:
         return (self.encoder.n_mels // self.encoder.patch_size) / self.encoder.patch_size
 
-    def forward(self, specs: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+    def forward(
+        self, specs: np.ndarray, lengths: np.ndarray | None = None, patchout: bool = False
+    ) -> np.ndarray:
         """CLS embeddings [B, D] float32 of one batch specs [B, n_mels, frames], each example
-        cut to its lengths[b] frames (default: all of them). B: a multiple of the devices."""
+        cut to its lengths[b] frames (default: all of them). B: a multiple of the devices.
+        patchout: the mean over `patchout_passes` masked passes (`patchout_mean`)."""
         if len(specs) % len(self.devices):
             raise ValueError(
                 f"a batch of {len(specs)} does not split over {len(self.devices)} devices"
@@ -142,7 +160,10 @@ class Embedder:
         shard = lambda a: jax.device_put(a, self._batch_sharding)
         if lengths is not None:
             lengths = shard(np.asarray(lengths, np.int32))
-        out = self._apply(self.params, shard(specs), lengths)
+        if patchout:
+            out = self._apply_patchout(self.params, shard(specs), lengths, jax.random.key(0))
+        else:
+            out = self._apply(self.params, shard(specs), lengths)
         return np.asarray(out, dtype=np.float32)
 
     def bucket(self, frames: int) -> int:
@@ -155,7 +176,10 @@ class Embedder:
         return padded
 
     def _bucketed_batches(
-        self, specs: Sequence[np.ndarray], on_batch: Callable[[list[int]], None]
+        self,
+        specs: Sequence[np.ndarray],
+        on_batch: Callable[[list[int]], None],
+        patchout: bool = False,
     ) -> np.ndarray:
         """Embeds specs (each [F, T_i]) -> [N, D]."""
         # Frames past the last whole patch column are dropped by patchify anyway.
@@ -179,7 +203,9 @@ class Embedder:
                 # max_padding 0 pads nothing and runs unmasked (on GPU, models without ALiBi
                 # can then use the fused cuDNN kernel).
                 lengths = [specs[i].shape[1] for i in rows] if self.max_padding else None
-                for i, row in zip(chosen, self.forward(batch, lengths)[:real], strict=True):
+                for i, row in zip(
+                    chosen, self.forward(batch, lengths, patchout)[:real], strict=True
+                ):
                     out[i] = row
                 on_batch(chosen)
         return np.stack(out)
@@ -192,8 +218,9 @@ class Embedder:
     ) -> np.ndarray:
         """Embeddings [N, D] float32 of N mels [n_mels, T_i] (float16 dB, any lengths).
 
-        full: each track whole (cropped to whole patches). chunks: the mean over the track's
-        `chunk_mel` chunks. on_done(k) is called as each batch completes k more tracks.
+        full: each track whole (cropped to whole patches). patchout: the mean of masked passes
+        over the whole track. chunks: the mean over the track's `chunk_mel` chunks.
+        on_done(k) is called as each batch completes k more tracks.
         """
         if not mels:
             raise ValueError("no spectrograms to embed")
@@ -209,8 +236,9 @@ class Embedder:
                     f" ({self.encoder.patch_size} frames)"
                 )
         report = on_done or (lambda k: None)
-        if mode == "full":
-            return self._bucketed_batches(mels, lambda chosen: report(len(chosen)))
+        if mode in ("full", "patchout"):
+            done = lambda chosen: report(len(chosen))
+            return self._bucketed_batches(mels, done, patchout=mode == "patchout")
         if mode != "chunks":
             raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
         per_track = [chunk_mel(mel, self.chunk_frames) for mel in mels]
@@ -229,15 +257,42 @@ class Embedder:
         return np.stack([part.mean(axis=0) for part in np.split(embedded, ends[:-1])])
 
 
+def patchout_mean(
+    encoder: vit.Encoder,
+    passes: int,
+    params: Any,
+    spec: jax.Array,
+    lengths: jax.Array | None,
+    rng: jax.Array,
+) -> jax.Array:
+    """The mean CLS [B, D] of `passes` patchout passes (the training-time masking, at the
+    encoder's patchout_keep) over spec [B, F, T], pass i with the key fold_in(rng, i)."""
+
+    def one_pass(i):
+        key = jax.random.fold_in(rng, i)
+        cls, _ = encoder.apply(
+            {"params": params}, spec, train=True, lengths=lengths, rngs={"patchout": key}
+        )
+        return cls
+
+    return jax.lax.map(one_pass, jnp.arange(passes)).mean(axis=0)
+
+
 def load_embedder(
     workdir: str | Path,
     step: int | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     max_padding: float = DEFAULT_MAX_PADDING,
+    length_scaling: bool | None = None,
 ) -> tuple[Embedder, ml_collections.ConfigDict, int]:
     """The Embedder of a training workdir's checkpoint (latest if step is None), its config,
-    and the step loaded. Its mel_config is the run's recorded features (`read_features`)."""
+    and the step loaded. Its mel_config is the run's recorded features (`read_features`).
+    length_scaling, when given, replaces the run's config.model.length_scaling (in the
+    returned config too)."""
     config = checkpoints.read_config(workdir)
+    if length_scaling is not None:
+        with config.unlocked():
+            config.model.length_scaling = bool(length_scaling)
     mel_config, mel_source = checkpoints.read_features(workdir)
     params, step = checkpoints.load_params(workdir, step)
     encoder = vit.encoder_from_config(config.model)

@@ -85,8 +85,12 @@ class SelfAttention(nn.Module):
         rope_coords: jax.Array | None,
         is_patch: jax.Array,
         key_mask: jax.Array | None = None,
+        logit_scale: jax.Array | None = None,
     ) -> jax.Array:
-        """x [B, N, D]; rope_coords [B, N, 2] or None; is_patch, key_mask [B, N] -> [B, N, D]."""
+        """x [B, N, D]; rope_coords [B, N, 2] or None; is_patch, key_mask [B, N] -> [B, N, D].
+
+        logit_scale [B] (optional) multiplies each example's attention logits q.k / sqrt(Dh),
+        not its ALiBi bias (`length_scale`)."""
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -101,6 +105,8 @@ class SelfAttention(nn.Module):
                 t.swapaxes(1, 2), rope_coords[:, None], self.rope_theta, is_patch[:, None]
             ).swapaxes(1, 2)
             q, k = rotate(q), rotate(k)
+        if logit_scale is not None:  # scaling q scales q.k in every attention implementation
+            q = q * logit_scale[:, None, None, None].astype(q.dtype)
         out = attention.attention(
             q,
             k,
@@ -122,11 +128,11 @@ class EncoderBlock(nn.Module):
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
 
     @nn.compact
-    def __call__(self, x, bias, rope_coords, is_patch, key_mask=None):
+    def __call__(self, x, bias, rope_coords, is_patch, key_mask=None, logit_scale=None):
         y = nn.LayerNorm(dtype=self.dtype)(x)
         x = x + SelfAttention(
             self.num_heads, self.rope_theta, self.dtype, self.block_size, self.blockwise_threshold
-        )(y, bias, rope_coords, is_patch, key_mask)
+        )(y, bias, rope_coords, is_patch, key_mask, logit_scale)
         y = nn.LayerNorm(dtype=self.dtype)(x)
         return x + MlpBlock(self.mlp_dim, self.dtype)(y)
 
@@ -137,6 +143,9 @@ class Encoder(nn.Module):
     lengths [B] (optional) gives each example's real frame count when a batch of tracks was
     padded to one length: patches past it are no attention key for any token, so the CLS
     output is that of the unpadded track (up to float rounding) for every positional scheme.
+    With `length_scaling`, attention over more tokens than a training chunk keeps after
+    patchout (`train_tokens`) has its logits scaled by log N / log N_train (`length_scale`), so
+    attention is as peaked over a whole track as over a training chunk; training is unchanged.
     aux holds "tokens" [B, N', D] (the patch tokens' outputs, padding included), "coords"
     [B, N', 2] (the coordinates of the tokens that were kept) and, with lengths, "valid"
     [B, N'] (which tokens are real).
@@ -153,6 +162,7 @@ class Encoder(nn.Module):
     max_time_patches: int = 16
     alibi_metric: str = "manhattan"
     alibi_tile_skip: bool = False  # blockwise attention skips tiles ALiBi makes exactly 0
+    length_scaling: bool = False  # logits x log N / log N_train past the training token count
     rope_theta: float = 100.0
     dtype: Any = jnp.float32
     # Attention over more tokens than this (a whole track) runs blockwise, in linear memory.
@@ -208,6 +218,10 @@ class Encoder(nn.Module):
 
         bias = self._alibi(all_coords, is_patch)
         rope_coords = all_coords if "rope" in self.posemb else None
+        logit_scale = None
+        if self.length_scaling:
+            real = x.shape[1] if key_mask is None else key_mask.sum(axis=1)
+            logit_scale = length_scale(jnp.broadcast_to(real, (batch,)), self.train_tokens(grid[0]))
         for i in range(self.depth):
             x = EncoderBlock(
                 self.num_heads,
@@ -217,9 +231,20 @@ class Encoder(nn.Module):
                 self.attention_block_size,
                 self.blockwise_threshold,
                 name=f"block_{i}",
-            )(x, bias, rope_coords, is_patch, key_mask)
+            )(x, bias, rope_coords, is_patch, key_mask, logit_scale)
         x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
         return x[:, 0].astype(jnp.float32), {"tokens": x[:, 1:], **aux}
+
+    def train_tokens(self, freq_patches: int) -> int:
+        """Tokens attended over in training: the patches a patchout of the longest training
+        chunk keeps, plus CLS."""
+        grid_tokens = freq_patches * self.max_time_patches
+        keep = (
+            patching.num_kept(grid_tokens, self.patchout_keep)
+            if self.patchout_keep < 1
+            else grid_tokens
+        )
+        return keep + 1
 
     def _alibi(self, coords: jax.Array, is_patch: jax.Array) -> positional.AlibiBias | None:
         if "alibi2d" in self.posemb:
@@ -231,6 +256,14 @@ class Encoder(nn.Module):
         slopes = jnp.asarray(positional.alibi_slopes(self.num_heads))
         spatial = spatial.astype(jnp.float32)
         return positional.AlibiBias(spatial, is_patch, slopes, metric, self.alibi_tile_skip)
+
+
+def length_scale(num_tokens: jax.Array, train_tokens: int) -> jax.Array:
+    """max(1, log N / log N_train) for token counts N [B] -> [B] float32: the logit scale that
+    keeps the entropy of attention over N tokens near what it was over N_train in training
+    (log-length scaling, e.g. Chiang & Cholak 2022); 1 up to the training count."""
+    ratio = jnp.log(num_tokens.astype(jnp.float32)) / jnp.log(float(max(train_tokens, 2)))
+    return jnp.maximum(ratio, 1.0)
 
 
 def parse_variant(variant: str) -> tuple[dict, int]:
@@ -252,8 +285,9 @@ def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
     Fields: variant ("tiny", "S/16", "B/16"); optional width / depth / num_heads / mlp_dim
     overriding the variant; posemb (tuple of scheme names); patchout_keep (fraction kept in
     training); n_mels; max_time_patches (the learned table's length); alibi_metric; alibi_tile_skip;
-    rope_theta; dtype ("float32" or "bfloat16" compute); attention_block_size and
-    blockwise_threshold (attention over more tokens than the threshold runs blockwise).
+    length_scaling (log-length logit scaling past the training token count); rope_theta; dtype
+    ("float32" or "bfloat16" compute); attention_block_size and blockwise_threshold (attention
+    over more tokens than the threshold runs blockwise).
     """
     cfg = (
         model_cfg.to_dict() if isinstance(model_cfg, ml_collections.ConfigDict) else dict(model_cfg)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from myna_rpe_jax import errors
 from myna_rpe_jax.embed.collection import add_embedder_flags, console_logging
-from myna_rpe_jax.embed.embedder import MODES
+from myna_rpe_jax.embed.embedder import DEFAULT_MODES, MODES
 from myna_rpe_jax.probe.evaluate import BASELINES, BENCHMARKS, PROBE_DATASETS, run
 from myna_rpe_jax.probe.report import not_probed
 
@@ -42,7 +42,19 @@ def _parser() -> argparse.ArgumentParser:
         " run's demo set)",
     )
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: full, chunks")
+    parser.add_argument(
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help="comma-separated: full (whole tracks, one pass), chunks (Myna's chunk average),"
+        " patchout (mean of masked passes over the whole track)",
+    )
+    parser.add_argument(
+        "--length-scaling",
+        choices=("on", "off"),
+        default=None,
+        help="log-length attention scaling past the training token count (default: the run's"
+        " config.model.length_scaling)",
+    )
     parser.add_argument(
         "--baselines",
         default=",".join(BASELINES),
@@ -79,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             max_padding=args.max_padding,
             baseline_kinds=kinds,
+            length_scaling=None if args.length_scaling is None else args.length_scaling == "on",
         )
     except (FileNotFoundError, ValueError) as err:  # no workdir / checkpoint, unknown task
         if errors.debug():

@@ -42,6 +42,7 @@ BENCHMARKS = ("gtzan", "giantsteps_key", "emomusic", "mtg_jamendo")
 PROBE_DATASETS = (*BENCHMARKS, "demo")
 BASELINES = ("random", "features")
 SPLITS = ("train", "valid", "test")
+WHOLE_TRACK_MODES = ("full", "patchout")  # need a scheme that extrapolates
 
 
 def build_command(name: str, data_dir: Path) -> str:
@@ -111,6 +112,19 @@ def _data_meta(embedder, name: str, data_dir: Path) -> dict:
     }
 
 
+def mode_meta(embedder: embedder_lib.Embedder, mode: str) -> dict:
+    """What besides the checkpoint decides an embedding set: the mode and its settings."""
+    meta = {"mode": mode, "length_scaling": bool(embedder.encoder.length_scaling)}
+    if mode == "patchout":
+        meta["patchout_passes"] = embedder.patchout_passes
+    return meta
+
+
+def mode_tag(embedder: embedder_lib.Embedder, mode: str) -> str:
+    """The mode as cache file names spell it: "-ls" marks length scaling."""
+    return mode + ("-ls" if embedder.encoder.length_scaling else "")
+
+
 def cached_embeddings(
     embedder: embedder_lib.Embedder,
     run: dict,
@@ -122,12 +136,13 @@ def cached_embeddings(
 ) -> tuple[Embeddings, bool, Path]:
     """The embeddings of every split of `name` in `mode`: from OUT's cache when it holds those
     of this checkpoint and data, else computed and cached. Returns (embeddings, reused, path)."""
-    path = out_dir / "embeddings" / f"{name}-step{run['step']}-{mode}.npz"
-    expected = {"workdir": run["workdir"], "step": run["step"], "mode": mode}
+    path = out_dir / "embeddings" / f"{name}-step{run['step']}-{mode_tag(embedder, mode)}.npz"
+    expected = {"workdir": run["workdir"], "step": run["step"], **mode_meta(embedder, mode)}
 
     def compute() -> Embeddings:
         result = dataset_embeddings(embedder, name, data_dir, mode, SPLITS, progress=progress)
         result.meta.update(run_meta(run["workdir"], run["step"], mode, run["config"], embedder))
+        result.meta.update(mode_meta(embedder, mode))
         return result
 
     result, reused = cached(path, {**expected, **_data_meta(embedder, name, data_dir)}, compute)
@@ -146,11 +161,12 @@ def random_init_embeddings(
     """As `cached_embeddings`, for the run's architecture at its initial parameters
     (`baselines.random_init_embedder`: `run["random_embedder"]`, made on first use)."""
     config = run["config"]
-    path = out_dir / "embeddings" / f"{name}-random-seed{config.seed}-{mode}.npz"
+    tag = mode_tag(embedder, mode)
+    path = out_dir / "embeddings" / f"{name}-random-seed{config.seed}-{tag}.npz"
     expected = {
         "baseline": baselines.RANDOM_INIT,
         "seed": config.seed,
-        "mode": mode,
+        **mode_meta(embedder, mode),
         "model": json.loads(config.model.to_json_best_effort()),
         **_data_meta(embedder, name, data_dir),
     }
@@ -208,10 +224,15 @@ def score_intervals(probe: dict) -> dict[str, list[float] | None]:
 
 
 def probe_embeddings(
-    name: str, result: Embeddings, label: str, columns: tuple[int, int] | None = None
+    name: str,
+    result: Embeddings,
+    label: str,
+    columns: tuple[int, int] | None = None,
+    intervals: bool = True,
 ) -> dict[str, dict]:
     """Every task of dataset `name` probed on one embedding set (its `columns` [start, stop)
-    only, when given) -> task -> result, with bootstrap intervals. label names it in the log."""
+    only, when given) -> task -> result, with bootstrap intervals (unless `intervals` is
+    False: then "intervals" is {}). label names it in the log."""
     split = np.asarray(result.split)
     embeddings = result.embeddings if columns is None else result.embeddings[:, slice(*columns)]
     features = standardize({s: embeddings[split == s] for s in SPLITS})
@@ -221,7 +242,8 @@ def probe_embeddings(
         data = {s: (features[s], labels[split == s]) for s in SPLITS}
         try:
             probe = run_probe(spec, data)
-            probes[task] = {"status": "ok", **probe, "intervals": score_intervals(probe)}
+            found = score_intervals(probe) if intervals else {}
+            probes[task] = {"status": "ok", **probe, "intervals": found}
         except ValueError as err:  # e.g. no tag with both positives and negatives in valid
             log.warning("%s/%s: probe failed: %s", name, task, err)
             probes[task] = {"status": "failed", "reason": str(err)}
@@ -256,6 +278,7 @@ def probe_dataset(
     out_dir: Path,
     progress: bool,
     baseline_kinds: Sequence[str] = (),
+    intervals: bool = True,
 ) -> dict:
     """Results of dataset `name` in every mode (entry["modes"]) and of the asked baselines
     (entry["baselines"]: row label -> the same record), or its "missing" record."""
@@ -267,16 +290,17 @@ def probe_dataset(
     entry = {"status": "ok", "data_dir": str(data_dir.absolute()), "modes": {}, "baselines": {}}
     for mode in modes:
         got = cached_embeddings(embedder, run, name, data_dir, mode, out_dir, progress)
-        entry["modes"][mode] = _part(*got, probe_embeddings(name, got[0], mode))
+        entry["modes"][mode] = _part(*got, probe_embeddings(name, got[0], mode, None, intervals))
     if "random" in baseline_kinds:
         for mode in modes:
             got = random_init_embeddings(embedder, run, name, data_dir, mode, out_dir, progress)
             label = f"{baselines.RANDOM_INIT} ({mode})"
-            entry["baselines"][label] = _part(*got, probe_embeddings(name, got[0], label))
+            probes = probe_embeddings(name, got[0], label, None, intervals)
+            entry["baselines"][label] = _part(*got, probes)
     if "features" in baseline_kinds:
         got = feature_embeddings(embedder, name, data_dir, out_dir, progress)
         for label, columns in got[0].meta["feature_slices"].items():
-            probes = probe_embeddings(name, got[0], label, tuple(columns))
+            probes = probe_embeddings(name, got[0], label, tuple(columns), intervals)
             entry["baselines"][label] = {**_part(*got, probes), "dim": columns[1] - columns[0]}
     return entry
 
@@ -293,17 +317,21 @@ def run(
     out_dir: str | Path,
     data_dir: str | None = None,
     step: int | None = None,
-    modes=embedder_lib.MODES,
+    modes=embedder_lib.DEFAULT_MODES,
     max_tokens: int = embedder_lib.DEFAULT_MAX_TOKENS,
     progress: bool = True,
     max_padding: float = embedder_lib.DEFAULT_MAX_PADDING,
     baseline_kinds: Sequence[str] = (),
+    length_scaling: bool | None = None,
+    intervals: bool = True,
 ) -> dict:
     """Probes checkpoint `step` (latest if None) of `workdir` on `tasks`; writes the reports
     to out_dir and returns the results dict (the content of results.json).
 
     baseline_kinds: any of BASELINES: "random" adds the random-init rows (one more embedding
-    pass per mode), "features" the hand-made feature rows (`baselines`).
+    pass per mode), "features" the hand-made feature rows (`baselines`). length_scaling, when
+    given, replaces the run's config.model.length_scaling. intervals=False skips the bootstrap
+    (studies that train many runs report the spread over seeds instead).
     """
     unknown_kinds = [kind for kind in baseline_kinds if kind not in BASELINES]
     if unknown_kinds:
@@ -313,17 +341,21 @@ def run(
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(PROBE_DATASETS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    embedder, config, step = embedder_lib.load_embedder(workdir, step, max_tokens, max_padding)
+    embedder, config, step = embedder_lib.load_embedder(
+        workdir, step, max_tokens, max_padding, length_scaling
+    )
     skipped_modes = {}
-    if "full" in modes and not positional.extrapolates(config.model.posemb):
-        skipped_modes["full"] = (
+    whole = [mode for mode in modes if mode in WHOLE_TRACK_MODES]
+    if whole and not positional.extrapolates(config.model.posemb):
+        reason = (
             f"posemb {tuple(config.model.posemb)} has a learned absolute table of"
             f" {config.model.max_time_patches} time patches: it cannot embed whole tracks"
         )
-        log.warning("skipping mode full: %s; probing chunks only", skipped_modes["full"])
-        modes = [mode for mode in modes if mode != "full"]
+        skipped_modes.update(dict.fromkeys(whole, reason))
+        log.warning("skipping mode(s) %s: %s; probing chunks only", ", ".join(whole), reason)
+        modes = [mode for mode in modes if mode not in WHOLE_TRACK_MODES]
         if not modes:
-            raise ValueError(f"{skipped_modes['full']}; probe it with --modes chunks")
+            raise ValueError(f"{reason}; probe it with --modes chunks")
     run_info = {"workdir": str(Path(workdir).absolute()), "step": step, "config": config}
     results = {
         "workdir": run_info["workdir"],
@@ -339,7 +371,7 @@ def run(
     for name in tasks:
         where = resolve_data_dir(name, data_dir, config)
         results["tasks"][name] = probe_dataset(
-            embedder, run_info, name, where, modes, out_dir, progress, baseline_kinds
+            embedder, run_info, name, where, modes, out_dir, progress, baseline_kinds, intervals
         )
     run_info.pop("random_embedder", None)
     results["table"], results["intervals"] = table_rows(results)

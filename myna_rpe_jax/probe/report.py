@@ -56,7 +56,8 @@ def table_columns(names: list[str]) -> list[tuple[str, str, str, str]]:
 
 
 def model_label(config: ml_collections.ConfigDict) -> str:
-    return f"{'+'.join(config.model.posemb)} {config.model.variant}"
+    scaled = ", length-scaled" if config.model.get("length_scaling") else ""
+    return f"{'+'.join(config.model.posemb)} {config.model.variant}{scaled}"
 
 
 def _row_parts(results: dict) -> dict[str, tuple[str, str]]:

@@ -1,8 +1,9 @@
 """The whole training config checked before any data work, and the fields derived from it.
 
 `checked_config(config)` is the first thing a training run does: a wrong model variant,
-positional scheme, loss field, batch size, chunk length, split or dataset name stops the run
-in seconds with a `ConfigError` naming the field, before a demo set or a frame store is built.
+positional scheme, loss field, batch size, chunk length, split, dataset or evaluator name stops
+the run in seconds with a `ConfigError` naming the field, before a demo set or a frame store
+is built.
 It returns a copy with `model.max_time_patches` derived from `data.chunk_frames` (the learned
 table's length: the longest training chunk in patches), which config.json records for
 embedding.
@@ -18,7 +19,7 @@ import ml_collections
 from myna_rpe_jax.data.datasets import DATASET_NAMES, SPLITS
 from myna_rpe_jax.data.datasets.common import canonical_split
 from myna_rpe_jax.errors import ConfigError
-from myna_rpe_jax.model import vit
+from myna_rpe_jax.model import positional, vit
 from myna_rpe_jax.objectives.objective import Objective
 
 
@@ -116,6 +117,33 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
         )
 
 
+def _check_evals(config: ml_collections.ConfigDict) -> None:
+    from myna_rpe_jax.embed.embedder import MODES
+    from myna_rpe_jax.probe.evaluate import PROBE_DATASETS, WHOLE_TRACK_MODES
+
+    every = config.get("eval_every", 0)
+    if not isinstance(every, int) or every < 0:
+        raise ConfigError(f"config.eval_every={every!r} must be a whole number >= 0 (0: never)")
+    evals = config.get("evals")
+    if evals is None:
+        return
+    unknown = [name for name in evals.datasets if name not in PROBE_DATASETS]
+    if unknown:
+        raise ConfigError(
+            f"config.evals.datasets: {unknown} cannot be probed; choose from"
+            f" {', '.join(PROBE_DATASETS)}"
+        )
+    modes = tuple(evals.modes)
+    if not modes or any(mode not in MODES for mode in modes):
+        raise ConfigError(f"config.evals.modes={modes!r}: list some of {', '.join(MODES)}")
+    whole = [mode for mode in modes if mode in WHOLE_TRACK_MODES]
+    if whole and every and evals.datasets and not positional.extrapolates(config.model.posemb):
+        raise ConfigError(
+            f"config.evals.modes {whole}: posemb {tuple(config.model.posemb)} cannot embed whole"
+            " tracks (a learned absolute table); use --config.evals.modes='(\"chunks\",)'"
+        )
+
+
 def checked_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every field a run uses before any data work; returns a copy with the derived
     `model.max_time_patches`. Raises ConfigError naming the field and what it expects."""
@@ -139,6 +167,7 @@ def checked_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     _check_data(config.data)
     _check_model(config.model)
     _check_batch(config)
+    _check_evals(config)
     try:
         Objective.from_config(config.loss, config.batch_size)
     except (TypeError, ValueError) as err:

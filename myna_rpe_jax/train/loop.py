@@ -7,7 +7,9 @@ convex-hull terms; `Objective`), each term logged as `loss_<term>`. With several
 `config.data.chunk_frames` buckets the step compiles once per bucket.
 Checkpoints (orbax) go to WORKDIR/checkpoints and a rerun resumes from the latest one; the
 batch of a step is a pure function of (seed, step), so the resumed run sees the same data.
-TensorBoard summaries go to WORKDIR.
+TensorBoard summaries go to WORKDIR. With `config.eval_every` and `config.evals.datasets`,
+linear probes of the current parameters are scored at step 0, every eval_every steps and at
+the end (`evals`: WORKDIR/evals.jsonl and TensorBoard's eval/...).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from myna_rpe_jax import distributed
 from myna_rpe_jax.errors import UserError
 from myna_rpe_jax.model import vit
 from myna_rpe_jax.objectives.objective import Objective
-from myna_rpe_jax.train import checkpoints, config_check, pairs, sources
+from myna_rpe_jax.run import checkpoints
+from myna_rpe_jax.train import config_check, evals, pairs, sources
 from myna_rpe_jax.train.step import init_state, make_optimizer, train_step
 
 
@@ -66,7 +69,7 @@ def train(
     mesh = distributed.data_mesh()
     objective = Objective.from_config(config.loss, config.batch_size)
     source = sources.open_training_split(config.data)
-    checkpoints.record_features(workdir, config.data)  # features.json; a resume must match
+    mel = checkpoints.record_features(workdir, config.data)  # features.json; a resume must match
     sampler = pairs.PairSampler(
         source,
         global_batch=config.batch_size,
@@ -143,10 +146,35 @@ def train(
     report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
 
     start = int(state.step)
+    last_step = num_steps if stop_after is None else min(stop_after, num_steps)
+    evaluator = evals.evaluator_from_config(config, encoder, state.params, mel)
+    evaluated, run_start = evals.logged_steps(workdir), time.perf_counter()
+
+    def evaluate(step: int) -> None:
+        if evaluator is None or step in evaluated:
+            return
+        if not evals.is_eval_step(step, config.eval_every, num_steps):
+            return
+        before = evaluator.seconds
+        scores = evaluator(state.params, step)
+        seconds = evaluator.seconds - before
+        writer.write_scalars(step, {f"eval/{name}": value for name, value in scores.items()})
+        evals.append_record(workdir, {"step": step, "seconds": seconds, "scores": scores})
+        evaluated.add(step)
+        share = evaluator.seconds / max(time.perf_counter() - run_start, 1e-9)
+        shown = ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
+        logging.info(
+            "eval at step %d (%.1f s; evaluation is %.0f%% of this run's time): %s",
+            step,
+            seconds,
+            100 * share,
+            shown,
+        )
+
+    evaluate(start)  # step 0 of a fresh run: the random-initialisation row
     last_saved = manager.latest_step()
     history, accumulated, tick = [], None, time.perf_counter()
     batches = sampler.iterate(start, config.data.prefetch, config.data.read_threads)
-    last_step = num_steps if stop_after is None else min(stop_after, num_steps)
     for step in range(start + 1, last_step + 1):
         batch = distributed.global_batch_from_local(next(batches), mesh)
         state, step_metrics = step_fn(state, batch, root_rng)
@@ -166,6 +194,7 @@ def train(
         if should_save or manager.reached_preemption(step):
             checkpoints.save(manager, step, state)
             last_saved = step
+        evaluate(step)
     manager.wait_until_finished()
     writer.flush()
     return history

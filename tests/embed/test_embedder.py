@@ -38,7 +38,7 @@ def trained_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
         config.total_steps, config.batch_size = TRAIN_STEPS, 16
         config.data.update(demo_tracks=DEMO_TRACKS, demo_seconds=DEMO_SECONDS)
         config.data.data_dir = str(data_root)
-        config.log_every, config.checkpoint_every = 10, 1000
+        config.log_every, config.checkpoint_every, config.eval_every = 10, 1000, 0
         loop.train(config, str(workdir))
     demo_dir = locations.demo_data_dir(data_root, DEMO_TRACKS, DEMO_SECONDS, 0)
     return TinyRun(workdir, demo_dir)

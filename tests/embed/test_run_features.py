@@ -22,7 +22,8 @@ from myna_rpe_jax.embed import __main__ as embed_cli
 from myna_rpe_jax.embed import collection
 from myna_rpe_jax.embed import embedder as embedder_lib
 from myna_rpe_jax.embed.file import load_npz
-from myna_rpe_jax.train import checkpoints, loop
+from myna_rpe_jax.run import checkpoints
+from myna_rpe_jax.train import loop
 from tests.conftest import DEMO
 from tests.embed.test_embedder import write_tone
 
@@ -46,7 +47,7 @@ def config_on(data_root: Path, tracks: int, seconds: float):
         chunk_frames=(64,),
         read_threads=2,
     )
-    config.batch_size, config.total_steps = 8, 2
+    config.batch_size, config.total_steps, config.eval_every = 8, 2, 0
     config.log_every, config.checkpoint_every = 1, 1000
     return config
 
@@ -121,7 +122,7 @@ def test_a_run_without_features_json_falls_back_to_its_data_with_a_warning(run, 
     config = json.loads((legacy / "config.json").read_text())
     config["data"]["data_dir"] = str(run.moved_data)
     (legacy / "config.json").write_text(json.dumps(config))
-    with caplog.at_level(logging.WARNING, logger="myna_rpe_jax.train"):
+    with caplog.at_level(logging.WARNING, logger="myna_rpe_jax.run"):
         mel, source = checkpoints.read_features(legacy)
     assert mel == FEATURES and source.startswith("training dataset 'demo' in ")
     assert "has no features.json" in caplog.text

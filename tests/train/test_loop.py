@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from myna_rpe_jax.train import checkpoints, loop
+from myna_rpe_jax.run import checkpoints
+from myna_rpe_jax.train import loop
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +25,7 @@ def overrides(config) -> list[str]:
         f"--config.data.chunk_frames=({data.chunk_frames[0]},)",
         f"--config.batch_size={config.batch_size}",
         "--config.log_every=1",
+        "--config.eval_every=0",
     ]
 
 
@@ -158,7 +160,7 @@ def test_batch_must_divide_over_devices(tiny_config, tmp_path):
 def test_checkpoint_trained_on_four_devices_loads_on_one(tiny_config, tmp_path):
     loop.train(tiny_config, str(tmp_path), stop_after=1)
     code = (
-        "import jax; from myna_rpe_jax.train import checkpoints;"
+        "import jax; from myna_rpe_jax.run import checkpoints;"
         f"params, step = checkpoints.load_params({str(tmp_path)!r});"
         "print('devices', jax.device_count(), 'step', step, len(jax.tree.leaves(params)))"
     )

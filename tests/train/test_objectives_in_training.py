@@ -8,7 +8,8 @@ import pytest
 
 from myna_rpe_jax.model import vit
 from myna_rpe_jax.objectives.objective import Objective
-from myna_rpe_jax.train import checkpoints, loop, pairs, sources
+from myna_rpe_jax.run import checkpoints
+from myna_rpe_jax.train import loop, pairs, sources
 
 
 def restored_state(workdir, step: int) -> dict:

@@ -25,7 +25,7 @@ from myna_rpe_jax.data.audio import MelConfig
 CONFIG_FILE = "config.json"
 FEATURES_FILE = "features.json"
 
-log = logging.getLogger("myna_rpe_jax.train")
+log = logging.getLogger("myna_rpe_jax.run")
 
 
 def checkpoint_manager(workdir: str | Path, keep: int = 3, async_save: bool = True):

@@ -1,0 +1,52 @@
+"""The `patchout` embedding mode: the mean of masked passes over whole tracks."""
+
+import jax
+import numpy as np
+
+from configs import tiny
+from myna_rpe_jax.embed.embedder import Embedder
+from myna_rpe_jax.model import vit
+
+
+def encoder_and_params(**overrides):
+    cfg = tiny.get_config().model
+    cfg.update(max_time_patches=4, **overrides)
+    encoder = vit.encoder_from_config(cfg)
+    sample = np.zeros((1, 128, 64), np.float32)
+    rngs = {"params": jax.random.key(0), "patchout": jax.random.key(1)}
+    return encoder, encoder.init(rngs, sample, train=True)["params"]
+
+
+def mels(frames=(160, 96, 250)):
+    rng = np.random.default_rng(0)
+    return [rng.uniform(-80, 0, (128, n)).astype(np.float16) for n in frames]
+
+
+def test_patchout_mode_is_the_mean_of_its_masked_passes_on_each_track_alone():
+    encoder, params = encoder_and_params()
+    embedder = Embedder(encoder, params, 64, patchout_passes=3, max_padding=0.0)
+    tracks = mels()
+    got = embedder.embed(tracks, "patchout")
+    for row, mel in zip(got, tracks, strict=True):
+        x = mel[None, :, : mel.shape[1] // 16 * 16].astype(np.float32)
+        passes = [
+            encoder.apply(
+                {"params": params},
+                x,
+                train=True,
+                rngs={"patchout": jax.random.fold_in(jax.random.key(0), i)},
+            )[0][0]
+            for i in range(3)
+        ]
+        np.testing.assert_allclose(row, np.mean(passes, axis=0), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, embedder.embed(tracks, "full"), atol=1e-3)
+    np.testing.assert_array_equal(got, embedder.embed(tracks, "patchout"))  # reproducible
+
+
+def test_patchout_mode_keeping_every_patch_is_the_full_mode():
+    encoder, params = encoder_and_params(patchout_keep=1.0)
+    embedder = Embedder(encoder, params, 64, patchout_passes=2)  # padded buckets, masked
+    tracks = mels()
+    np.testing.assert_allclose(
+        embedder.embed(tracks, "patchout"), embedder.embed(tracks, "full"), rtol=1e-4, atol=1e-5
+    )
