@@ -10,11 +10,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_small(script: str) -> str:
+def run_small(script: str, *args: str) -> str:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs them
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--small"],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--small", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -47,3 +47,15 @@ def test_long_track_small_prints_share_of_peak_and_skip_saving():
     out = run_small("long_track.py")
     assert "| blockwise % peak |" in out and "tile skipping saves" in out
     assert "| tiny | 0.1 min | 297 |" in out
+
+
+@pytest.mark.slow
+def test_quality_small_trains_probes_and_prints_both_tables(tmp_path, demo_root):
+    out = run_small("quality.py", "--out", str(tmp_path / "quality"), "--data-dir", str(demo_root))
+    assert "## Recipe choices" in out and "## One pass over the whole track" in out
+    assert "| base: 2-D ALiBi" in out and "| learned: learned absolute table (chunks) |" in out
+    assert "| base at random init (chunks) |" in out and "| log-mel stats |" in out
+    for mode in ("chunks", "full", "full+ls", "patchout", "patchout+ls"):
+        assert f"| base {mode} |" in out
+    assert "learned full" not in out  # a learned table cannot embed whole tracks
+    assert (tmp_path / "quality" / "results.png").stat().st_size > 0
