@@ -1,15 +1,18 @@
 """Train-step throughput of the encoder, beside a plain Flax ViT step, against the matmul peak.
 
-python benchmarks/train_step.py [--variant S/16] [--batch 1024] [--posemb alibi2d] [--steps 3]
+python benchmarks/train_step.py [--variant S/16] [--batch 1024] [--posemb alibi2d] [--steps 5]
                                 [--frames 256] [--dtype float32] [--no-plain] [--small]
 
 Times the real jitted, data-parallel `loop.train_step` on random spectrograms (no data
 loading), after one compile step. In the same run it measures the device's matmul peak (a
-jitted fp32 `a @ a`, `machine.matmul_peak`) and times a plain reference step written here as
-plainly as possible (flax `nn.MultiHeadDotProductAttention`, learned positions, `optax.adamw`,
-InfoNCE; same width, depth, heads, MLP and token count after patchout), so that the ratio and
-the share of the peak (MFU: 3 x forward model FLOPs, `machine.vit_forward_flops`, per second
-over the peak) are read in one run. It also prints what XLA's cost analysis counts for both
+jitted fp32 `a @ a`, `machine.matmul_peak`, before and after the steps; the larger counts) and
+times a plain reference step written here as plainly as possible (flax
+`nn.MultiHeadDotProductAttention`, learned positions, `optax.adamw`, InfoNCE; same width,
+depth, heads, MLP and token count after patchout), so that the ratio and the share of the peak
+(MFU: 3 x forward model FLOPs, `machine.vit_forward_flops`, per second over the peak) are read
+in one run. The two steps take turns, one step each, so a machine whose load drifts (a shared
+CPU) slows both alike; the table gives each step's median and best time and MFU at both (the
+peak is itself a best of several). It also prints what XLA's cost analysis counts for both
 compiled steps and how many HLO instructions of each kind they hold, to see where ours differs.
 --small: a tiny model on a few examples (seconds; the test suite runs it).
 """
@@ -40,15 +43,23 @@ from myna_rpe_jax.train import loop  # noqa: E402
 _HLO_KINDS = ("dot", "convolution", "gather", "scatter", "while", "convert", "fusion")
 
 
-def _time_steps(step_fn, state, args, steps: int) -> float:
-    """Mean seconds of a jitted step(state, *args), after a first (compiling) call."""
-    state, out = step_fn(state, *args)
-    jax.block_until_ready(out)
-    start = time.perf_counter()
+def time_alternating(runs: list[dict], steps: int) -> list[list[float]]:
+    """Seconds of each of `steps` steps of every run, the runs taking turns one step at a time.
+
+    A run is dict(fn=jitted step(state, *args) -> (state, out), state=..., args=(...)); its
+    state is threaded through (and donated). One untimed first call each compiles.
+    """
+    for run in runs:
+        run["state"], out = run["fn"](run["state"], *run["args"])
+        jax.block_until_ready(out)
+    times = [[] for _ in runs]
     for _ in range(steps):
-        state, out = step_fn(state, *args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / steps
+        for run, seconds in zip(runs, times, strict=True):
+            start = time.perf_counter()
+            run["state"], out = run["fn"](run["state"], *run["args"])
+            jax.block_until_ready((run["state"], out))
+            seconds.append(time.perf_counter() - start)
+    return times
 
 
 def hlo_profile(step_fn, *args) -> dict:
@@ -63,7 +74,8 @@ def hlo_profile(step_fn, *args) -> dict:
     return dict(compile_s=compile_s, xla_flops=float(cost.get("flops", 0.0)), ops=ops)
 
 
-def measure_ours(variant, batch, posemb, steps, frames, dtype) -> dict:
+def build_ours(variant, batch, posemb, frames, dtype) -> dict:
+    """Our step as `loop.train` jits it: replicated state (donated), batch sharded over devices."""
     config = common.get_config(posemb=tuple(posemb.split(",")))
     config.model.update(variant=variant, dtype=dtype)
     encoder = vit.encoder_from_config(config.model)
@@ -85,9 +97,15 @@ def measure_ours(variant, batch, posemb, steps, frames, dtype) -> dict:
     batch_arrays = distributed.global_batch_from_local(
         {"view_a": data[0], "view_b": data[1], "index": np.arange(batch, dtype=np.int32)}, mesh
     )
-    profile = hlo_profile(step_fn, state, batch_arrays, rng)
-    step_s = _time_steps(step_fn, state, (batch_arrays, rng), steps)
-    return dict(step_s=step_s, **profile)
+    return dict(fn=step_fn, state=state, args=(batch_arrays, rng))
+
+
+def measure_ours(variant, batch, posemb, steps, frames, dtype) -> dict:
+    """Our step alone (`device_report.py`): compile time, XLA's counts and the mean step time."""
+    run = build_ours(variant, batch, posemb, frames, dtype)
+    profile = hlo_profile(run["fn"], run["state"], *run["args"])
+    (times,) = time_alternating([run], steps)
+    return dict(step_s=float(np.mean(times)), **profile)
 
 
 # ---- the plain reference step: no tuning, written as a first ViT would be ------------------
@@ -117,7 +135,7 @@ class PlainViT(nn.Module):
         return nn.LayerNorm(dtype=self.dtype)(x)[:, 0].astype(jnp.float32)
 
 
-def measure_plain(variant, batch, steps, frames, dtype, keep) -> dict:
+def build_plain(variant, batch, frames, dtype, keep) -> dict:
     sizes, patch = vit.parse_variant(variant)
     model = PlainViT(**sizes, dtype=jnp.dtype(dtype))
     num_patches = (128 // patch) * (frames // patch)
@@ -151,10 +169,7 @@ def measure_plain(variant, batch, steps, frames, dtype, keep) -> dict:
     rng = jax.random.key(0)
     params = model.init(rng, jnp.zeros((1, num_keep, patch * patch)))
     state = (params, tx.init(params))
-    step_fn = jax.jit(step, donate_argnums=0)
-    profile = hlo_profile(step_fn, state, views, rng)
-    step_s = _time_steps(step_fn, state, (views, rng), steps)
-    return dict(step_s=step_s, **profile)
+    return dict(fn=jax.jit(step, donate_argnums=0), state=state, args=(views, rng))
 
 
 def step_flops(variant: str, batch: int, frames: int, keep: float) -> int:
@@ -168,17 +183,21 @@ def step_flops(variant: str, batch: int, frames: int, keep: float) -> int:
 
 
 def table(rows: list[dict], flops: int, batch: int, peak: float) -> str:
+    """One line per step: compile time, median and best step time, and MFU at each."""
     lines = [
-        "| step | compile (s) | step (s) | examples/s | model GFLOP | MFU"
-        " | XLA GFLOP | HLO dot / gather / scatter / while / convert / fusion |",
+        "| step | compile (s) | step (s) median / best | examples/s | model GFLOP"
+        " | MFU median / best | XLA GFLOP"
+        " | HLO dot / gather / scatter / while / convert / fusion |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ops = " / ".join(str(row["ops"][k]) for k in _HLO_KINDS if k != "convolution")
+        median, best = float(np.median(row["times"])), min(row["times"])
+        mfu = lambda seconds: f"{100 * flops / seconds / peak:.0f}%"  # noqa: E731
         lines.append(
-            f"| {row['name']} | {row['compile_s']:.1f} | {row['step_s']:.3f}"
-            f" | {batch / row['step_s']:.1f} | {flops / 1e9:.1f}"
-            f" | {100 * flops / row['step_s'] / peak:.0f}% | {row['xla_flops'] / 1e9:.1f} | {ops} |"
+            f"| {row['name']} | {row['compile_s']:.1f} | {median:.3f} / {best:.3f}"
+            f" | {batch / median:.1f} | {flops / 1e9:.1f} | {mfu(median)} / {mfu(best)}"
+            f" | {row['xla_flops'] / 1e9:.1f} | {ops} |"
         )
     return "\n".join(lines)
 
@@ -188,14 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="S/16")
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--posemb", default="alibi2d", help="comma-separated scheme names")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps of each")
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--no-plain", action="store_true", help="do not time the plain step")
     parser.add_argument("--small", action="store_true", help="tiny model, batch 4: seconds")
     args = parser.parse_args(argv)
     if args.small:
-        args.variant, args.batch, args.frames, args.steps = "tiny", 4, 96, 1
+        args.variant, args.batch, args.frames, args.steps = "tiny", 4, 96, 2
     devices = jax.devices()
     print(
         f"machine: {machine.describe()};"
@@ -206,22 +225,35 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.variant}, posemb {args.posemb}, batch {args.batch} pairs of {args.frames}"
         f" frames, {100 * (1 - keep):.0f}% patchout, {args.dtype}"
     )
-    peak = machine.matmul_peak(256 if args.small else 2048, args.dtype)
-    print(f"measured {args.dtype} matmul peak: {peak / 1e9:.0f} GFLOP/s\n")
-    rows = [
+    peak_size = 256 if args.small else 2048
+    peak_before = machine.matmul_peak(peak_size, args.dtype)
+    runs = [
         dict(
             name="ours",
-            **measure_ours(
-                args.variant, args.batch, args.posemb, args.steps, args.frames, args.dtype
-            ),
+            **build_ours(args.variant, args.batch, args.posemb, args.frames, args.dtype),
         )
     ]
     if not args.no_plain:
-        plain = measure_plain(args.variant, args.batch, args.steps, args.frames, args.dtype, keep)
-        rows.append(dict(name="plain", **plain))
-    print(table(rows, step_flops(args.variant, args.batch, args.frames, keep), args.batch, peak))
-    if len(rows) == 2:
-        print(f"\nours / plain step time: {rows[0]['step_s'] / rows[1]['step_s']:.2f}")
+        runs.append(
+            dict(
+                name="plain", **build_plain(args.variant, args.batch, args.frames, args.dtype, keep)
+            )
+        )
+    for run in runs:
+        run.update(hlo_profile(run["fn"], run["state"], *run["args"]))
+    for run, times in zip(runs, time_alternating(runs, args.steps), strict=True):
+        run["times"] = times
+    # The peak before and after the steps; MFU is over the larger (a load may come and go).
+    peak_after = machine.matmul_peak(peak_size, args.dtype)
+    peak = max(peak_before, peak_after)
+    print(
+        f"measured {args.dtype} matmul peak: {peak / 1e9:.0f} GFLOP/s (before the steps"
+        f" {peak_before / 1e9:.0f}, after {peak_after / 1e9:.0f})\n"
+    )
+    print(table(runs, step_flops(args.variant, args.batch, args.frames, keep), args.batch, peak))
+    if len(runs) == 2:
+        ratio = lambda stat: stat(runs[0]["times"]) / stat(runs[1]["times"])  # noqa: E731
+        print(f"\nours / plain step time: {ratio(np.median):.2f} (median), {ratio(min):.2f} (best)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The optimizer of `train/step.py`: weight decay on the weight matrices only."""
+"""The optimizer of `train/step.py`: weight decay on the weight matrices only, and gradient
+clipping as optax does it."""
 
 import flax
 import jax
@@ -80,3 +81,47 @@ def test_zero_gradient_steps_decay_only_the_masked_in_params_by_lr_wd(posemb):
             np.testing.assert_allclose(after[path], factor * before[path], rtol=1e-5, err_msg=path)
         else:
             np.testing.assert_array_equal(after[path], before[path], err_msg=path)
+
+
+def reference_optimizer(optim, schedule):
+    """The optimizer as optax writes it: clip_by_global_norm, then masked AdamW."""
+    return optax.chain(
+        optax.clip_by_global_norm(optim.grad_clip_norm),
+        optax.adamw(
+            schedule,
+            b1=optim.b1,
+            b2=optim.b2,
+            weight_decay=optim.weight_decay,
+            mask=step.decay_mask,
+        ),
+    )
+
+
+@pytest.mark.parametrize("grad_scale", [1e-4, 10.0], ids=["unclipped", "clipped"])
+def test_optimizer_matches_optax_clip_then_adamw(grad_scale):
+    """Same state tree as optax's chain (checkpoints restore either way) and the same updates:
+    bit-identical below the clipping norm, within float rounding above it."""
+    _, params = tiny_params(POSEMBS[0])
+    optim = tiny.get_config().optim
+    optim.update(learning_rate=0.1, weight_decay=0.5, warmup_fraction=0.0)
+    tx, schedule = step.make_optimizer(optim, total_steps=10)
+    ref = reference_optimizer(optim, schedule)
+    state, ref_state = tx.init(params), ref.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+    current, ref_current = params, params
+    leaves, treedef = jax.tree.flatten(params)
+    for t in range(3):
+        keys = jax.random.split(jax.random.key(10 + t), len(leaves))
+        noise = [jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+        grads = jax.tree.unflatten(treedef, [grad_scale * n for n in noise])
+        assert (float(optax.tree.norm(grads)) > optim.grad_clip_norm) == (grad_scale > 1)
+        updates, state = jax.jit(tx.update)(grads, state, current)
+        ref_updates, ref_state = jax.jit(ref.update)(grads, ref_state, ref_current)
+        current = optax.apply_updates(current, updates)
+        ref_current = optax.apply_updates(ref_current, ref_updates)
+    check = (
+        np.testing.assert_array_equal
+        if grad_scale < 1
+        else lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    )
+    jax.tree.map(check, (current, state), (ref_current, ref_state))
