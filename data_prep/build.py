@@ -23,6 +23,13 @@ from myna_rpe_jax.data.datasets.cache import UnexpectedDecodeError
 from myna_rpe_jax.data.datasets.registry import DATASETS
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a SLURM or container limit)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _layouts() -> str:
     return "\n\n".join(
         f"{name} (--split-mode {' | '.join(spec.split_modes)}):\n{spec.layout}"
@@ -41,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", required=True, help="your copy of the dataset (see below)")
     parser.add_argument("--data-dir", required=True, help="where prepared datasets live")
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="decoding processes"
+        "--workers",
+        type=int,
+        default=usable_cores(),
+        help="decoding processes (default: the cores this process may use)",
     )
     parser.add_argument("--split-mode", default=None, help="see the layouts below")
     parser.add_argument("--seed", type=int, default=0, help="seed of random splits")

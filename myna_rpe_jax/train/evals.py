@@ -5,9 +5,10 @@ at the last step, the current parameters embed the labelled splits of each datas
 `config.evals.datasets` in each mode of `config.evals.modes` (`full`: whole tracks in one
 pass; `chunks`: Myna's chunk average; `patchout`: masked passes) and every task of the dataset
 gets the probe command's linear probe (`probe.tasks.run_probe`: fit on train, regularisation
-chosen on valid, test scored once; no bootstrap intervals here). The splits are read into
-memory once, when training starts, and one `Embedder` is reused, so an evaluation compiles
-only the first time. Scores go to TensorBoard as `eval/<dataset>/<mode>/<task>/<metric>` and,
+chosen on valid, test scored once; no bootstrap intervals here). A dataset whose log-mels fit
+in `IN_MEMORY_BYTES` is read into memory once, when training starts (larger ones are read
+again at every evaluation), and one `Embedder` is reused, so an evaluation compiles only the
+first time. Scores go to TensorBoard as `eval/<dataset>/<mode>/<task>/<metric>` and,
 one JSON line per evaluation, to WORKDIR/evals.jsonl ({"step", "seconds", "scores"}); a
 resumed run skips the steps already there. Process 0 evaluates; the others wait at the next
 step.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from myna_rpe_jax.model import vit
 from myna_rpe_jax.probe import evaluate
 
 EVALS_FILE = "evals.jsonl"
+IN_MEMORY_BYTES = 2 << 30  # log-mels of one dataset kept in memory between evaluations
 
 log = logging.getLogger("myna_rpe_jax.evals")
 
@@ -60,10 +63,33 @@ def is_eval_step(step: int, every: int, last_step: int) -> bool:
     return step == 0 or step % every == 0 or step == last_step
 
 
+class LabelledSplits:
+    """The train, valid and test tracks of one prepared dataset, with labels: iterating yields
+    them from memory when they fit in `budget` bytes, else read again from the records."""
+
+    def __init__(self, sources: list, budget: int = IN_MEMORY_BYTES):
+        self.sources = sources
+        self.size = sum(len(source) for source in sources)
+        self.kept: list[Track] | None = []
+        used = 0
+        for track in read_dataset(sources):
+            used += track.mel.nbytes
+            if used > budget:
+                self.kept = None  # too large: stream it at every evaluation
+                break
+            self.kept.append(track)
+
+    def __iter__(self) -> Iterator[Track]:
+        return iter(self.kept) if self.kept is not None else read_dataset(self.sources)
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def read_labelled(
     name: str, config: ml_collections.ConfigDict, mel: MelConfig, embedder: Embedder
-) -> list[Track]:
-    """Every track of the train, valid and test splits of dataset `name`, with labels.
+) -> LabelledSplits:
+    """The train, valid and test splits of dataset `name`, with labels.
 
     Raises UserError when it is not prepared (with the command that builds it) or was prepared
     with other log-mel settings than the training data."""
@@ -81,7 +107,7 @@ def read_labelled(
         check_dataset_mel(name, data_dir, sources[0].mel_config, embedder)
     except ValueError as err:
         raise UserError(f"config.evals.datasets: {err}") from err
-    return list(read_dataset(sources))
+    return LabelledSplits(sources)
 
 
 class ProbeEvaluator:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sklearn.metrics import r2_score
 
 from myna_rpe_jax.data.datasets import TaskSpec, dataset_tasks
 from myna_rpe_jax.data.demo.music import DEMO_GENRES
+from myna_rpe_jax.embed.file import load_npz
 from myna_rpe_jax.probe import __main__ as probe_cli
 from myna_rpe_jax.probe import evaluate, tasks
 from tests.embed.test_embedder import trained_tiny_run
@@ -202,3 +204,21 @@ def test_learned_table_model_is_probed_on_chunks_only(tiny_config, tmp_path):
     assert list(results["table"]) == ["learned tiny (chunks)", "random init (chunks)"]
     argv = ["--workdir", str(tmp_path / "run"), "--tasks", "demo", "--modes", "full"]
     assert probe_cli.main([*argv, "--output", str(tmp_path / "out2"), "--no-progress"]) == 1
+
+
+def test_cli_probes_patchout_mode_with_length_scaling_in_their_own_cache(demo_probe):
+    run, out, _ = demo_probe
+    argv = ["--workdir", str(run.workdir), "--tasks", "demo", "--output", str(out / "ls")]
+    argv += ["--modes", "full,patchout", "--length-scaling", "on", "--no-baselines"]
+    assert probe_cli.main([*argv, "--no-progress"]) == 0
+    results = json.loads((out / "ls" / "results.json").read_text())
+    assert results["model"].endswith(", length-scaled") and results["modes"] == ["full", "patchout"]
+    for mode in ("full", "patchout"):
+        path = Path(results["tasks"]["demo"]["modes"][mode]["embeddings"])
+        assert path.name == f"demo-step{results['step']}-{mode}-ls.npz"
+        meta = load_npz(path).meta
+        assert meta["length_scaling"] is True and meta["mode"] == mode
+        assert meta.get("patchout_passes") == (8 if mode == "patchout" else None)
+    scaled = load_npz(out / "ls" / "embeddings" / f"demo-step{results['step']}-full-ls.npz")
+    plain = load_npz(out / "embeddings" / f"demo-step{results['step']}-full.npz")
+    assert not np.allclose(scaled.embeddings, plain.embeddings, atol=1e-4)

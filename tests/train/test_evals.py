@@ -19,6 +19,7 @@ from myna_rpe_jax.model import vit
 from myna_rpe_jax.run import checkpoints
 from myna_rpe_jax.train import config_check, evals, loop
 from myna_rpe_jax.train.step import init_state, make_optimizer
+from tests.conftest import DEMO
 
 
 def tensorboard_scalars(workdir) -> dict[str, dict[int, float]]:
@@ -126,3 +127,18 @@ def test_parameters_trained_to_separate_genres_score_above_their_step_0_row(tiny
     before = evaluator(params, 0)["demo/full/genre/accuracy"]
     after = evaluator(genre_trained(encoder, params, config), 1)["demo/full/genre/accuracy"]
     assert after > before
+
+
+def test_a_dataset_too_large_for_memory_is_read_again_at_every_evaluation(demo_root):
+    demo = locations.demo_data_dir(demo_root, DEMO["tracks"], DEMO["seconds"], DEMO["seed"])
+    sources = [open_split("demo", demo, split) for split in ("train", "valid", "test")]
+    kept, streamed = evals.LabelledSplits(sources), evals.LabelledSplits(sources, budget=1)
+    assert kept.kept is not None and streamed.kept is None
+    assert len(kept) == len(streamed) == DEMO["tracks"]
+    for _ in range(2):
+        pairs = zip(kept, streamed, strict=True)
+        for a, b in pairs:
+            assert a.track_id == b.track_id and a.labels.keys() == b.labels.keys()
+            for key in a.labels:
+                np.testing.assert_array_equal(a.labels[key], b.labels[key])
+            np.testing.assert_array_equal(a.mel, b.mel)
