@@ -17,7 +17,6 @@ step.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +35,6 @@ from myna_rpe_jax.probe import evaluate
 
 EVALS_FILE = "evals.jsonl"
 IN_MEMORY_BYTES = 2 << 30  # log-mels of one dataset kept in memory between evaluations
-
-log = logging.getLogger("myna_rpe_jax.evals")
 
 
 def host_copy(tree: Any) -> Any:
