@@ -226,6 +226,12 @@ def write_plot(path: Path, results: dict[str, list[dict]]) -> None:
         for label, style in zip(FEATURE_ROWS[:2], ("--", ":"), strict=True):
             if label in first:
                 ax.axhline(first[label][column], color="k", linestyle=style, label=label)
+        randoms = [
+            s["rows"][RANDOM_ROW][column] for s in results[cells[0]] if RANDOM_ROW in s["rows"]
+        ]
+        if randoms:
+            label = f"{cells[0]} at random init"
+            ax.axhline(statistics.mean(randoms), color="grey", linestyle="-.", label=label)
         ax.set_xticks(range(len(cells)), cells, rotation=45, ha="right")
         ax.set_title(f"demo {title} accuracy (%)")
         ax.legend(fontsize=8)

@@ -112,6 +112,7 @@ def test_training_check_names_the_wrong_field(changes, message):
 
 def test_an_explicit_table_length_that_disagrees_with_the_chunks_is_refused():
     config = _tiny()
+    config.data.chunk_frames = (256,)
     config.model.max_time_patches = 16  # chunks of 256 frames = 16 patches: agrees
     assert config_check.checked_config(config).model.max_time_patches == 16
     config.data.chunk_frames = (96,)

@@ -39,6 +39,7 @@ def trained_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
         config.data.update(demo_tracks=DEMO_TRACKS, demo_seconds=DEMO_SECONDS)
         config.data.data_dir = str(data_root)
         config.log_every, config.checkpoint_every, config.eval_every = 10, 1000, 0
+        config.data.chunk_frames = (256,)  # chunks shorter than the tracks, for the tests
         loop.train(config, str(workdir))
     demo_dir = locations.demo_data_dir(data_root, DEMO_TRACKS, DEMO_SECONDS, 0)
     return TinyRun(workdir, demo_dir)
