@@ -32,11 +32,8 @@ import tensorflow_datasets as tfds
 from threadpoolctl import threadpool_limits
 
 from myna_rpe_jax.data import audio, datasets
+from myna_rpe_jax.data.datasets.cache import usable_cores
 from myna_rpe_jax.data.demo import music
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def pipeline_table(num_tracks: int, seconds: float, tmp: str) -> list[str]:

@@ -12,22 +12,14 @@ file that could not be used. Run with --help for the layout each dataset expects
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 
 from myna_rpe_jax import errors
 from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.data.datasets import DATASET_NAMES, LayoutError
-from myna_rpe_jax.data.datasets.cache import UnexpectedDecodeError
+from myna_rpe_jax.data.datasets.cache import UnexpectedDecodeError, usable_cores
 from myna_rpe_jax.data.datasets.registry import DATASETS
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a SLURM or container limit)."""
-    if hasattr(os, "sched_getaffinity"):  # Linux
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _layouts() -> str:

@@ -106,6 +106,14 @@ def compute_entry(
     return MelEntry(True, str(final))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a SLURM or container limit):
+    the default number of decoding workers."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 _BLAS_LIMIT = []  # keeps a worker's threadpool limit alive for the life of the process
 
 
