@@ -129,8 +129,8 @@ def run_cell(cell: str, seed: int, args: argparse.Namespace, first: bool) -> dic
     loop.train(config, str(run_dir))
     train_s = time.perf_counter() - start
     rows = probe_cell(run_dir, config, cell in SCHEME_CELLS, first)
-    result = {"cell": cell, "seed": seed, "train_s": train_s, "probe_s": 0.0, "rows": rows}
-    result["probe_s"] = time.perf_counter() - start - train_s
+    probe_s = time.perf_counter() - start - train_s
+    result = {"cell": cell, "seed": seed, "train_s": train_s, "probe_s": probe_s, "rows": rows}
     done.write_text(json.dumps(result, indent=1))
     return result
 

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "myna_rpe_jax"
-# The pipeline, lowest first: a stage may import its own folder and the ones before it.
+# The pipeline, lowest first: a stage may import its own folder and the ones before it. Embed
+# and probe sit below train, so inference never pulls in the training machinery (the trainer
+# imports the probes for its evaluators, not the other way round).
 STAGES = (
     "data", "model", "objectives", "run", "embed", "probe", "train", "playlist", "spotify"
 )  # fmt: skip
-# Training-only machinery that inference (embedding, probing) must not pull in.
-TRAINING_DATA = ("myna_rpe_jax.train.sources", "myna_rpe_jax.train.frame_store",
-                 "myna_rpe_jax.train.pairs")  # fmt: skip
 MAX_MODULES = 8
 MAX_LINES = 420  # "about 400"
 
@@ -60,13 +59,6 @@ def test_imports_only_go_down_the_pipeline(module):
         assert stage(imported) <= stage(module), f"{module} imports the higher {imported}"
         if stage(module) == -1:
             assert stage(imported) == -1, f"shared {module} imports the stage module {imported}"
-
-
-@pytest.mark.parametrize("stage_name", ["embed", "probe"])
-def test_inference_does_not_import_the_training_data_machinery(stage_name):
-    for module, path in modules().items():
-        if stage(module) == STAGES.index(stage_name):
-            assert not imports_of(path) & set(TRAINING_DATA), module
 
 
 def test_no_import_cycle():
