@@ -21,7 +21,7 @@ def run_cli(module: str, *args: str, env: dict | None = None, timeout: int = 300
         [sys.executable, "-m", module, *args],
         cwd=REPO,
         env={**os.environ, "MYNA_RPE_DEBUG": "", **(env or {})},
-        stdin=subprocess.DEVNULL,
+        input="",  # stdin at EOF, as with no terminal; not DEVNULL: CI has no /dev/null
         capture_output=True,
         text=True,
         timeout=timeout,

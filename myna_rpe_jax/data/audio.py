@@ -195,6 +195,20 @@ def _libsndfile_detail(err: sf.LibsndfileError) -> str:
     return f"libsndfile: {err.error_string.rstrip('.')}"
 
 
+def _audioread_backends() -> list | None:
+    """audioread's backends, without the CoreAudio probe off macOS (None: audioread's own list).
+
+    That probe is ctypes.util.find_library("AudioToolbox"), which on Linux runs
+    `ld -o /dev/null` and, when ld fails, ld deletes its output: in a container whose /dev/null
+    is a regular file, run as root, that removes /dev/null for every later process.
+    """
+    if sys.platform == "darwin":
+        return None
+    from audioread import ffdec, rawread
+
+    return [rawread.RawAudioFile, *([ffdec.FFmpegAudioFile] if ffdec.available() else [])]
+
+
 def _decode_fallback(path: str) -> tuple[np.ndarray, int]:
     """Decodes a container libsndfile does not read, via librosa/audioread (needs ffmpeg).
 
@@ -203,7 +217,7 @@ def _decode_fallback(path: str) -> tuple[np.ndarray, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # audioread is deprecated (librosa, Python): known
-            with audioread.audio_open(path) as reader:
+            with audioread.audio_open(path, _audioread_backends()) as reader:
                 y, sr = librosa.load(reader, sr=None, mono=True, dtype=np.float32)
     except Exception as err:  # audioread raises many unrelated types; all mean "cannot decode"
         library = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__

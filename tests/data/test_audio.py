@@ -1,7 +1,10 @@
 """Tests for myna_rpe_jax.data.audio: features against librosa, resampling, and failure reasons."""
 
+import ctypes.util
 import os
+import sys
 
+import audioread
 import librosa
 import numpy as np
 import pytest
@@ -184,6 +187,21 @@ def test_each_failure_has_its_reason(tmp_path):
             audio.audio_to_mel(path, CFG)
         assert info.value.reason.startswith(reason), (name, info.value.reason)
         assert info.value.path == path and path in str(info.value)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS probes CoreAudio with dyld, not ld")
+def test_the_fallback_decoder_never_runs_the_ld_probe(tmp_path, monkeypatch):
+    """audioread's CoreAudio probe, ctypes.util.find_library, runs `ld -o /dev/null`; a failing
+    ld deletes its output, so where /dev/null is a regular file (CI's container, as root) every
+    later subprocess with stdin=DEVNULL failed. Off macOS the probe must not run."""
+    calls = []
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: calls.append(name))
+    monkeypatch.setattr(audioread, "BACKENDS", [])  # audioread caches what it probed
+    path = tmp_path / "random.xyz"
+    path.write_bytes(np.random.default_rng(1).bytes(5000))
+    with pytest.raises(audio.AudioError, match="not decodable audio"):
+        audio.audio_to_mel(path, CFG)
+    assert calls == []
 
 
 def test_good_file_next_to_bad_ones_still_works(tmp_path):
