@@ -12,8 +12,10 @@ depth, heads, MLP and token count after patchout), so that the ratio and the sha
 (MFU: 3 x forward model FLOPs, `machine.vit_forward_flops`, per second over the peak) are read
 in one run. The two steps take turns, one step each, so a machine whose load drifts (a shared
 CPU) slows both alike; the table gives each step's median and best time and MFU at both (the
-peak is itself a best of several). It also prints what XLA's cost analysis counts for both
-compiled steps and how many HLO instructions of each kind they hold, to see where ours differs.
+peak is itself a best of several). A third row runs only the step's GEMMs at their shapes
+(`build_matmuls`): its MFU is the ceiling of any step on this device. It also prints what
+XLA's cost analysis counts for all three compiled steps and how many HLO instructions of each
+kind they hold, to see where ours differs.
 --small: a tiny model on a few examples (seconds; the test suite runs it).
 """
 
@@ -172,6 +174,46 @@ def build_plain(variant, batch, frames, dtype, keep) -> dict:
     return dict(fn=jax.jit(step, donate_argnums=0), state=state, args=(views, rng))
 
 
+# ---- the step's matmuls alone: the ceiling of MFU at these shapes ---------------------------
+
+
+def _dense_shapes(variant: str) -> list[tuple[int, int]]:
+    """(in, out) of every dense layer a step multiplies by, patch embedding first."""
+    sizes, patch = vit.parse_variant(variant)
+    width, mlp = sizes["width"], sizes["mlp_dim"]
+    layer = [(width, 3 * width), (width, width), (width, mlp), (mlp, width)]  # qkv, out, MLP
+    return [(patch * patch, width), *layer * sizes["depth"]]
+
+
+def build_matmuls(variant, batch, frames, dtype, keep) -> dict:
+    """Only the GEMMs of one step, at its shapes: per dense layer the forward Y = X W and the
+    backward dX = dY W^T and dW = X^T dY (the patch embedding needs no dX). Nothing else: no
+    attention, norm, activation or optimiser. Its MFU is the most any step could reach."""
+    sizes, patch = vit.parse_variant(variant)
+    tokens = patching.num_kept((128 // patch) * (frames // patch), keep) + 1
+    rows, dt = 2 * batch * tokens, jnp.dtype(dtype)
+    keys = iter(jax.random.split(jax.random.key(0), 64 * sizes["depth"]))
+    normal = lambda *shape: jax.random.normal(next(keys), shape, dt) * 0.05  # noqa: E731
+    shapes = _dense_shapes(variant)
+    weights = tuple(normal(d_in, d_out) for d_in, d_out in shapes)
+    inputs = {d: normal(rows, d) for d in sorted({d for shape in shapes for d in shape})}
+
+    def step(weights, inputs):
+        out = []
+        for i, ((d_in, _), w) in enumerate(zip(shapes, weights, strict=True)):
+            x = inputs[d_in]
+            y = x @ w  # the layer's own output stands in for dY, so no two layers share a dot
+            out.append(x.T @ y)  # dW
+            if i:
+                out.append(y @ w.T)  # dX
+        return weights, out
+
+    flops = sum(
+        2 * rows * d_in * d_out * (2 if i == 0 else 3) for i, (d_in, d_out) in enumerate(shapes)
+    )
+    return dict(fn=jax.jit(step, donate_argnums=0), state=weights, args=(inputs,), flops=flops)
+
+
 def step_flops(variant: str, batch: int, frames: int, keep: float) -> int:
     """Model FLOPs of one train step: 3 x the forward of 2 x batch views of kept + CLS tokens."""
     sizes, patch = vit.parse_variant(variant)
@@ -193,11 +235,12 @@ def table(rows: list[dict], flops: int, batch: int, peak: float) -> str:
     for row in rows:
         ops = " / ".join(str(row["ops"][k]) for k in _HLO_KINDS if k != "convolution")
         median, best = float(np.median(row["times"])), min(row["times"])
-        mfu = lambda seconds: f"{100 * flops / seconds / peak:.0f}%"  # noqa: E731
+        row_flops = row.get("flops", flops)  # the matmuls-only row counts its own
+        mfu = lambda seconds, f=row_flops: f"{100 * f / seconds / peak:.0f}%"  # noqa: E731
         lines.append(
             f"| {row['name']} | {row['compile_s']:.1f} | {median:.3f} / {best:.3f}"
-            f" | {batch / median:.1f} | {flops / 1e9:.1f} | {mfu(median)} / {mfu(best)}"
-            f" | {row['xla_flops'] / 1e9:.1f} | {ops} |"
+            f" | {batch / median:.1f} | {row_flops / 1e9:.4g} | {mfu(median)} / {mfu(best)}"
+            f" | {row['xla_flops'] / 1e9:.4g} | {ops} |"
         )
     return "\n".join(lines)
 
@@ -239,6 +282,12 @@ def main(argv: list[str] | None = None) -> None:
                 name="plain", **build_plain(args.variant, args.batch, args.frames, args.dtype, keep)
             )
         )
+    runs.append(
+        dict(
+            name="its matmuls alone",
+            **build_matmuls(args.variant, args.batch, args.frames, args.dtype, keep),
+        )
+    )
     for run in runs:
         run.update(hlo_profile(run["fn"], run["state"], *run["args"]))
     for run, times in zip(runs, time_alternating(runs, args.steps), strict=True):
@@ -251,9 +300,13 @@ def main(argv: list[str] | None = None) -> None:
         f" {peak_before / 1e9:.0f}, after {peak_after / 1e9:.0f})\n"
     )
     print(table(runs, step_flops(args.variant, args.batch, args.frames, keep), args.batch, peak))
-    if len(runs) == 2:
+    if not args.no_plain:
         ratio = lambda stat: stat(runs[0]["times"]) / stat(runs[1]["times"])  # noqa: E731
         print(f"\nours / plain step time: {ratio(np.median):.2f} (median), {ratio(min):.2f} (best)")
+    print(
+        "\nThe last row runs only the step's GEMMs at its shapes (forward and both backward"
+        " products of every dense layer): its MFU is the ceiling any step reaches here."
+    )
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ def test_train_step_small_prints_ours_beside_plain_with_mfu():
     out = run_small("train_step.py")
     assert "matmul peak:" in out and "| ours |" in out and "| plain |" in out
     assert "ours / plain step time:" in out
+    # The GEMMs-only row counts its FLOPs by hand: XLA's cost analysis must count the same.
+    (row,) = [line for line in out.splitlines() if line.startswith("| its matmuls alone |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert float(cells[4]) == pytest.approx(float(cells[6]), rel=0.02), row
 
 
 @pytest.mark.slow
@@ -59,3 +63,11 @@ def test_quality_small_trains_probes_and_prints_both_tables(tmp_path, demo_root)
         assert f"| base {mode} |" in out
     assert "learned full" not in out  # a learned table cannot embed whole tracks
     assert (tmp_path / "quality" / "results.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_data_prep_small_prints_the_builder_beside_decoding_alone():
+    out = run_small("data_prep.py")
+    assert "| decode + log-mel alone | 1 |" in out
+    assert "| builder (decode + log-mel + write) | 1 |" in out and "| 1.00x |" in out
+    assert "| wav | 44100 |" in out  # the per-core section

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from array_record.python import array_record_module
+from tensorflow_datasets.core import file_adapters
 
 from data_prep import build
 from myna_rpe_jax.data.audio import MelConfig, audio_to_mel
@@ -166,6 +168,24 @@ def test_resume_after_a_kill_reuses_finished_tracks(tmp_path):
     rebuilt = prepare("folder", source, data_dir, mel=MEL, overwrite=True, progress=False)
     assert rebuilt.prepared == 4 and not rebuilt.already_prepared
     assert not (data_dir / "_cache").exists()
+
+
+def test_shards_are_written_with_our_array_record_options_and_read_back(tmp_path):
+    source, data_dir = tmp_path / "music", tmp_path / "data"
+    paths = [write_tone(source / f"t{i}.wav", freq=300 + 50 * i) for i in range(3)]
+    adapter = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.ARRAY_RECORD]
+    summary = prepare("folder", source, data_dir, mel=MEL, progress=False)
+    shards = sorted(summary.dataset_dir.glob("*.array_record-*"))
+    assert shards
+    for shard in shards:
+        # Every array_record file records the options it was written with.
+        options = array_record_module.ArrayRecordReader(str(shard)).writer_options_string()
+        assert ",zstd:1," in f",{options},", options
+    # tfds' own adapter is back in place once the build is over.
+    assert file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.ARRAY_RECORD] is adapter
+    examples = {e["track_id"]: e for e in open_split("folder", data_dir, "train")}
+    for path in paths:
+        assert_mel_of(examples[path.name], path)
 
 
 def _crash_on_marker(path: str, mel: MelConfig, min_seconds: float):

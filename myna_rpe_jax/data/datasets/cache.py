@@ -34,7 +34,7 @@ import numpy as np
 import tqdm
 from threadpoolctl import threadpool_limits
 
-from myna_rpe_jax.data.audio import AudioError, MelConfig, audio_to_mel
+from myna_rpe_jax.data.audio import AudioError, MelConfig, audio_to_mel, install_plans, mel_plans
 
 MEL_SUFFIX, ERROR_SUFFIX, TMP_SUFFIX = ".npz", ".err", ".tmp"
 CRASH_REASON = "the decoding process crashed on this file (decoder crash or out of memory)"
@@ -124,13 +124,21 @@ def _one_blas_thread() -> None:
     _BLAS_LIMIT.append(threadpool_limits(limits=1))
 
 
-def _pool_pass(queue: deque, workers: int, job: Callable, record: Callable) -> list:
+def _start_worker(plans: dict) -> None:
+    """A decoding process: one BLAS thread, and the parent's mel filterbanks, so it does not
+    import librosa's filters to build them again (audio.mel_plans)."""
+    _one_blas_thread()
+    install_plans(plans)
+
+
+def _pool_pass(queue: deque, workers: int, job: Callable, record: Callable, plans: dict) -> list:
     """Runs queued (key, path) jobs until the queue is empty or a worker dies.
 
     Returns the jobs that were unfinished when the pool broke (empty if it did not).
     """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_blas_thread) as pool:
+    start = dict(mp_context=context, initializer=_start_worker, initargs=(plans,))
+    with ProcessPoolExecutor(workers, **start) as pool:
         running = {}
         while queue or running:
             # A short queue per worker keeps the set to retry after a crash small.
@@ -147,14 +155,16 @@ def _pool_pass(queue: deque, workers: int, job: Callable, record: Callable) -> l
     return []
 
 
-def _run_pool(jobs: list, workers: int, job: Callable, cache_dir: Path, record: Callable) -> None:
+def _run_pool(
+    jobs: list, workers: int, job: Callable, cache_dir: Path, record: Callable, plans: dict
+) -> None:
     queue = deque(jobs)
     while queue:
-        for key, path in _pool_pass(queue, workers, job, record):
+        for key, path in _pool_pass(queue, workers, job, record, plans):
             entry = read_entry(cache_dir, key)
             if entry is not None:
                 record(key, entry)
-            elif _pool_pass(deque([(key, path)]), 1, job, record):
+            elif _pool_pass(deque([(key, path)]), 1, job, record, plans):
                 record(key, _cache_error(cache_dir, key, CRASH_REASON))
 
 
@@ -212,7 +222,7 @@ def ensure_mels(
                 for key, path in todo.items():
                     record(key, job(path, key))
         else:
-            _run_pool(list(todo.items()), workers, job, cache_dir, record)
+            _run_pool(list(todo.items()), workers, job, cache_dir, record, mel_plans([mel]))
     return [entries[key] for key in keys]
 
 
