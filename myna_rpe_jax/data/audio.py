@@ -29,8 +29,8 @@ import librosa
 import numpy as np
 import scipy.fft
 import soundfile as sf
-import soxr
 
+from myna_rpe_jax.data import dsp
 from myna_rpe_jax.data.formats import SOUNDFILE_EXTENSIONS
 
 # Peak amplitude below which a track counts as silent: about one 16-bit LSB (-90 dBFS).
@@ -290,29 +290,12 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     if not np.isfinite(y).all():
         raise AudioError(path, "non-finite samples (NaN or inf) in the decoded audio")
     if source_rate != sample_rate:
-        y = resample(y, source_rate, sample_rate)
+        y = dsp.resample(y, source_rate, sample_rate)
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-# A decoding worker calls the next three instead of librosa's `resample`, `power_to_db` and
-# `filters`: importing those librosa modules (scipy.signal, numba) costs a fresh process ~2.5 s,
-# a hundred clips' worth of decoding. Tests check each equals librosa's own.
-
-
-def resample(y: np.ndarray, source_rate: int, sample_rate: int) -> np.ndarray:
-    """`librosa.resample(y, orig_sr=source_rate, target_sr=sample_rate, res_type="soxr_hq")`:
-    soxr's high quality resampler, cut or zero-padded to ceil(len(y) * ratio) samples."""
-    out = soxr.resample(y, source_rate, sample_rate, quality="soxr_hq")
-    length = int(np.ceil(len(y) * sample_rate / source_rate))
-    return np.pad(out, (0, max(0, length - len(out))))[:length].astype(y.dtype, copy=False)
-
-
-def power_to_db(power: np.ndarray, top_db: float | None, amin: float = 1e-10) -> np.ndarray:
-    """`librosa.power_to_db(power, ref=np.max, top_db=top_db)`: dB relative to the maximum,
-    floored `top_db` below it."""
-    db = 10.0 * np.log10(np.maximum(amin, power))
-    db -= 10.0 * np.log10(np.maximum(amin, power.max(initial=0.0)))
-    return np.maximum(db, db.max() - top_db) if top_db is not None else db
+# Decoding workers never import librosa's filters, core or scipy.signal (~2.5 s per fresh
+# process): they get the parent's filterbank (`mel_plans`) and use data/dsp.py.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,7 +386,7 @@ def log_mel(y: np.ndarray, cfg: MelConfig) -> np.ndarray:
     gives all zeros (no NaN/-inf); `audio_to_mel` rejects silent tracks before this.
     """
     power = mel_power(y, cfg)
-    db = power_to_db(power, cfg.top_db)
+    db = dsp.power_to_db(power, cfg.top_db)
     return db.astype(np.float16)
 
 
