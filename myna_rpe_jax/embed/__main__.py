@@ -58,16 +58,24 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error("--dataset needs --data-dir (where it was prepared)")
     console_logging()
     progress = not args.no_progress
-    embedder, config, step = load_embedder(
-        args.workdir, args.step, args.max_tokens, args.max_padding
-    )
-    if args.audio:
-        result = audio_embeddings(embedder, args.audio, args.mode, args.workers, progress=progress)
-    else:
-        splits = args.splits.split(",") if args.splits else None
-        result = dataset_embeddings(
-            embedder, args.dataset, args.data_dir, args.mode, splits, progress=progress
+    try:
+        embedder, config, step = load_embedder(
+            args.workdir, args.step, args.max_tokens, args.max_padding
         )
+        if args.audio:
+            result = audio_embeddings(
+                embedder, args.audio, args.mode, args.workers, progress=progress
+            )
+        else:
+            splits = args.splits.split(",") if args.splits else None
+            result = dataset_embeddings(
+                embedder, args.dataset, args.data_dir, args.mode, splits, progress=progress
+            )
+    except (FileNotFoundError, ValueError) as err:  # missing workdir/data, bad split names
+        if errors.debug():
+            raise
+        log.error("error: %s", err)
+        return 1
     result.meta.update(run_meta(args.workdir, step, args.mode, config, embedder))
     path = save_npz(args.output, result)
     written = [str(path)]
@@ -89,5 +97,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # No workdir or checkpoint, an unknown task or split, an unwritable --output: one line.
-    sys.exit(errors.run_cli(main, (OSError, ValueError)))
+    sys.exit(errors.run_cli(main, (OSError, ValueError)))  # e.g. an unwritable --output

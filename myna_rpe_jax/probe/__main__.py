@@ -79,19 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     if any(kind not in BASELINES for kind in kinds):
         _parser().error(f"--baselines must list some of {BASELINES} (or be ''), got {kinds}")
     console_logging()
-    results = run(
-        args.workdir,
-        [name for name in args.tasks.split(",") if name],
-        args.output,
-        args.data_dir,
-        args.step,
-        modes,
-        args.max_tokens,
-        progress=not args.no_progress,
-        max_padding=args.max_padding,
-        baseline_kinds=kinds,
-        length_scaling=None if args.length_scaling is None else args.length_scaling == "on",
-    )
+    try:
+        results = run(
+            args.workdir,
+            [name for name in args.tasks.split(",") if name],
+            args.output,
+            args.data_dir,
+            args.step,
+            modes,
+            args.max_tokens,
+            progress=not args.no_progress,
+            max_padding=args.max_padding,
+            baseline_kinds=kinds,
+            length_scaling=None if args.length_scaling is None else args.length_scaling == "on",
+        )
+    except (FileNotFoundError, ValueError) as err:  # no workdir / checkpoint, unknown task
+        if errors.debug():
+            raise
+        log.error("error: %s", err)
+        return 1
     out = Path(args.output)
     log.info("\n%s", (out / "results.md").read_text(encoding="utf-8"))
     log.info("wrote %s, %s, %s", out / "results.json", out / "results.md", out / "results.png")
@@ -108,5 +114,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # No workdir or checkpoint, an unknown task or split, an unwritable --output: one line.
-    sys.exit(errors.run_cli(main, (OSError, ValueError)))
+    sys.exit(errors.run_cli(main, (OSError, ValueError)))  # e.g. an unwritable --output
