@@ -53,7 +53,6 @@ def variant_config(variant: str, seed: int, args: argparse.Namespace) -> ml_coll
     name, kmeans, hull = VARIANTS[variant]
     config = tiny.get_config()
     config.seed, config.eval_every = seed, 0  # probed once at the end, below
-
     config.loss.update(
         name=name,
         kmeans_weight=args.kmeans_weight if kmeans else 0.0,

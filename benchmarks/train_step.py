@@ -185,18 +185,23 @@ def _dense_shapes(variant: str) -> list[tuple[int, int]]:
     return [(patch * patch, width), *layer * sizes["depth"]]
 
 
+def _tokens_per_view(variant: str, frames: int, keep: float) -> int:
+    """Tokens of one training view: the patches patchout keeps, plus CLS."""
+    _, patch = vit.parse_variant(variant)
+    return patching.num_kept((128 // patch) * (frames // patch), keep) + 1
+
+
 def build_matmuls(variant, batch, frames, dtype, keep) -> dict:
     """Only the GEMMs of one step, at its shapes: per dense layer the forward Y = X W and the
     backward dX = dY W^T and dW = X^T dY (the patch embedding needs no dX). Nothing else: no
     attention, norm, activation or optimiser. Its MFU is the most any step could reach."""
-    sizes, patch = vit.parse_variant(variant)
-    tokens = patching.num_kept((128 // patch) * (frames // patch), keep) + 1
-    rows, dt = 2 * batch * tokens, jnp.dtype(dtype)
-    keys = iter(jax.random.split(jax.random.key(0), 64 * sizes["depth"]))
-    normal = lambda *shape: jax.random.normal(next(keys), shape, dt) * 0.05  # noqa: E731
+    rows, dt = 2 * batch * _tokens_per_view(variant, frames, keep), jnp.dtype(dtype)
     shapes = _dense_shapes(variant)
+    dims = sorted({d for shape in shapes for d in shape})
+    keys = iter(jax.random.split(jax.random.key(0), len(shapes) + len(dims)))
+    normal = lambda *shape: jax.random.normal(next(keys), shape, dt) * 0.05  # noqa: E731
     weights = tuple(normal(d_in, d_out) for d_in, d_out in shapes)
-    inputs = {d: normal(rows, d) for d in sorted({d for shape in shapes for d in shape})}
+    inputs = {d: normal(rows, d) for d in dims}
 
     def step(weights, inputs):
         out = []
@@ -217,7 +222,7 @@ def build_matmuls(variant, batch, frames, dtype, keep) -> dict:
 def step_flops(variant: str, batch: int, frames: int, keep: float) -> int:
     """Model FLOPs of one train step: 3 x the forward of 2 x batch views of kept + CLS tokens."""
     sizes, patch = vit.parse_variant(variant)
-    tokens = patching.num_kept((128 // patch) * (frames // patch), keep) + 1
+    tokens = _tokens_per_view(variant, frames, keep)
     forward = machine.vit_forward_flops(
         tokens, sizes["width"], sizes["depth"], sizes["mlp_dim"], patch
     )

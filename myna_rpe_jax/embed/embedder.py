@@ -45,6 +45,7 @@ log = logging.getLogger("myna_rpe_jax.embedding")
 
 MODES = ("full", "chunks", "patchout")
 DEFAULT_MODES = ("full", "chunks")
+WHOLE_TRACK_MODES = ("full", "patchout")  # need a positional scheme that extrapolates
 # Masked passes averaged in `patchout` mode.
 DEFAULT_PATCHOUT_PASSES = 8
 # Tokens (batch x tokens per track) per device and forward pass. Dense attention holds

@@ -42,7 +42,6 @@ BENCHMARKS = ("gtzan", "giantsteps_key", "emomusic", "mtg_jamendo")
 PROBE_DATASETS = (*BENCHMARKS, "demo")
 BASELINES = ("random", "features")
 SPLITS = ("train", "valid", "test")
-WHOLE_TRACK_MODES = ("full", "patchout")  # need a scheme that extrapolates
 
 
 def build_command(name: str, data_dir: Path) -> str:
@@ -345,7 +344,7 @@ def run(
         workdir, step, max_tokens, max_padding, length_scaling
     )
     skipped_modes = {}
-    whole = [mode for mode in modes if mode in WHOLE_TRACK_MODES]
+    whole = [mode for mode in modes if mode in embedder_lib.WHOLE_TRACK_MODES]
     if whole and not positional.extrapolates(config.model.posemb):
         reason = (
             f"posemb {tuple(config.model.posemb)} has a learned absolute table of"
@@ -353,7 +352,7 @@ def run(
         )
         skipped_modes.update(dict.fromkeys(whole, reason))
         log.warning("skipping mode(s) %s: %s; probing chunks only", ", ".join(whole), reason)
-        modes = [mode for mode in modes if mode not in WHOLE_TRACK_MODES]
+        modes = [mode for mode in modes if mode not in whole]
         if not modes:
             raise ValueError(f"{reason}; probe it with --modes chunks")
     run_info = {"workdir": str(Path(workdir).absolute()), "step": step, "config": config}

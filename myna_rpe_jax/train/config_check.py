@@ -118,8 +118,8 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
 
 
 def _check_evals(config: ml_collections.ConfigDict) -> None:
-    from myna_rpe_jax.embed.embedder import MODES
-    from myna_rpe_jax.probe.evaluate import PROBE_DATASETS, WHOLE_TRACK_MODES
+    from myna_rpe_jax.embed.embedder import MODES, WHOLE_TRACK_MODES
+    from myna_rpe_jax.probe.evaluate import PROBE_DATASETS
 
     every = config.get("eval_every", 0)
     if not isinstance(every, int) or every < 0:
