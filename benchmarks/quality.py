@@ -87,6 +87,8 @@ def cell_config(cell: str, seed: int, args: argparse.Namespace) -> ml_collection
     config.checkpoint_every = args.steps
     config.data.update(demo_tracks=args.demo_tracks, demo_seconds=args.demo_seconds)
     config.data.data_dir = args.data_dir or ""
+    # The study's base crop is the paper's 256 frames; configs/tiny.py took 96 from this study.
+    config.data.chunk_frames = (256,)
     for field, value in CELLS[cell][1]:
         section, name = field.split(".")
         config[section][name] = value
