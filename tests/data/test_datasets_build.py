@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from array_record.python import array_record_module
-from tensorflow_datasets.core import file_adapters
+from tensorflow_datasets.core.utils.shard_utils import ShardConfig
 
 from data_prep import build
 from myna_rpe_jax.data.audio import MelConfig, audio_to_mel
@@ -33,6 +33,7 @@ from myna_rpe_jax.data.datasets.cache import (
     ensure_mels,
     load_mel,
 )
+from myna_rpe_jax.data.datasets.shards import plan_shards
 from myna_rpe_jax.data.demo.music import DEMO_GENRES, DEMO_TAGS, generate_demo
 from myna_rpe_jax.data.keys import KEY_NAMES
 
@@ -173,7 +174,6 @@ def test_resume_after_a_kill_reuses_finished_tracks(tmp_path):
 def test_shards_are_written_with_our_array_record_options_and_read_back(tmp_path):
     source, data_dir = tmp_path / "music", tmp_path / "data"
     paths = [write_tone(source / f"t{i}.wav", freq=300 + 50 * i) for i in range(3)]
-    adapter = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.ARRAY_RECORD]
     summary = prepare("folder", source, data_dir, mel=MEL, progress=False)
     shards = sorted(summary.dataset_dir.glob("*.array_record-*"))
     assert shards
@@ -181,11 +181,32 @@ def test_shards_are_written_with_our_array_record_options_and_read_back(tmp_path
         # Every array_record file records the options it was written with.
         options = array_record_module.ArrayRecordReader(str(shard)).writer_options_string()
         assert ",zstd:1," in f",{options},", options
-    # tfds' own adapter is back in place once the build is over.
-    assert file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.ARRAY_RECORD] is adapter
     examples = {e["track_id"]: e for e in open_split("folder", data_dir, "train")}
     for path in paths:
         assert_mel_of(examples[path.name], path)
+
+
+def test_shards_written_in_parallel_hold_the_same_examples_in_order(tmp_path):
+    source = tmp_path / "music"
+    paths = [write_tone(source / f"t{i}.wav", 1.0 + 0.25 * i, 200 + 60 * i) for i in range(7)]
+    serial = prepare("folder", source, tmp_path / "serial", mel=MEL, progress=False)
+    parallel = prepare(
+        "folder", source, tmp_path / "parallel", mel=MEL, workers=2, num_shards=3, progress=False
+    )
+    shards = sorted(parallel.dataset_dir.glob("*.array_record-*"))
+    assert [s.name[-14:] for s in shards] == [f"{i:05d}-of-00003" for i in range(3)]
+    assert not list(parallel.dataset_dir.glob("*.tmp"))
+    assert len(list(serial.dataset_dir.glob("*.array_record-*"))) == 1
+    assert (
+        dataset_metadata("folder", tmp_path / "parallel")["hours"]
+        == dataset_metadata("folder", tmp_path / "serial")["hours"]
+        > 0
+    )
+    one = list(open_split("folder", tmp_path / "serial", "train"))
+    three = list(open_split("folder", tmp_path / "parallel", "train"))
+    assert [e["track_id"] for e in three] == [e["track_id"] for e in one] == [p.name for p in paths]
+    for a, b in zip(one, three, strict=True):
+        assert a["mel"].tobytes() == b["mel"].tobytes() and a["duration_s"] == b["duration_s"]
 
 
 def _crash_on_marker(path: str, mel: MelConfig, min_seconds: float):
@@ -247,3 +268,16 @@ def test_wrong_layout_fails_at_once(tmp_path, capsys):
 def test_reading_an_unprepared_dataset_says_how_to_build_it(tmp_path):
     with pytest.raises(DatasetNotPreparedError, match="python -m data_prep.build --dataset gtzan"):
         open_split("gtzan", tmp_path, "train")
+
+
+def test_shard_plans_cover_the_split_in_order_with_tfds_shard_counts():
+    items = [(f"track{i}", f"mel{i}") for i in range(384)]
+    name = lambda i, n: f"shard-{i:05d}-of-{n:05d}"  # noqa: E731
+    # 384 clips of 30 s (768 KB each, 288 MiB): tfds' rule gives 4 shards (64 MiB to 1 GiB).
+    for sizes, expected in (([768_000] * 384, 4), ([1000] * 384, 1), ([3 << 20] * 384, 16)):
+        jobs = plan_shards(items, sizes, 32, name)
+        assert len(jobs) == expected
+        assert [pair for job in jobs for pair in job.items] == items
+        assert [job.first_key for job in jobs] == [0, *np.cumsum([len(j.items) for j in jobs])[:-1]]
+        assert jobs[-1].path == name(expected - 1, expected)
+    assert len(plan_shards(items[:2], [10, 10], 32, name, ShardConfig(num_shards=5))) == 2

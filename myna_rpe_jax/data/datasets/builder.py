@@ -1,7 +1,8 @@
-"""tfds builders: one GeneratorBasedBuilder per dataset, writing array_record files.
+"""tfds builders: one ShardBasedBuilder per dataset, writing array_record files.
 
 The builder reads the user's folder as tfds' `manual_dir` and takes each track's log-mel from
-the stage-1 cache (cache.py), computing any track the cache lacks, so it also works alone.
+the stage-1 cache (cache.py), computing any track the cache lacks, so it also works alone; it
+writes the shards in `workers` processes (shards.py).
 Prepared data lands in `<data_dir>/myna_<name>/<config>/<version>/`; the `myna_` prefix keeps
 clear of tfds' own registered datasets (tfds has a `gtzan` that would try to download), and
 the classes are never registered with tfds, so nothing resolves them by name.
@@ -9,19 +10,16 @@ the classes are never registered with tfds, so nothing resolves them by name.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from array_record.python import array_record_module
-from tensorflow_datasets.core import file_adapters
+from tensorflow_datasets.core.utils.shard_utils import ShardConfig
 
 from myna_rpe_jax.data.audio import MelConfig
-from myna_rpe_jax.data.datasets.cache import check_unexpected, ensure_mels, load_mel
+from myna_rpe_jax.data.datasets.cache import check_unexpected, ensure_mels
 from myna_rpe_jax.data.datasets.common import DatasetSpec, Track, split_names_in_order
 from myna_rpe_jax.data.datasets.parsers import (
     demo,
@@ -32,15 +30,13 @@ from myna_rpe_jax.data.datasets.parsers import (
     mtg_jamendo,
 )
 from myna_rpe_jax.data.datasets.registry import get_spec
+from myna_rpe_jax.data.datasets.shards import TFDS_SHARDS, ShardJob, plan_shards, write_shards
 
 DATA_VERSION = "1.0.0"
 DEFAULT_CONFIG = "default"
 DEFAULT_MEL = MelConfig()
 DEFAULT_MIN_SECONDS = 1.0
 SKIPPED_FILE = "skipped.tsv"
-# zstd level 1, not tfds' level 3: a 30 s clip's float16 log-mel compresses to 494 KB instead
-# of 478 KB (of 768), and writing it costs 1.4 ms instead of 3.7 (docs/benchmarks.md).
-ARRAY_RECORD_OPTIONS = "group_size:1,zstd:1"
 CACHE_FOLDER = "_cache"
 _MEL_ABBREVIATIONS = {
     "sample_rate": "sr",
@@ -133,12 +129,30 @@ def _label_features(spec: DatasetSpec) -> dict:
     return features
 
 
-class MynaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+def make_features(spec: DatasetSpec, mel: MelConfig) -> tfds.features.FeaturesDict:
+    """What every example of `spec` holds: its log-mel, id, duration and labels."""
+    return tfds.features.FeaturesDict(
+        {
+            # Raw bytes: tfds' default encoding turns every float16 into a float32 proto entry,
+            # which cost more than decoding and the log-mel together (150x slower, 2x larger).
+            "mel": tfds.features.Tensor(
+                shape=(mel.n_mels, None), dtype=np.float16, encoding=tfds.features.Encoding.BYTES
+            ),
+            "track_id": tfds.features.Text(),
+            "duration_s": tfds.features.Scalar(dtype=np.float32),
+            **_label_features(spec),
+        }
+    )
+
+
+class MynaBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
     """Base builder; subclasses set SPEC. Construct with make_builder()."""
 
     SPEC: DatasetSpec
     VERSION = tfds.core.Version(DATA_VERSION)
     RELEASE_NOTES = {DATA_VERSION: "First release."}
+    workers = 1  # processes that write shards (make_builder sets it)
+    progress = False
 
     def __init_subclass__(cls, **kwargs):
         # Never registered with tfds: nothing can resolve (or download) them by name.
@@ -149,22 +163,10 @@ class MynaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         config: MynaConfig = self.builder_config
-        features = {
-            # Raw bytes: tfds' default encoding turns every float16 into a float32 proto entry,
-            # which cost more than decoding and the log-mel together (150x slower, 2x larger).
-            "mel": tfds.features.Tensor(
-                shape=(config.mel.n_mels, None),
-                dtype=np.float16,
-                encoding=tfds.features.Encoding.BYTES,
-            ),
-            "track_id": tfds.features.Text(),
-            "duration_s": tfds.features.Scalar(dtype=np.float32),
-            **_label_features(self.SPEC),
-        }
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.SPEC.description,
-            features=tfds.features.FeaturesDict(features),
+            features=make_features(self.SPEC, config.mel),
             # Examples keep the order of the published split files (and no shuffle buckets).
             disable_shuffling=True,
             metadata=tfds.core.MetadataDict(
@@ -176,7 +178,10 @@ class MynaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             ),
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
+    def _shard_iterators_per_split(
+        self, dl_manager, shard_config: ShardConfig = TFDS_SHARDS
+    ) -> dict[str, list[ShardJob]]:
+        """Every split's shards, in order; a ShardJob is also tfds' per-shard example generator."""
         config: MynaConfig = self.builder_config
         source = Path(dl_manager.manual_dir)
         listing = self.SPEC.list_tracks(source, config.split_mode, config.seed)
@@ -189,7 +194,6 @@ class MynaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         check_unexpected([track.path for track in listing.tracks], entries)
         self._skipped = list(listing.skipped)
         self._source_info = {"source": str(source), **listing.info}
-        self._hours = 0.0
         by_split: dict[str, list[tuple[Track, str]]] = {}
         for track, entry in zip(listing.tracks, entries, strict=True):
             if entry.ok:
@@ -199,65 +203,51 @@ class MynaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if not by_split:
             reasons = "\n".join(f"  {path}: {reason}" for path, reason in self._skipped[:10])
             raise ValueError(f"no track of {source} could be prepared, e.g.:\n{reasons}")
-        return {
-            split: self._generate_examples(by_split[split])
-            for split in split_names_in_order(by_split)
-        }
-
-    def _generate_examples(self, items: list[tuple[Track, str]]):
-        n_mels = self.builder_config.mel.n_mels
-        for index, (track, mel_file) in enumerate(items):
-            mel, duration = load_mel(mel_file)
-            if mel.shape[0] != n_mels:
-                raise ValueError(f"cached {mel_file} has {mel.shape[0]} mel bins, not {n_mels}")
-            self._hours += duration / 3600
-            # Integer keys: with shuffling disabled tfds orders examples by key.
-            yield (
-                index,
-                {
-                    "mel": mel,
-                    "track_id": track.track_id,
-                    "duration_s": duration,
-                    **track.labels,
-                },
+        jobs = {}
+        for split in split_names_in_order(by_split):
+            template = self._get_filename_template(split_name=split)
+            items = by_split[split]
+            jobs[split] = plan_shards(
+                items,
+                [Path(file).stat().st_size for _, file in items],  # ~ the serialised size
+                config.mel.n_mels,
+                lambda i, n, t=template: str(t.sharded_filepath(shard_index=i, num_shards=n)),
+                shard_config,
             )
+        return jobs
 
-    def _download_and_prepare(self, dl_manager, download_config) -> None:
-        with _array_record_writer_options():
-            super()._download_and_prepare(dl_manager, download_config)
+    def _download_and_prepare(self, dl_manager, download_config=None) -> None:
+        # tfds' ShardBasedBuilder writes the same shards one after another in this process.
+        download_config = download_config or tfds.download.DownloadConfig()
+        jobs = self._shard_iterators_per_split(dl_manager, download_config.get_shard_config())
+        flat = [job for split_jobs in jobs.values() for job in split_jobs]
+        results = iter(
+            write_shards(
+                flat,
+                self.info.features,
+                workers=self.workers,
+                progress=self.progress,
+                desc=f"{self.SPEC.name}: write shards",
+            )
+        )
+        infos, hours = [], 0.0
+        for split, split_jobs in jobs.items():
+            written = [next(results) for _ in split_jobs]
+            hours += sum(result.hours for result in written)
+            infos.append(
+                tfds.core.SplitInfo(
+                    name=split,
+                    shard_lengths=[result.num_examples for result in written],
+                    num_bytes=sum(result.num_bytes for result in written),
+                    filename_template=self._get_filename_template(split_name=split),
+                )
+            )
+        self.info.set_splits(tfds.core.SplitDict(infos))
         # self.data_path is still tfds' temporary folder here, renamed into place on success.
         write_skipped(self.data_path / SKIPPED_FILE, self._skipped, Path(dl_manager.manual_dir))
         self.info.metadata.update(
-            num_skipped=len(self._skipped), hours=round(self._hours, 4), **self._source_info
+            num_skipped=len(self._skipped), hours=round(hours, 4), **self._source_info
         )
-
-
-class _ArrayRecordAdapter(file_adapters.ArrayRecordFileAdapter):
-    """tfds' array_record adapter, writing with ARRAY_RECORD_OPTIONS (tfds fixes its own).
-    Reading is unchanged: array_record files name their compression in every chunk."""
-
-    @classmethod
-    def write_examples(cls, path, iterator) -> None:
-        writer = array_record_module.ArrayRecordWriter(os.fspath(path), ARRAY_RECORD_OPTIONS)
-        for _, serialized_example in iterator:
-            writer.write(serialized_example)
-        writer.close()
-
-
-@contextlib.contextmanager
-def _array_record_writer_options():
-    """Within the block tfds writes array_record shards through `_ArrayRecordAdapter`.
-
-    tfds looks its writer up in `file_adapters.ADAPTER_FOR_FORMAT` when it writes a shard and
-    offers no option for the compression; the entry is restored on the way out.
-    """
-    formats, key = file_adapters.ADAPTER_FOR_FORMAT, file_adapters.FileFormat.ARRAY_RECORD
-    saved = formats[key]
-    formats[key] = _ArrayRecordAdapter
-    try:
-        yield
-    finally:
-        formats[key] = saved
 
 
 def write_skipped(path: Path, skipped: list[tuple[str, str]], source: Path) -> None:
@@ -299,8 +289,11 @@ BUILDERS: dict[str, type[MynaBuilder]] = {
 }
 
 
-def make_builder(name: str, data_dir: str | Path, config: MynaConfig) -> MynaBuilder:
-    """The builder of dataset `name` for `config`, reading/writing under `data_dir`."""
+def make_builder(
+    name: str, data_dir: str | Path, config: MynaConfig, *, workers: int = 1, progress=False
+) -> MynaBuilder:
+    """The builder of dataset `name` for `config`, reading/writing under `data_dir`; it
+    writes shards in `workers` processes."""
     cls = BUILDERS[get_spec(name).name]
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
@@ -308,9 +301,11 @@ def make_builder(name: str, data_dir: str | Path, config: MynaConfig) -> MynaBui
     absl_logger.setLevel(logging.ERROR)
     try:
         # tfds refuses a custom config named like a predefined one: name the predefined one.
-        return cls(
+        builder = cls(
             data_dir=str(data_dir),
             config=DEFAULT_CONFIG if config.name == DEFAULT_CONFIG else config,
         )
     finally:
         absl_logger.setLevel(level)
+    builder.workers, builder.progress = workers, progress
+    return builder

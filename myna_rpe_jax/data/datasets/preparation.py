@@ -1,13 +1,13 @@
-"""Building a dataset: check the layout, decode in parallel (stage 1), write with tfds (stage 2).
+"""Building a dataset: check the layout, decode in parallel (stage 1), write shards (stage 2).
 
 Stage 1 caches every track's log-mel under <data_dir>/_cache/myna_<name>/<config>/ (see
 cache.py), so a killed build resumes where it stopped. Stage 2 runs the tfds builder, which
-reads the cache and writes array_record files plus skipped.tsv into a temporary incomplete.*
-folder, renamed into place when whole. The cache is then removed. Processes that share a
-data_dir build one dataset config one at a time (lock.py, on <data_dir>/myna_<name>/<config>):
-a second one waits, then finds it prepared.
-Disk: the cache and the prepared dataset are about the same size, and tfds spills examples
-to temporary files past 1 GB, so a build needs about three times the prepared size free.
+reads the cache and writes array_record shards in parallel (shards.py) plus skipped.tsv into
+a temporary incomplete.* folder, renamed into place when whole. The cache is then removed.
+Processes that share a data_dir build one dataset config one at a time (lock.py, on
+<data_dir>/myna_<name>/<config>): a second one waits, then finds it prepared.
+Disk: the cache is about 1.5 times the prepared dataset (which is zstd-compressed), so a
+build needs about 2.5 times the prepared size free.
 """
 
 from __future__ import annotations
@@ -108,11 +108,14 @@ def prepare(
     keep_cache: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    num_shards: int | None = None,
 ) -> PrepareSummary:
     """Prepares dataset `name` from the user's folder `source` into `data_dir`.
 
     Returns at once when it is already prepared with these settings (unless overwrite), and
     after waiting when another process is preparing it (then already_prepared is True).
+    workers: processes for decoding and for writing shards. num_shards: per split (at most
+    one per example); by default tfds' choice for the split's size (64 MiB to 1 GiB each).
     Raises LayoutError before any work when `source` does not match the published layout,
     and ValueError when `data_dir` lies inside `source`.
     Unusable or missing files never stop the build: they are listed in skipped.tsv. A failure
@@ -132,10 +135,13 @@ def prepare(
         # Otherwise a later build would find the prepared files among the user's files.
         raise ValueError(f"--data-dir {data_dir} is inside --source {source}: put it elsewhere")
     with build_lock(builder.data_path.parent):
-        builder = make_builder(name, data_dir, config)  # sees what a process before us built
+        # A new builder sees what a process before us built.
+        builder = make_builder(name, data_dir, config, workers=workers, progress=progress)
         if _is_prepared(builder) and not overwrite:
             return _summary(builder, True, start, [])
-        options = dict(workers=workers, progress=progress, keep_cache=keep_cache)
+        options = dict(
+            workers=workers, progress=progress, keep_cache=keep_cache, num_shards=num_shards
+        )
         builder, notes = _build(builder, name, config, source, data_dir, overwrite, **options)
         return _summary(builder, False, start, notes)
 
@@ -145,7 +151,9 @@ def _is_prepared(builder) -> bool:
     return (builder.data_path / "dataset_info.json").exists()
 
 
-def _build(builder, name, config, source, data_dir, overwrite, *, workers, progress, keep_cache):
+def _build(
+    builder, name, config, source, data_dir, overwrite, *, workers, progress, keep_cache, num_shards
+):
     """Stages 1 and 2 of `prepare`, under its build lock: (the builder, the listing's notes)."""
     listing = get_spec(name).list_tracks(source, config.split_mode, config.seed)
     for note in listing.notes:
@@ -167,11 +175,11 @@ def _build(builder, name, config, source, data_dir, overwrite, *, workers, progr
     if overwrite and builder.data_path.exists():
         # Only now, with the layout checked and the mels cached, is the old copy given up.
         shutil.rmtree(builder.data_path)
-        builder = make_builder(name, data_dir, config)
+        builder = make_builder(name, data_dir, config, workers=workers, progress=progress)
     builder.download_and_prepare(
         download_dir=work / "downloads",
         file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=str(source)),
+        download_config=tfds.download.DownloadConfig(manual_dir=str(source), num_shards=num_shards),
     )
     if not keep_cache:
         shutil.rmtree(work)
