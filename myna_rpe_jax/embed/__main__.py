@@ -52,30 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.dataset and not args.data_dir:
-        _parser().error("--dataset needs --data-dir (where it was prepared)")
+def _embed(args: argparse.Namespace) -> int:
+    """Embeds and writes the .npz (and .parquet); raises on a missing input or bad split."""
     console_logging()
     progress = not args.no_progress
-    try:
-        embedder, config, step = load_embedder(
-            args.workdir, args.step, args.max_tokens, args.max_padding
+    embedder, config, step = load_embedder(
+        args.workdir, args.step, args.max_tokens, args.max_padding
+    )
+    if args.audio:
+        result = audio_embeddings(embedder, args.audio, args.mode, args.workers, progress=progress)
+    else:
+        splits = args.splits.split(",") if args.splits else None
+        result = dataset_embeddings(
+            embedder, args.dataset, args.data_dir, args.mode, splits, progress=progress
         )
-        if args.audio:
-            result = audio_embeddings(
-                embedder, args.audio, args.mode, args.workers, progress=progress
-            )
-        else:
-            splits = args.splits.split(",") if args.splits else None
-            result = dataset_embeddings(
-                embedder, args.dataset, args.data_dir, args.mode, splits, progress=progress
-            )
-    except (FileNotFoundError, ValueError) as err:  # missing workdir/data, bad split names
-        if errors.debug():
-            raise
-        log.error("error: %s", err)
-        return 1
     result.meta.update(run_meta(args.workdir, step, args.mode, config, embedder))
     path = save_npz(args.output, result)
     written = [str(path)]
@@ -96,5 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command; returns its exit status. A missing workdir or input, a bad split or an
+    unwritable --output is one `error:` line on stderr and status 1 (errors.run_cli)."""
+    args = _parser().parse_args(argv)
+    if args.dataset and not args.data_dir:
+        _parser().error("--dataset needs --data-dir (where it was prepared)")
+    return errors.run_cli(lambda: _embed(args), (OSError, ValueError))
+
+
 if __name__ == "__main__":
-    sys.exit(errors.run_cli(main, (OSError, ValueError)))  # e.g. an unwritable --output
+    sys.exit(main())

@@ -70,34 +70,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    modes = [mode for mode in args.modes.split(",") if mode]
-    if not modes or any(mode not in MODES for mode in modes):
-        _parser().error(f"--modes must list some of {MODES}, got {args.modes!r}")
-    kinds = [] if args.no_baselines else [kind for kind in args.baselines.split(",") if kind]
-    if any(kind not in BASELINES for kind in kinds):
-        _parser().error(f"--baselines must list some of {BASELINES} (or be ''), got {kinds}")
+def _probe(args: argparse.Namespace, modes: list[str], kinds: list[str]) -> int:
+    """Probes and writes the results; 1 when no task could be probed. Raises on a missing
+    workdir or checkpoint, an unknown task."""
     console_logging()
-    try:
-        results = run(
-            args.workdir,
-            [name for name in args.tasks.split(",") if name],
-            args.output,
-            args.data_dir,
-            args.step,
-            modes,
-            args.max_tokens,
-            progress=not args.no_progress,
-            max_padding=args.max_padding,
-            baseline_kinds=kinds,
-            length_scaling=None if args.length_scaling is None else args.length_scaling == "on",
-        )
-    except (FileNotFoundError, ValueError) as err:  # no workdir / checkpoint, unknown task
-        if errors.debug():
-            raise
-        log.error("error: %s", err)
-        return 1
+    results = run(
+        args.workdir,
+        [name for name in args.tasks.split(",") if name],
+        args.output,
+        args.data_dir,
+        args.step,
+        modes,
+        args.max_tokens,
+        progress=not args.no_progress,
+        max_padding=args.max_padding,
+        baseline_kinds=kinds,
+        length_scaling=None if args.length_scaling is None else args.length_scaling == "on",
+    )
     out = Path(args.output)
     log.info("\n%s", (out / "results.md").read_text(encoding="utf-8"))
     log.info("wrote %s, %s, %s", out / "results.json", out / "results.md", out / "results.png")
@@ -113,5 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command; returns its exit status. A missing workdir or checkpoint, an unknown task
+    or an unwritable --output is one `error:` line on stderr and status 1 (errors.run_cli)."""
+    args = _parser().parse_args(argv)
+    modes = [mode for mode in args.modes.split(",") if mode]
+    if not modes or any(mode not in MODES for mode in modes):
+        _parser().error(f"--modes must list some of {MODES}, got {args.modes!r}")
+    kinds = [] if args.no_baselines else [kind for kind in args.baselines.split(",") if kind]
+    if any(kind not in BASELINES for kind in kinds):
+        _parser().error(f"--baselines must list some of {BASELINES} (or be ''), got {kinds}")
+    return errors.run_cli(lambda: _probe(args, modes, kinds), (OSError, ValueError))
+
+
 if __name__ == "__main__":
-    sys.exit(errors.run_cli(main, (OSError, ValueError)))  # e.g. an unwritable --output
+    sys.exit(main())
