@@ -71,3 +71,11 @@ def test_data_prep_small_prints_the_builder_beside_decoding_alone():
     assert "| decode + log-mel alone | 1 |" in out
     assert "| builder (decode + log-mel + write) | 1 |" in out and "| 1.00x |" in out
     assert "| wav | 44100 |" in out  # the per-core section
+
+
+def test_bootstrap_small_prints_vectorised_beside_the_loop_that_agrees():
+    out = run_small("bootstrap.py")
+    rows = [line for line in out.splitlines() if line.startswith(("| tags", "| keys", "| r2"))]
+    assert len(rows) == 3, out
+    for line in rows:
+        assert float(line.strip("|").split("|")[-1]) < 1e-9, line  # same scores as the loop

@@ -5,7 +5,7 @@ training-length chunks) the train, valid and test splits are embedded once and c
 OUT/embeddings/<dataset>-step<N>-<mode>.npz (reused by later runs of the same checkpoint), then
 each of the dataset's tasks gets a linear probe (`tasks`: fit on train, regularisation
 chosen on valid, test scored once). Every test score gets a bootstrap 95% interval over the
-test tracks (`metrics.bootstrap_interval` on the fixed predictions). Beside the encoder's rows,
+test tracks (`bootstrap.bootstrap_intervals` on the fixed predictions). Beside the encoder's rows,
 `baseline_kinds` adds the same probes on baselines (`baselines`): the architecture at random
 initialisation in every mode (OUT/embeddings/<dataset>-random-seed<S>-<mode>.npz) and
 hand-made features of the log-mels (OUT/embeddings/<dataset>-features.npz), cached alike.
@@ -32,7 +32,7 @@ from myna_rpe_jax.embed import embedder as embedder_lib
 from myna_rpe_jax.embed.collection import dataset_embeddings, run_meta
 from myna_rpe_jax.embed.file import Embeddings, load_npz, save_npz
 from myna_rpe_jax.model import positional
-from myna_rpe_jax.probe import baselines, metrics
+from myna_rpe_jax.probe import baselines, bootstrap
 from myna_rpe_jax.probe.report import model_label, table_rows, write_markdown, write_plot
 from myna_rpe_jax.probe.tasks import REG_GRID, run_probe, standardize
 
@@ -215,7 +215,7 @@ def score_intervals(probe: dict) -> dict[str, list[float] | None]:
     be scored (e.g. a single positive tag in test)."""
     names = [name for name, value in probe["metrics"].items() if isinstance(value, float)]
     try:
-        found = metrics.bootstrap_intervals(metrics.scorer(names), *probe["test_outputs"])
+        found = bootstrap.bootstrap_intervals(names, *probe["test_outputs"])
     except ValueError as err:
         log.warning("no bootstrap interval: %s", err)
         found = {}

@@ -139,6 +139,7 @@ def multilabel_scores(y_true, scores) -> MultilabelScores:
 
 
 _CLASS_METRICS = {"accuracy": accuracy, "mirex": mirex_key_score}
+METRIC_NAMES = (*_CLASS_METRICS, "r2", "roc_auc", "pr_auc")  # the reported test scores
 
 
 def scorer(names: Sequence[str]) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
@@ -147,7 +148,7 @@ def scorer(names: Sequence[str]) -> Callable[[np.ndarray, np.ndarray], dict[str,
     (r2), 0/1 labels and scores [N, C] (roc_auc, pr_auc, both from one `multilabel_scores`).
     """
     names = tuple(names)
-    unknown = [n for n in names if n not in (*_CLASS_METRICS, "r2", "roc_auc", "pr_auc")]
+    unknown = [n for n in names if n not in METRIC_NAMES]
     if unknown:
         raise ValueError(f"no test score is defined for metric(s) {unknown}")
 
@@ -161,45 +162,3 @@ def scorer(names: Sequence[str]) -> Callable[[np.ndarray, np.ndarray], dict[str,
         return {n: out[n] for n in names}
 
     return score
-
-
-def bootstrap_intervals(
-    score: Callable[[np.ndarray, np.ndarray], dict[str, float]],
-    y_true,
-    y_pred,
-    *,
-    num_resamples: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals of every score in score(y_true, y_pred) (a dict, e.g.
-    from `scorer`) over the test examples.
-
-    y_true, y_pred: [N, ...], aligned on the first axis. The predictions stay fixed: only the
-    test set is resampled, N examples with replacement, num_resamples times from
-    np.random.default_rng(seed). Returns name -> the (1 - level) / 2 and (1 + level) / 2
-    quantiles of the resampled score. A resample that cannot be scored (score raises
-    ValueError, e.g. no tag with both positives and negatives) is left out; ValueError if
-    none can be scored.
-    """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if len(y_true) != len(y_pred) or len(y_true) == 0:
-        raise ValueError(
-            f"bootstrap_intervals: y_true {y_true.shape} and predictions {y_pred.shape} must"
-            " have the same non-zero number of examples"
-        )
-    if not 0 < level < 1 or num_resamples < 1:
-        raise ValueError(f"need 0 < level < 1 and num_resamples >= 1, got {level}, {num_resamples}")
-    rows = np.random.default_rng(seed).integers(0, len(y_true), (num_resamples, len(y_true)))
-    values: dict[str, list[float]] = {}
-    for row in rows:
-        try:
-            scores = score(y_true[row], y_pred[row])
-        except ValueError:
-            continue
-        for name, value in scores.items():
-            values.setdefault(name, []).append(value)
-    if not values:
-        raise ValueError(f"none of the {num_resamples} bootstrap resamples could be scored")
-    quantiles = [(1 - level) / 2, (1 + level) / 2]
-    return {name: tuple(float(q) for q in np.quantile(v, quantiles)) for name, v in values.items()}

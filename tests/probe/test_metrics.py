@@ -128,11 +128,6 @@ def _coin_flips(n: int, p: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return y_true, np.where(right, y_true, (y_true + 1) % 4)
 
 
-def _accuracy_interval(y_true, y_pred, **kwargs) -> tuple[float, float]:
-    score = probe_metrics.scorer(["accuracy"])
-    return probe_metrics.bootstrap_intervals(score, y_true, y_pred, **kwargs)["accuracy"]
-
-
 def test_scorer_gives_the_metrics_of_each_task_kind():
     y_true, y_pred = _coin_flips(50, 0.6, seed=0)
     keys_scores = probe_metrics.scorer(["accuracy", "mirex"])(y_true, y_pred)
@@ -154,68 +149,3 @@ def test_scorer_gives_the_metrics_of_each_task_kind():
     )
     with pytest.raises(ValueError, match="no test score is defined"):
         probe_metrics.scorer(["f1"])
-
-
-def test_bootstrap_interval_contains_the_estimate_and_shrinks_like_one_over_sqrt_n():
-    widths = {}
-    for n in (100, 400, 1600):
-        y_true, y_pred = _coin_flips(n, 0.7, seed=n)
-        low, high = _accuracy_interval(y_true, y_pred)
-        assert low <= probe_metrics.accuracy(y_true, y_pred) <= high
-        widths[n] = high - low
-    assert widths[100] / widths[400] == pytest.approx(2.0, rel=0.25)
-    assert widths[400] / widths[1600] == pytest.approx(2.0, rel=0.25)
-
-
-def test_bootstrap_interval_of_accuracy_matches_the_normal_approximation():
-    y_true, y_pred = _coin_flips(4000, 0.7, seed=0)
-    p = probe_metrics.accuracy(y_true, y_pred)
-    low, high = _accuracy_interval(y_true, y_pred)
-    half = 1.959964 * np.sqrt(p * (1 - p) / len(y_true))
-    assert low == pytest.approx(p - half, abs=0.15 * half)
-    assert high == pytest.approx(p + half, abs=0.15 * half)
-
-
-@pytest.mark.parametrize("metrics", [("accuracy", "mirex"), ("r2",), ("roc_auc", "pr_auc")])
-def test_bootstrap_intervals_agree_with_scipy_percentile_bootstrap(metrics):
-    from scipy import stats
-
-    rng = np.random.default_rng(1)
-    n = 300
-    if metrics[0] == "accuracy":
-        y_true, y_pred = _coin_flips(n, 0.6, seed=2)
-    elif metrics[0] == "r2":
-        y_true = rng.normal(size=n)
-        y_pred = 0.7 * y_true + rng.normal(0, 0.7, n)
-    else:
-        y_true = (rng.random((n, 3)) < 0.3).astype(np.float32)
-        y_pred = y_true + rng.normal(0, 1.0, (n, 3))
-    score = probe_metrics.scorer(metrics)
-    ours = probe_metrics.bootstrap_intervals(score, y_true, y_pred, num_resamples=4000)
-    assert list(ours) == list(metrics)
-    for name in metrics:
-        # scipy resamples the example indices; the statistic scores the examples they pick.
-        theirs = stats.bootstrap(
-            (np.arange(n),),
-            lambda i, name=name: score(y_true[i], y_pred[i])[name],
-            vectorized=False,
-            n_resamples=4000,
-            method="percentile",
-            random_state=np.random.default_rng(7),
-        ).confidence_interval
-        width = ours[name][1] - ours[name][0]
-        np.testing.assert_allclose(ours[name], (theirs.low, theirs.high), atol=0.05 * width)
-
-
-def test_bootstrap_intervals_are_reproducible_and_skip_unscorable_resamples():
-    y_true = np.zeros((12, 1))
-    y_true[0] = 1  # one positive: resamples without it cannot be scored
-    logits = np.linspace(1, 0, 12)[:, None]
-    score = probe_metrics.scorer(["roc_auc"])
-    first = probe_metrics.bootstrap_intervals(score, y_true, logits, seed=3)
-    assert first == probe_metrics.bootstrap_intervals(score, y_true, logits, seed=3)
-    assert first == {"roc_auc": (1.0, 1.0)}  # the positive outscores every negative, always
-    with pytest.raises(ValueError, match="none of the 5 bootstrap resamples"):
-        probe_metrics.bootstrap_intervals(score, np.zeros((4, 1)), logits[:4], num_resamples=5)
-    with pytest.raises(ValueError, match="same non-zero number"):
-        _accuracy_interval([1, 2], [1])
