@@ -63,10 +63,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _build(args: argparse.Namespace, mel: MelConfig) -> int:
     from myna_rpe_jax.data.datasets import prepare  # imports TensorFlow Datasets: after --help
 
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        summary = prepare(
+            args.dataset,
+            args.source,
+            args.data_dir,
+            workers=args.workers,
+            split_mode=args.split_mode,
+            seed=args.seed,
+            mel=mel,
+            min_seconds=args.min_seconds,
+            keep_cache=args.keep_cache,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    for warning in caught:
+        if str(warning.message) not in summary.notes:
+            print(f"warning: {warning.message}", file=sys.stderr)
+    print(summary.describe())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command; returns its exit status: 2 for log-mel flags that make no MelConfig and
+    a --source that is not the dataset's layout (LayoutError); 1 for anything else that stops
+    a build (a --data-dir inside the source, nothing decodable, a failure that is not a
+    file's, a folder that cannot be written). Each is one `error:` line (errors.run_cli)."""
+    args = _parser().parse_args(argv)
     try:
         mel = MelConfig(
             sample_rate=args.sample_rate,
@@ -75,32 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             hop_length=args.hop_length,
             n_mels=args.n_mels,
         )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            summary = prepare(
-                args.dataset,
-                args.source,
-                args.data_dir,
-                workers=args.workers,
-                split_mode=args.split_mode,
-                seed=args.seed,
-                mel=mel,
-                min_seconds=args.min_seconds,
-                keep_cache=args.keep_cache,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-            )
-    except (LayoutError, ValueError, UnexpectedDecodeError) as err:
-        if errors.debug():
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for warning in caught:
-        if str(warning.message) not in summary.notes:
-            print(f"warning: {warning.message}", file=sys.stderr)
-    print(summary.describe())
-    return 0
+    except ValueError as err:  # e.g. --win-length above --n-fft: a usage error (status 2)
+        _parser().error(str(err))
+    expected = (LayoutError, ValueError, UnexpectedDecodeError, OSError)
+    return errors.run_cli(lambda: _build(args, mel), expected)
 
 
 if __name__ == "__main__":
-    sys.exit(errors.run_cli(main, (OSError,)))  # e.g. a --data-dir that cannot be written
+    sys.exit(main())

@@ -265,6 +265,18 @@ def test_wrong_layout_fails_at_once(tmp_path, capsys):
         prepare("folder", tmp_path, data_dir)
 
 
+def test_build_exit_status_is_2_for_flags_and_1_for_an_unusable_data_dir(tmp_path, capsys):
+    source = tmp_path / "src"
+    source.mkdir()
+    argv = ["--dataset", "folder", "--source", str(source)]
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error
+        build.main([*argv, "--data-dir", str(tmp_path / "data"), "--win-length", "4096"])
+    assert usage.value.code == 2
+    assert "MelConfig.win_length (4096) must be <= n_fft (2048)" in capsys.readouterr().err
+    assert build.main([*argv, "--data-dir", str(source / "data")]) == 1
+    assert "is inside --source" in capsys.readouterr().err
+
+
 def test_reading_an_unprepared_dataset_says_how_to_build_it(tmp_path):
     with pytest.raises(DatasetNotPreparedError, match="python -m data_prep.build --dataset gtzan"):
         open_split("gtzan", tmp_path, "train")

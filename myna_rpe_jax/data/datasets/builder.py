@@ -21,15 +21,7 @@ from tensorflow_datasets.core.utils.shard_utils import ShardConfig
 from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.data.datasets.cache import check_unexpected, ensure_mels
 from myna_rpe_jax.data.datasets.common import DatasetSpec, Track, split_names_in_order
-from myna_rpe_jax.data.datasets.parsers import (
-    demo,
-    emomusic,
-    folder,
-    giantsteps_key,
-    gtzan,
-    mtg_jamendo,
-)
-from myna_rpe_jax.data.datasets.registry import get_spec
+from myna_rpe_jax.data.datasets.registry import DATASETS, get_spec
 from myna_rpe_jax.data.datasets.shards import TFDS_SHARDS, ShardJob, plan_shards, write_shards
 
 DATA_VERSION = "1.0.0"
@@ -259,33 +251,15 @@ def write_skipped(path: Path, skipped: list[tuple[str, str]], source: Path) -> N
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-class MynaFolder(MynaBuilder):
-    SPEC = folder.SPEC
-
-
-class MynaDemo(MynaBuilder):
-    SPEC = demo.SPEC
-
-
-class MynaMtgJamendo(MynaBuilder):
-    SPEC = mtg_jamendo.SPEC
-
-
-class MynaGtzan(MynaBuilder):
-    SPEC = gtzan.SPEC
-
-
-class MynaGiantstepsKey(MynaBuilder):
-    SPEC = giantsteps_key.SPEC
-
-
-class MynaEmomusic(MynaBuilder):
-    SPEC = emomusic.SPEC
+def _builder_class(spec: DatasetSpec) -> type[MynaBuilder]:
+    """The builder class of `spec` (tfds keys a builder's configs and name on its class):
+    e.g. MynaGiantstepsKey for giantsteps_key."""
+    name = "Myna" + "".join(part.title() for part in spec.name.split("_"))
+    return type(name, (MynaBuilder,), {"SPEC": spec, "__module__": __name__})
 
 
 BUILDERS: dict[str, type[MynaBuilder]] = {
-    cls.SPEC.name: cls
-    for cls in (MynaFolder, MynaDemo, MynaMtgJamendo, MynaGtzan, MynaGiantstepsKey, MynaEmomusic)
+    name: _builder_class(spec) for name, spec in DATASETS.items()
 }
 
 

@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from myna_rpe_jax.errors import UserError
+
 SPLITS = ("train", "valid", "test")
 # Other names users reach for; every reader and builder uses the three above.
 SPLIT_ALIASES = {"validation": "valid", "val": "valid"}
@@ -120,8 +122,10 @@ class DatasetSpec:
     list_tracks: Callable[[Path, str, int], Listing]
 
 
-class LayoutError(ValueError):
-    """The source folder does not match a dataset's published layout."""
+class LayoutError(UserError, ValueError):
+    """The source folder does not match a dataset's published layout (the message shows it)."""
+
+    exit_code = 2  # a --source to correct, like a wrong flag
 
 
 def layout_error(spec_name: str, source: Path, problem: str, layout: str) -> LayoutError:
