@@ -73,6 +73,7 @@ def test_cli_builds_demo_and_reads_it_back(tmp_path, capsys):
     assert build.main([*argv, "--workers", "2", "--no-progress", *MEL_FLAGS]) == 0
     out = capsys.readouterr().out
     assert "tracks prepared: 8 (train 4, valid 1, test 3)" in out and "skipped:  0" in out
+    assert "download" not in out.lower()  # tfds' "Downloading and preparing ..." lines: silenced
 
     assert available_splits("demo", data_dir) == ["train", "valid", "test"]
     seen = set()

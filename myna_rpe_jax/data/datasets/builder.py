@@ -153,6 +153,15 @@ class MynaBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
         cls.MANUAL_DOWNLOAD_INSTRUCTIONS = cls.SPEC.layout
         cls.BUILDER_CONFIGS = [make_config(cls.SPEC.name)]
 
+    # tfds prints "Downloading and preparing dataset Unknown size ..." before a build and
+    # "... downloaded and prepared to ..." after it. Nothing is downloaded here, and
+    # `prepare` prints its own summary.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _info(self) -> tfds.core.DatasetInfo:
         config: MynaConfig = self.builder_config
         return tfds.core.DatasetInfo(
