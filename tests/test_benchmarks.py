@@ -44,6 +44,7 @@ def test_train_step_small_prints_ours_beside_plain_with_mfu():
     (row,) = [line for line in out.splitlines() if line.startswith("| its matmuls alone |")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert float(cells[4]) == pytest.approx(float(cells[6]), rel=0.02), row
+    assert "| its optimizer update alone |" in out and "s of everything else" in out
 
 
 @pytest.mark.slow
