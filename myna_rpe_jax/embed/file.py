@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,10 @@ def save_npz(path: str | Path, result: Embeddings) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"label_{key}": value for key, value in result.labels.items()}
-    # Through a temporary name: a killed run never leaves a half-written file to be reused.
-    partial = path.with_name(path.name + ".partial.npz")
+    # Through a temporary name of its own: a killed run never leaves a half-written file to be
+    # reused, and two processes writing one path (two probes into one --output) cannot write
+    # into each other's file; the last to finish wins, whole.
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.partial.npz")
     np.savez(
         partial,
         track_ids=np.asarray(result.track_ids, dtype=str),

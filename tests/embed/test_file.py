@@ -1,6 +1,7 @@
 """The embedding .npz format: save/load round trip, the lenient read, errors naming the field."""
 
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -34,6 +35,43 @@ def test_round_trip(tmp_path):
     assert got.embeddings.dtype == np.float32
     assert set(got.labels) == {"genre", "tags"}
     np.testing.assert_array_equal(got.labels["tags"], want.labels["tags"])
+
+
+def test_writers_racing_on_one_path_leave_one_whole_file(tmp_path):
+    """Two probes into one --output save the same embedding file at once: the last to finish
+    wins, and the file is always one writer's whole result."""
+    path = tmp_path / "emb.npz"
+    results = [
+        Embeddings(
+            track_ids=[f"t{i}" for i in range(2000)],
+            embeddings=np.full((2000, 256), value, np.float32),
+            split=["test"] * 2000,
+            labels={},
+            skipped=[],
+            meta={},
+        )
+        for value in (1.0, 2.0)
+    ]
+    barrier, errors = threading.Barrier(2), []
+
+    def write(result):
+        try:
+            for _ in range(10):
+                barrier.wait(timeout=60)
+                save_npz(path, result)
+        except Exception as err:  # reported below: an exception in a thread would be lost
+            errors.append(err)
+            barrier.abort()  # the other writer stops too instead of waiting for this one
+
+    threads = [threading.Thread(target=write, args=(result,)) for result in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    values = np.unique(load_npz(path).embeddings)
+    assert len(values) == 1 and values[0] in (1.0, 2.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npz"]
 
 
 def test_lenient_read_needs_only_track_ids_and_embeddings(tmp_path):
