@@ -30,10 +30,10 @@ _BLOCK_ELEMENTS = 1 << 19
 def _class_scores(names, y_true, y_pred, counts: np.ndarray) -> dict[str, np.ndarray]:
     """accuracy and MIREX score of every resample: [B] each. y_true, y_pred: [N] indices."""
     per_example = {
-        "accuracy": (y_true == y_pred).astype(np.float64),
-        "mirex": keys.mirex_weights()[y_true, y_pred] if "mirex" in names else None,
+        "accuracy": lambda: (y_true == y_pred).astype(np.float64),
+        "mirex": lambda: keys.mirex_weights()[y_true, y_pred],  # key indices only
     }
-    return {n: counts @ per_example[n] / len(y_true) for n in names if n in per_example}
+    return {n: counts @ f() / len(y_true) for n, f in per_example.items() if n in names}
 
 
 def _r2(y_true, y_pred, counts: np.ndarray) -> np.ndarray:
