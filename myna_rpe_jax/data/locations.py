@@ -41,16 +41,26 @@ def ensure_demo(root: Path, tracks: int, seconds: float, seed: int, workers: int
 
     Returns the data_dir to open it from. Processes sharing `root` build it once: the first
     holds its build lock (lock.py), the others wait, then find it prepared. In a multi-host
-    run process 0 builds it while the others wait at a barrier.
+    run process 0 builds it while the others wait at a barrier; a host whose `root` is not
+    shared with process 0 (a local disk) then finds none and builds its own, the same
+    tracks (the demo is a function of its seed).
     """
     data_dir = demo_data_dir(root, tracks, seconds, seed)
-    if jax.process_index() == 0 and not is_prepared("demo", data_dir):
+    if jax.process_index() == 0:
+        _build_unless_prepared(data_dir, tracks, seconds, seed, workers)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("demo dataset ready")
+        _build_unless_prepared(data_dir, tracks, seconds, seed, workers)  # unshared disks
+    return data_dir
+
+
+def _build_unless_prepared(
+    data_dir: Path, tracks: int, seconds: float, seed: int, workers: int
+) -> None:
+    if not is_prepared("demo", data_dir):
         with build_lock(data_dir):
             if not is_prepared("demo", data_dir):  # or another process built it meanwhile
                 _build_demo(data_dir, tracks, seconds, seed, workers)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("demo dataset ready")
-    return data_dir
 
 
 def _build_demo(data_dir: Path, tracks: int, seconds: float, seed: int, workers: int) -> None:
