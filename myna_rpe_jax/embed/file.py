@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from myna_rpe_jax import files
 
 # What `save_npz` writes and `load_npz` requires; strict=False needs only the first two.
 FIELDS = ("track_ids", "embeddings", "split", "meta")
@@ -42,21 +42,18 @@ class Embeddings:
 def save_npz(path: str | Path, result: Embeddings) -> Path:
     """Writes the embedding file format shared with probe and playlist (see the README)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"label_{key}": value for key, value in result.labels.items()}
-    # Through a temporary name of its own: a killed run never leaves a half-written file to be
-    # reused, and two processes writing one path (two probes into one --output) cannot write
-    # into each other's file; the last to finish wins, whole.
-    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.partial.npz")
-    np.savez(
-        partial,
-        track_ids=np.asarray(result.track_ids, dtype=str),
-        embeddings=result.embeddings,
-        split=np.asarray(result.split, dtype=str),
-        meta=np.asarray(json.dumps({**result.meta, "skipped": result.skipped})),
-        **arrays,
-    )
-    os.replace(partial, path)
+    # A killed run never leaves a half-written file to be reused; two probes writing one
+    # --output cannot write into each other's file (files.atomic_path).
+    with files.atomic_path(path) as partial:
+        np.savez(
+            partial,
+            track_ids=np.asarray(result.track_ids, dtype=str),
+            embeddings=result.embeddings,
+            split=np.asarray(result.split, dtype=str),
+            meta=np.asarray(json.dumps({**result.meta, "skipped": result.skipped})),
+            **arrays,
+        )
     return path
 
 

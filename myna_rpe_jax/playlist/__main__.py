@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from myna_rpe_jax import errors
+from myna_rpe_jax import errors, files
 from myna_rpe_jax.embed.file import load_npz
 from myna_rpe_jax.playlist import hull
 from myna_rpe_jax.playlist.strategies import STRATEGIES, expand, fill, interpolate, waypoints
@@ -78,7 +78,8 @@ def plot_picture(path: str, emb: np.ndarray, groups: dict[str, np.ndarray], pick
         ax.annotate(str(rank), xy[row], fontsize=7, color="tab:red")
     ax.set_title("PCA picture only: distances are measured in the full embedding space")
     ax.legend(fontsize=7, loc="best")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with files.atomic_path(path) as partial:
+        fig.savefig(partial, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -144,7 +145,7 @@ def write_ranked(path, strategy, pool_ids, ranked, emb, groups, near) -> None:
     rows = list(groups.values())
     spreads = [float(hull.hull_spread(emb[r])) for r in rows]
     ts = waypoints(len(ranked.indices)) if strategy == "interpolate" else None
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with files.atomic_path(path) as partial, open(partial, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["rank", "track_id", "distance", "relative_distance", "membership", "t"])
         for k, (i, d) in enumerate(zip(ranked.indices, ranked.distances, strict=True)):

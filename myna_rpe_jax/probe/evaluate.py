@@ -26,6 +26,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from myna_rpe_jax import files
 from myna_rpe_jax.data import locations
 from myna_rpe_jax.data.datasets import dataset_tasks
 from myna_rpe_jax.embed import embedder as embedder_lib
@@ -374,7 +375,7 @@ def run(
         )
     run_info.pop("random_embedder", None)
     results["table"], results["intervals"] = table_rows(results)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    files.write_text(out_dir / "results.json", json.dumps(results, indent=2))
     write_markdown(out_dir / "results.md", results)
     write_plot(out_dir / "results.png", results)
     return results

@@ -8,6 +8,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from myna_rpe_jax import files
 from myna_rpe_jax.data.datasets import TaskSpec, dataset_tasks
 from myna_rpe_jax.data.keys import KEY_NAMES
 
@@ -144,7 +145,7 @@ def write_markdown(path: Path, results: dict) -> None:
                     f"- {name}/{task} ({label}): {sel['param']} = {sel['chosen']:.3g}"
                     f" ({sel['metric']} {max(sel['valid_scores']):.4f})"
                 )
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    files.write_text(path, "\n".join(lines) + "\n")
 
 
 def write_plot(path: Path, results: dict) -> None:
@@ -180,5 +181,6 @@ def write_plot(path: Path, results: dict) -> None:
             ax.text(x, 0, "no data", ha="center", va="bottom", rotation=90, color="gray")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with files.atomic_path(path) as partial:
+        fig.savefig(partial, dpi=120)
     plt.close(fig)

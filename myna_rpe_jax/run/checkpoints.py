@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from myna_rpe_jax import files
 from myna_rpe_jax.data.audio import MelConfig
 
 CONFIG_FILE = "config.json"
@@ -78,7 +78,7 @@ def write_config(
         archive = path.with_name(f"config.until_step{step}.json")
         if changes and step > 0 and not archive.exists():
             path.replace(archive)
-    path.write_text(text)
+    files.write_text(path, text)
     return changes
 
 
@@ -171,9 +171,7 @@ def record_features(workdir: str | Path, data: ml_collections.ConfigDict) -> Mel
             indent=2,
             sort_keys=True,
         )
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
+        files.write_text(path, text)
     return mel
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import requests
 from spotipy.exceptions import SpotifyException, SpotifyOauthError
 
-from myna_rpe_jax import errors
+from myna_rpe_jax import errors, files
 from myna_rpe_jax.spotify.api import (
     ACCOUNTS_URL,
     API_URL,
@@ -59,7 +59,7 @@ def read_csv(path: str, required: Sequence[str]) -> list[dict]:
 
 
 def write_csv(path: str, fields: Sequence[str], rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with files.atomic_path(path) as partial, open(partial, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

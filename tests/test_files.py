@@ -1,0 +1,57 @@
+import threading
+
+import pytest
+
+from myna_rpe_jax import files
+
+
+def test_the_file_appears_whole_and_nothing_else_is_left(tmp_path):
+    path = tmp_path / "out" / "results.json"  # the folder is made
+    with files.atomic_path(path) as partial:
+        assert partial.parent == path.parent and partial.suffix == ".json"  # format by suffix
+        assert partial != path
+        partial.write_text("{}")
+        assert not path.exists()  # only once the block ends
+    assert path.read_text() == "{}"
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_partial(tmp_path):
+    path = files.write_text(tmp_path / "results.md", "old")
+    with pytest.raises(RuntimeError), files.atomic_path(path) as partial:
+        partial.write_text("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.md"]
+
+
+def test_a_reader_racing_two_writers_only_ever_sees_a_whole_file(tmp_path):
+    """Two probes writing results.md into one --output while a third process reads it: with a
+    plain write_text the reader caught truncated files in every one of 3 tries."""
+    path = files.write_text(tmp_path / "results.md", "a" * 200_000)
+    texts = ["a" * 200_000, "b" * 300_000]
+    stop, seen, errors = threading.Event(), [], []
+
+    def write(text):
+        try:
+            for _ in range(150):
+                files.write_text(path, text)
+        except Exception as err:  # reported below: an exception in a thread would be lost
+            errors.append(err)
+
+    def read():
+        while not stop.is_set():
+            seen.append(path.read_text())
+
+    reader = threading.Thread(target=read)
+    writers = [threading.Thread(target=write, args=(text,)) for text in texts]
+    reader.start()
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    reader.join()
+    assert not errors, errors
+    assert seen and all(text in texts for text in seen), {len(text) for text in seen}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.md"]
