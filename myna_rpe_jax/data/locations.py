@@ -9,8 +9,8 @@ from pathlib import Path
 import jax
 import ml_collections
 from absl import logging
-from jax.experimental import multihost_utils
 
+from myna_rpe_jax import distributed
 from myna_rpe_jax.data import datasets
 from myna_rpe_jax.data.demo import music
 from myna_rpe_jax.data.lock import build_lock
@@ -41,16 +41,17 @@ def ensure_demo(root: Path, tracks: int, seconds: float, seed: int, workers: int
 
     Returns the data_dir to open it from. Processes sharing `root` build it once: the first
     holds its build lock (lock.py), the others wait, then find it prepared. In a multi-host
-    run process 0 builds it while the others wait at a barrier; a host whose `root` is not
-    shared with process 0 (a local disk) then finds none and builds its own, the same
-    tracks (the demo is a function of its seed).
+    run process 0 builds it while the others wait; a host whose `root` is not shared with
+    process 0 (a local disk) then finds none and builds its own, the same tracks (the demo
+    is a function of its seed). A build that fails on one host stops them all.
     """
     data_dir = demo_data_dir(root, tracks, seconds, seed)
-    if jax.process_index() == 0:
-        _build_unless_prepared(data_dir, tracks, seconds, seed, workers)
+    with distributed.all_or_none("building the demo set on process 0"):
+        if jax.process_index() == 0:
+            _build_unless_prepared(data_dir, tracks, seconds, seed, workers)
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("demo dataset ready")
-        _build_unless_prepared(data_dir, tracks, seconds, seed, workers)  # unshared disks
+        with distributed.all_or_none("building the demo set on hosts that do not see it"):
+            _build_unless_prepared(data_dir, tracks, seconds, seed, workers)
     return data_dir
 
 

@@ -43,7 +43,8 @@ def main(argv: list[str]) -> None:
     except OSError as err:
         raise _config_file_error(err, sys.argv) from err
     distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config = config_check.checked_config(config)  # in seconds, before the heavy imports
+    with distributed.all_or_none("checking the config"):  # in seconds, before heavy imports
+        config = config_check.checked_config(config)
     from myna_rpe_jax.train import loop  # TensorFlow (clu, tfds) and the data machinery
 
     with _one_trainer(_WORKDIR.value):

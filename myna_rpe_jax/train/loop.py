@@ -69,7 +69,8 @@ def train(
     mesh = distributed.data_mesh()
     objective = Objective.from_config(config.loss, config.batch_size)
     source = sources.open_training_split(config.data)
-    mel = checkpoints.record_features(workdir, config.data)  # features.json; a resume must match
+    with distributed.all_or_none("checking the training data's log-mel settings"):
+        mel = checkpoints.record_features(workdir, config.data)  # features.json; resume: same
     sampler = pairs.PairSampler(
         source,
         global_batch=config.batch_size,

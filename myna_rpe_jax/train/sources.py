@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from myna_rpe_jax import distributed
 from myna_rpe_jax.data import datasets
 from myna_rpe_jax.data.locations import training_dir
 from myna_rpe_jax.errors import UserError
@@ -39,19 +40,20 @@ def open_training_split(data: ml_collections.ConfigDict):
     memory-mapped file, so a step reads only its chunks. Otherwise the tfds records, read
     whole. In a multi-process run process 0 copies first while the others wait; then each
     process opens the copy, or makes its own where its data_dir is not on shared storage,
-    and all check that they read the same tracks (`check_same_tracks`).
+    and all check that they read the same tracks (`check_same_tracks`). A step that fails
+    on one process stops them all (`distributed.all_or_none`).
     """
     splits = training_splits(data)
     data_dir = training_dir(data, build=True)
-    if data.frame_store:
-        if jax.process_index() == 0:
+    with distributed.all_or_none("copying the training split into the frame store"):
+        if data.frame_store and jax.process_index() == 0:
             frame_store.open_frame_store(data.dataset, data_dir, splits)  # copies if needed
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("frame store ready")
-        source = frame_store.open_frame_store(data.dataset, data_dir, splits)
-    else:
-        parts = [datasets.open_split(data.dataset, data_dir, split) for split in splits]
-        source = parts[0] if len(parts) == 1 else ConcatSource(parts)
+    with distributed.all_or_none("opening the training split"):
+        if data.frame_store:
+            source = frame_store.open_frame_store(data.dataset, data_dir, splits)
+        else:
+            parts = [datasets.open_split(data.dataset, data_dir, split) for split in splits]
+            source = parts[0] if len(parts) == 1 else ConcatSource(parts)
     if jax.process_count() > 1:
         check_same_tracks(source, f"{data.dataset} {'+'.join(splits)} in {data_dir}")
     return source

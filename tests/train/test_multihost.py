@@ -1,5 +1,6 @@
 """Multi-process training on loopback: one global step, data_dirs that are not shared, and
-processes that would read different tracks (stopped, on every process, with one message)."""
+processes that would read different tracks, fail in set-up or run different configs (each
+stopped, on every process, with one message)."""
 
 import shutil
 import socket
@@ -7,6 +8,7 @@ import socket
 import numpy as np
 import pytest
 
+from myna_rpe_jax import distributed
 from myna_rpe_jax.data import datasets, locations
 from myna_rpe_jax.train import frame_store, sources
 from tests.conftest import DEMO
@@ -107,4 +109,48 @@ def test_a_mismatch_names_each_differing_process_and_its_track_count():
     assert sources.tracks_mismatch(fingerprint_rows(same, same, same)) == ""
     assert sources.tracks_mismatch(fingerprint_rows(same, (36, b"a" * 20), same, other)) == (
         "process 0: 24 tracks; process 1: 36 tracks; process 3: 24 tracks, but not the same ones"
+    )
+
+
+def test_a_process_that_fails_in_set_up_stops_the_others_with_its_message(tiny_config, tmp_path):
+    """Process 1's data_dir does not exist: it stops at the config check, and process 0,
+    instead of waiting in the next collective until JAX's runtime times out ("Gloo context
+    initialization failed: DEADLINE_EXCEEDED"), stops there too with process 1's message."""
+    missing = tmp_path / "missing"
+    flags = ("--config.data.dataset=gtzan", f"--config.data.data_dir={missing}")
+    (code0, out0), (code1, out1) = run_two_processes(tmp_path, tiny_config, ((), flags))
+    assert code1 == 2 and f"error: config.data.data_dir='{missing}' does not exist" in out1, out1
+    assert code0 == 1, out0
+    stopped = f"process 1 stopped while checking the config: config.data.data_dir='{missing}'"
+    assert f"error: {stopped}" in out0, out0
+    assert "DEADLINE_EXCEEDED" not in out0 and "JaxRuntimeError" not in out0, out0
+
+
+def test_processes_that_run_different_configs_all_stop_at_the_first_step_that_differs(
+    tiny_config, tmp_path
+):
+    """Process 0 trains on the demo (it builds it first), process 1 on another dataset."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    flags = ("--config.data.dataset=gtzan", f"--config.data.data_dir={empty}")
+    for code, out in run_two_processes(tmp_path, tiny_config, ((), flags)):
+        assert code == 1, out
+        assert (
+            "error: the processes reached different set-up steps (process 0: building the demo"
+            " set on process 0; process 1: copying the training split into the frame store)"
+        ) in out, out
+
+
+def test_the_set_up_verdict_names_the_failed_processes_or_the_steps_that_differ():
+    ok = ("opening the training split", "")
+    assert distributed.disagreement([ok, ok, ok]) == ""
+    failed = [ok, ("opening the training split", "no such file"), ok, (ok[0], "disk full")]
+    assert distributed.disagreement(failed) == (
+        "process 1 stopped while opening the training split: no such file; process 3 stopped"
+        " while opening the training split: disk full"
+    )
+    apart = distributed.disagreement([ok, ("checking the config", "")])
+    assert apart.startswith(
+        "the processes reached different set-up steps (process 0: opening the training split;"
+        " process 1: checking the config)"
     )
