@@ -10,7 +10,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from myna_rpe_jax import distributed
+from myna_rpe_jax import failures
 from myna_rpe_jax.data import datasets
 from myna_rpe_jax.data.demo import music
 from myna_rpe_jax.data.lock import build_lock
@@ -46,11 +46,11 @@ def ensure_demo(root: Path, tracks: int, seconds: float, seed: int, workers: int
     is a function of its seed). A build that fails on one host stops them all.
     """
     data_dir = demo_data_dir(root, tracks, seconds, seed)
-    with distributed.all_or_none("building the demo set on process 0"):
+    with failures.all_or_none("building the demo set on process 0"):
         if jax.process_index() == 0:
             _build_unless_prepared(data_dir, tracks, seconds, seed, workers)
     if jax.process_count() > 1:
-        with distributed.all_or_none("building the demo set on hosts that do not see it"):
+        with failures.all_or_none("building the demo set on hosts that do not see it"):
             _build_unless_prepared(data_dir, tracks, seconds, seed, workers)
     return data_dir
 

@@ -14,13 +14,14 @@ import contextlib
 import logging as std_logging
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from myna_rpe_jax import distributed, errors
+from myna_rpe_jax import distributed, errors, failures
 from myna_rpe_jax.data.lock import build_lock
 from myna_rpe_jax.errors import ConfigError
 from myna_rpe_jax.train import config_check
@@ -43,12 +44,13 @@ def main(argv: list[str]) -> None:
     except OSError as err:
         raise _config_file_error(err, sys.argv) from err
     distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    with distributed.all_or_none("checking the config"):  # in seconds, before heavy imports
-        config = config_check.checked_config(config)
-    from myna_rpe_jax.train import loop  # TensorFlow (clu, tfds) and the data machinery
+    with failures.stop_together():  # one process failing stops all, with its message
+        with failures.all_or_none("checking the config"):  # in seconds, before heavy imports
+            config = config_check.checked_config(config)
+        from myna_rpe_jax.train import loop  # TensorFlow (clu, tfds) and the data machinery
 
-    with _one_trainer(_WORKDIR.value):
-        history = loop.train(config, _WORKDIR.value)
+        with _one_trainer(_WORKDIR.value):
+            history = loop.train(config, _WORKDIR.value)
     if history and jax.process_index() == 0:
         logging.info("done: step %d, loss %.4f", history[-1]["step"], history[-1]["loss"])
 
@@ -115,8 +117,18 @@ def _unknown_field_error(err: Exception, argv: list[str]) -> ConfigError:
 
 
 def run(argv: list[str]) -> int:
-    """`app.run(main)` with the user's mistakes as one line on stderr; the exit status."""
+    """`app.run(main)` with the user's mistakes as one line on stderr; the exit status. A
+    process of a multi-process run that failed exits here at once (`failures`)."""
     flags.mark_flags_as_required(["config", "workdir"])
+    try:
+        code = _run(argv)
+    except Exception:  # a bug: its traceback, as Python would print it, and exit 1
+        traceback.print_exc()
+        code = 1
+    return failures.exit_if_failed(code)
+
+
+def _run(argv: list[str]) -> int:
     try:
         app.run(main, argv)
     except SystemExit as done:
@@ -129,6 +141,9 @@ def run(argv: list[str]) -> int:
         return errors.report(err if flags.FLAGS.is_parsed() else _config_file_error(err, argv))
     except (errors.UserError, ValueError) as err:  # config, data, checkpoint, NaN stop
         return errors.report(err)
+    except KeyboardInterrupt:  # Ctrl-C: the last checkpoint saved is intact
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

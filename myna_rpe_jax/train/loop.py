@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from myna_rpe_jax import distributed
+from myna_rpe_jax import distributed, failures
 from myna_rpe_jax.errors import UserError
 from myna_rpe_jax.model import vit
 from myna_rpe_jax.objectives.objective import Objective
@@ -69,7 +69,7 @@ def train(
     mesh = distributed.data_mesh()
     objective = Objective.from_config(config.loss, config.batch_size)
     source = sources.open_training_split(config.data)
-    with distributed.all_or_none("checking the training data's log-mel settings"):
+    with failures.all_or_none("checking the training data's log-mel settings"):
         mel = checkpoints.record_features(workdir, config.data)  # features.json; resume: same
     sampler = pairs.PairSampler(
         source,

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
-from myna_rpe_jax import distributed
+from myna_rpe_jax import failures
 from myna_rpe_jax.data import datasets
 from myna_rpe_jax.data.locations import training_dir
 from myna_rpe_jax.errors import UserError
@@ -41,14 +41,14 @@ def open_training_split(data: ml_collections.ConfigDict):
     whole. In a multi-process run process 0 copies first while the others wait; then each
     process opens the copy, or makes its own where its data_dir is not on shared storage,
     and all check that they read the same tracks (`check_same_tracks`). A step that fails
-    on one process stops them all (`distributed.all_or_none`).
+    on one process stops them all (`failures.all_or_none`).
     """
     splits = training_splits(data)
     data_dir = training_dir(data, build=True)
-    with distributed.all_or_none("copying the training split into the frame store"):
+    with failures.all_or_none("copying the training split into the frame store"):
         if data.frame_store and jax.process_index() == 0:
             frame_store.open_frame_store(data.dataset, data_dir, splits)  # copies if needed
-    with distributed.all_or_none("opening the training split"):
+    with failures.all_or_none("opening the training split"):
         if data.frame_store:
             source = frame_store.open_frame_store(data.dataset, data_dir, splits)
         else:

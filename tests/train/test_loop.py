@@ -28,13 +28,14 @@ def overrides(config) -> list[str]:
     ]
 
 
-def run_train(args, devices=4, timeout=300):
+def run_train(args, devices=4, output=None):
+    """The train command on `devices` CPU devices, its output to a pipe (or to `output`)."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return subprocess.Popen(
         [sys.executable, "-m", "myna_rpe_jax.train", "--config=configs/tiny.py", *args],
         cwd=REPO,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if output is None else output,
         stderr=subprocess.STDOUT,
         text=True,
     )

@@ -1,32 +1,43 @@
 """Multi-process training on loopback: one global step, data_dirs that are not shared, and
-processes that would read different tracks, fail in set-up or run different configs (each
-stopped, on every process, with one message)."""
+processes that would read different tracks, fail in set-up or mid-run, or run different
+configs (each stopped, on every process, with one message)."""
 
 import shutil
+import signal
 import socket
+import time
 
 import numpy as np
 import pytest
 
-from myna_rpe_jax import distributed
+from myna_rpe_jax import failures
 from myna_rpe_jax.data import datasets, locations
 from myna_rpe_jax.train import frame_store, sources
 from tests.conftest import DEMO
 from tests.train.test_loop import overrides, run_train
 
 
-def run_two_processes(tmp_path, tiny_config, per_process=((), ())):
-    """Two training processes of two CPU devices each, one global step; `per_process` adds
-    each its own flags. Returns [(returncode, output)] in process order."""
+def start_two_processes(tmp_path, tiny_config, per_process=((), ()), steps=1, output=None):
+    """Two training processes of two CPU devices each on loopback; `per_process` adds each
+    its own flags. Output to a pipe, or to the files `output` names."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    common = [f"--workdir={tmp_path / 'run'}", "--config.total_steps=1", *overrides(tiny_config)]
-    common += [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-    procs = [
-        run_train([*common, f"--process_id={i}", *extra], devices=2)
+    common = [f"--workdir={tmp_path / 'run'}", f"--config.total_steps={steps}"]
+    common += [*overrides(tiny_config), f"--coordinator_address=127.0.0.1:{port}"]
+    return [
+        run_train(
+            [*common, "--num_processes=2", f"--process_id={i}", *extra],
+            devices=2,
+            output=None if output is None else output[i],
+        )
         for i, extra in enumerate(per_process)
     ]
+
+
+def run_two_processes(tmp_path, tiny_config, per_process=((), ())):
+    """Both processes through one global step. Returns [(returncode, output)] in order."""
+    procs = start_two_processes(tmp_path, tiny_config, per_process)
     outs = [proc.communicate(timeout=300)[0] for proc in procs]
     return [(proc.returncode, out) for proc, out in zip(procs, outs, strict=True)]
 
@@ -143,14 +154,41 @@ def test_processes_that_run_different_configs_all_stop_at_the_first_step_that_di
 
 def test_the_set_up_verdict_names_the_failed_processes_or_the_steps_that_differ():
     ok = ("opening the training split", "")
-    assert distributed.disagreement([ok, ok, ok]) == ""
+    assert failures.disagreement([ok, ok, ok]) == ""
     failed = [ok, ("opening the training split", "no such file"), ok, (ok[0], "disk full")]
-    assert distributed.disagreement(failed) == (
+    assert failures.disagreement(failed) == (
         "process 1 stopped while opening the training split: no such file; process 3 stopped"
         " while opening the training split: disk full"
     )
-    apart = distributed.disagreement([ok, ("checking the config", "")])
+    apart = failures.disagreement([ok, ("checking the config", "")])
     assert apart.startswith(
         "the processes reached different set-up steps (process 0: opening the training split;"
         " process 1: checking the config)"
     )
+
+
+def test_a_process_that_fails_mid_run_stops_the_others_within_seconds(tiny_config, tmp_path):
+    """Ctrl-C on process 1 after its second step. Before, process 0 waited in the next
+    collective and both ended minutes later (the 300 s shutdown barrier, then an abort with
+    a C++ stack, exit 134); now process 1 says it was interrupted (130) and process 0 stops
+    at once with process 1's message (1)."""
+    logs = [tmp_path / "process0.log", tmp_path / "process1.log"]
+    with logs[0].open("w") as out0, logs[1].open("w") as out1:
+        procs = start_two_processes(tmp_path, tiny_config, steps=5000, output=(out0, out1))
+        deadline = time.monotonic() + 240
+        while "[2] contrastive_accuracy=" not in logs[1].read_text():
+            assert time.monotonic() < deadline and procs[1].poll() is None, logs[1].read_text()
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGINT)
+        stopped = time.monotonic()
+        codes = [proc.wait(timeout=120) for proc in procs]
+    elapsed = time.monotonic() - stopped
+    out0, out1 = (log.read_text() for log in logs)
+    assert codes == [1, 130], (out0, out1)
+    assert "error: interrupted" in out1, out1
+    assert (
+        "error: process 1 failed: interrupted (KeyboardInterrupt). This process stops too"
+    ) in out0, out0
+    for out in (out0, out1):
+        assert "Traceback" not in out and "Fatal Python error" not in out, out
+    assert elapsed < 60, elapsed  # not the 300 s shutdown barrier
