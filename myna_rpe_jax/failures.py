@@ -46,7 +46,7 @@ _ACK_TIMEOUT_S = 30.0  # how long a failing process waits for the others to have
 
 _failed_here = threading.Event()  # this process failed and told the others
 _peer_failed = threading.Event()  # another process failed: the watcher is ending this one
-_failure_shared = threading.Event()  # a set-up step's failure, already known to every process
+_failure_shared = threading.Event()  # a failure already known to every process
 
 
 class OtherProcessError(UserError):
@@ -69,12 +69,18 @@ def all_or_none(what: str) -> Iterator[None]:
         yield
     except Exception as error:
         _gather_status(what, _describe(error))
-        _failure_shared.set()
+        raised_everywhere(error)
         raise
     problem = disagreement(_gather_status(what, ""))
     if problem:
-        _failure_shared.set()
-        raise OtherProcessError(problem)
+        raise raised_everywhere(OtherProcessError(problem))
+
+
+def raised_everywhere(error: Exception) -> Exception:
+    """`error`, marked as one every process knows of (they compared notes in a collective
+    and all stop): `stop_together` then does not tell the others about it."""
+    _failure_shared.set()
+    return error
 
 
 @contextlib.contextmanager

@@ -90,11 +90,13 @@ def check_same_tracks(source, where: str) -> None:
     rows = np.asarray(multihost_utils.process_allgather(row))  # [processes, 8 + 20]
     message = tracks_mismatch(rows)
     if message:
-        raise UserError(
-            f"the processes do not read the same training data ({message}); this process"
-            f" ({jax.process_index()}) reads {where}. Give every host the same config.data and"
-            " the same prepared dataset: a data_dir on storage all hosts share, or prepared"
-            " from the same source with the same flags on each."
+        raise failures.raised_everywhere(
+            UserError(
+                f"the processes do not read the same training data ({message}); this process"
+                f" ({jax.process_index()}) reads {where}. Give every host the same config.data"
+                " and the same prepared dataset: a data_dir on storage all hosts share, or"
+                " prepared from the same source with the same flags on each."
+            )
         )
 
 
