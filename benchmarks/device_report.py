@@ -10,16 +10,20 @@ jitted n x n `a @ a` in each dtype, `machine.matmul_peak`; MFU is against it):
   batch 1024 pairs of 256 frames, 10% patchout: compile s, step s, examples/s, MFU;
 - embedding throughput: 30 s clips per second through `embed.embedder.Embedder` (random
   parameters), full and chunk mode;
-- one 10-minute track in one pass (S/16, 2-D ALiBi, blockwise attention): time and peak device
-  memory (`device.memory_stats()`, where the backend reports it);
-- attention kernels by token count (dense, blockwise, blockwise with tile skipping);
-- GPU-only tests: the suite has no `gpu` marker (every test runs on CPU), so this says so.
+- one 10-minute track in one pass (S/16, 2-D ALiBi), blockwise and with the fused Pallas
+  kernel (`model.attention_kernel`): time, XLA's temporary buffers and peak device memory
+  (`device.memory_stats()`, where the backend reports it);
+- attention kernels by token count (dense, blockwise, blockwise with tile skipping, the fused
+  Pallas ALiBi kernel; off GPU it runs in interpret mode, so its CPU times mean nothing);
+- GPU-only tests (`pytest -m gpu`: the compiled Pallas kernel, cuDNN attention); they skip
+  where there is no GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,15 +39,22 @@ import numpy as np  # noqa: E402
 import train_step  # noqa: E402  benchmarks/train_step.py
 
 from myna_rpe_jax.embed.embedder import Embedder  # noqa: E402
-from myna_rpe_jax.model import attention, blockwise, patching, positional, vit  # noqa: E402
+from myna_rpe_jax.model import (  # noqa: E402
+    attention,
+    blockwise,
+    fused_alibi,
+    patching,
+    positional,
+    vit,
+)
 
 FULL = dict(
     variants=("S/16", "B/16"), batch=1024, frames=256, steps=3, clips=256, track_minutes=10.0,
-    tokens=(257, 1025, 4097, 16385), peak_n=4096,
+    tokens=(257, 1025, 4097, 16385), peak_n=4096, threshold=1024,
 )  # fmt: skip
 SMALL = dict(
     variants=("tiny",), batch=4, frames=96, steps=1, clips=2, track_minutes=0.1,
-    tokens=(65, 257), peak_n=256,
+    tokens=(65, 257), peak_n=256, threshold=64,
 )  # fmt: skip
 DTYPES = ("bfloat16", "float32")
 
@@ -112,24 +123,36 @@ def embed_section(sizes: dict) -> str:
 
 
 def track_section(sizes: dict) -> str:
+    """One track in one pass with each long-input attention kernel (`model.attention_kernel`).
+
+    The device's peak memory is the process's high-water mark, so each row also gives XLA's
+    own count of the executable's temporary buffers, which belongs to that row alone."""
     variant = sizes["variants"][0]
-    encoder, params = _random_encoder(variant)
     frames = round(sizes["track_minutes"] * 60 * 100)
-    spec = jnp.asarray(np.random.default_rng(0).uniform(-80, 0, (1, encoder.n_mels, frames)))
-    fn = jax.jit(lambda p, s: encoder.apply(p, s, train=False)[0])
-    start = time.perf_counter()
-    compiled = fn.lower(params, spec).compile()
-    compile_s = time.perf_counter() - start
-    seconds = _best_seconds(lambda: compiled(params, spec), repeats=1)
-    stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use")
-    memory = f"{peak / 1024**3:.2f}" if peak else "n/a (backend does not report)"
-    tokens = (encoder.n_mels // 16) * (frames // 16) + 1
-    header = ["model", "audio", "tokens", "compile s", "time s", "peak device GB"]
-    row = [variant, f"{sizes['track_minutes']:g} min", f"{tokens:,}", f"{compile_s:.1f}"]
-    return "One track in one pass (2-D ALiBi, blockwise)\n\n" + _markdown(
-        header, [row + [f"{seconds:.2f}", memory]]
-    )
+    rows = []
+    for kernel in attention.KERNELS:
+        encoder, params = _random_encoder(
+            variant, attention_kernel=kernel, blockwise_threshold=sizes["threshold"]
+        )
+        spec = jnp.asarray(np.random.default_rng(0).uniform(-80, 0, (1, encoder.n_mels, frames)))
+        fn = jax.jit(lambda p, s, encoder=encoder: encoder.apply(p, s, train=False)[0])
+        start = time.perf_counter()
+        compiled = fn.lower(params, spec).compile()
+        compile_s = time.perf_counter() - start
+        seconds = _best_seconds(lambda c=compiled, p=params, s=spec: c(p, s), repeats=1)
+        temp = compiled.memory_analysis()
+        temp = f"{temp.temp_size_in_bytes / 1024**3:.2f}" if temp else "n/a"
+        peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+        peak = f"{peak / 1024**3:.2f}" if peak else "n/a (backend does not report)"
+        tokens = (encoder.n_mels // 16) * (frames // 16) + 1
+        rows.append(
+            [variant, kernel, f"{sizes['track_minutes']:g} min", f"{tokens:,}", f"{compile_s:.1f}"]
+            + [f"{seconds:.2f}", temp, peak]
+        )
+    header = ["model", "kernel", "audio", "tokens", "compile s", "time s", "XLA temp GB"]
+    header.append("process peak device GB")
+    title = "One track in one pass (2-D ALiBi; xla: blockwise, pallas: fused_alibi)"
+    return f"{title}\n\n" + _markdown(header, rows)
 
 
 def attention_section(sizes: dict) -> str:
@@ -141,6 +164,7 @@ def attention_section(sizes: dict) -> str:
         "blockwise, tile skip": lambda q, k, v, b: blockwise.blockwise_attention(
             q, k, v, b.replace(tile_skip=True)
         ),
+        "fused ALiBi (Pallas)": fused_alibi.fused_alibi_attention,
     }
     rows = []
     for num_tokens in sizes["tokens"]:
@@ -165,6 +189,16 @@ def attention_section(sizes: dict) -> str:
     return f"{title}\n\n" + _markdown(["tokens", *kernels], rows)
 
 
+def gpu_tests_section(sizes: dict) -> str:
+    """Runs `pytest -m gpu` in a fresh process (this one holds the device's memory)."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"]
+    done = subprocess.run(command + ["tests"], cwd=root, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines() or ["(no output)"]
+    shown = lines[-1] if done.returncode == 0 else "\n".join(lines[-40:])
+    return f"GPU-only tests (`pytest -m gpu`, exit {done.returncode})\n\n```\n{shown}\n```"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="tiny sizes: every section, seconds")
@@ -176,11 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# Device report: {device.device_kind} ({jax.default_backend()})\n")
     print(f"{time.strftime('%Y-%m-%d')}; host {machine.describe()}; JAX {jax.__version__};")
     print(f"measured matmul peak (n = {sizes['peak_n']}): {peak_text}\n")
-    for section in (train_section, embed_section, track_section, attention_section):
+    sections = (train_section, embed_section, track_section, attention_section, gpu_tests_section)
+    for section in sections:
         start = time.perf_counter()
         text = section(sizes, peaks) if section is train_section else section(sizes)
         print(f"{text}\n\n({section.__name__}: {time.perf_counter() - start:.0f} s)\n", flush=True)
-    print("GPU-only tests: none; the suite has no `gpu` marker (all tests run on CPU).")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,10 @@ def test_device_report_small_prints_every_section():
     for title in ("Train step:", "Embedding,", "One track in one pass", "Attention forward"):
         assert title in out
     assert "| tiny | bfloat16 |" in out and "| tiny | float32 |" in out
-    assert "| tiny | chunks |" in out and "GPU-only tests:" in out
+    assert "| tiny | chunks |" in out and "| tiny | pallas |" in out
+    assert "fused ALiBi (Pallas)" in out
+    # No GPU here: the GPU-only tests are found, skip, and pytest exits 0.
+    assert "GPU-only tests (`pytest -m gpu`, exit 0)" in out and "skipped" in out
 
 
 @pytest.mark.slow

@@ -8,7 +8,9 @@ online softmax, so memory grows linearly with the number of tokens, forward and 
 `attention` picks the implementation from the token count: dense up to `blockwise_threshold`
 tokens (training chunks), blockwise above it (whole tracks). On GPU, attention without an ALiBi
 bias or key mask in half precision goes to the fused cuDNN kernel; ALiBi stays blockwise there
-too, because fused kernels only take a bias as a materialised [N, N] array.
+too, because cuDNN takes a bias only as a materialised [N, N] array. `kernel="pallas"` sends
+long inputs to `fused_alibi` instead: one Pallas kernel that computes the ALiBi bias inside it
+(opt-in; interpret mode off GPU; not yet run on a GPU).
 
 Every implementation takes an optional `key_mask` [B, N]: keys where it is False get exactly
 zero weight, so a batch of tracks padded to one length attends as each track alone would.
@@ -27,9 +29,13 @@ import jax
 import jax.numpy as jnp
 
 from myna_rpe_jax.model.blockwise import DEFAULT_BLOCK_SIZE, MASKED, blockwise_attention
+from myna_rpe_jax.model.fused_alibi import fused_alibi_attention
 from myna_rpe_jax.model.positional import AlibiBias
 
 DEFAULT_BLOCKWISE_THRESHOLD = 1024
+# What runs attention over more tokens than the threshold: "xla" (blockwise, or cuDNN without a
+# bias) or "pallas" (`fused_alibi`).
+KERNELS = ("xla", "pallas")
 
 
 def dense_attention(
@@ -79,17 +85,23 @@ def attention(
     block_size: int = DEFAULT_BLOCK_SIZE,
     blockwise_threshold: int = DEFAULT_BLOCKWISE_THRESHOLD,
     key_mask: jax.Array | None = None,
+    kernel: str = "xla",
 ) -> jax.Array:
     """Attention over [B, N, H, Dh] inputs; the implementation is chosen by sequence length.
 
-    N <= blockwise_threshold: `dense_attention` (fastest for short chunks). Longer: the fused
-    cuDNN kernel on GPU when there is neither an ALiBi bias nor a key mask and q is
-    float16/bfloat16, otherwise `blockwise_attention` with `block_size` tiles. All paths
-    compute the same function; key_mask [B, N] (optional) zeroes the weight of False keys.
+    N <= blockwise_threshold: `dense_attention` (fastest for short chunks). Longer, with
+    kernel "pallas": `fused_alibi_attention`. Longer, with "xla": the fused cuDNN kernel on GPU
+    when there is neither an ALiBi bias nor a key mask and q is float16/bfloat16, otherwise
+    `blockwise_attention` with `block_size` tiles. All paths compute the same function;
+    key_mask [B, N] (optional) zeroes the weight of False keys.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"attention kernel must be one of {KERNELS}, got {kernel!r}")
     num_tokens = q.shape[1]
     if num_tokens <= blockwise_threshold:
         return dense_attention(q, k, v, bias, key_mask)
+    if kernel == "pallas":
+        return fused_alibi_attention(q, k, v, bias, key_mask)
     if bias is None and key_mask is None and _cudnn_applies(q):
         return fused_attention(q, k, v)
     return blockwise_attention(q, k, v, bias, block_size, key_mask)

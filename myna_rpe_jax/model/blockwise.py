@@ -298,3 +298,10 @@ def _flash_bwd(block, skip, residuals, d_out):
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_backward(residuals, d_out: jax.Array, block: int):
+    """Cotangents (dq, dk, dv, None, None) of attention from its residuals (q, k, v, bias,
+    key_valid, out [B, Np, H, Dh], log-sum-exp [B, H, Np]), in tiles of `block` (Np a multiple
+    of it), without tile skipping: the backward pass of `fused_alibi` too."""
+    return _flash_bwd(block, False, residuals, d_out)

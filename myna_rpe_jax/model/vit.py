@@ -76,6 +76,7 @@ class SelfAttention(nn.Module):
     dtype: Any = jnp.float32
     block_size: int = blockwise.DEFAULT_BLOCK_SIZE
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
+    attention_kernel: str = "xla"
 
     @nn.compact
     def __call__(
@@ -115,6 +116,7 @@ class SelfAttention(nn.Module):
             block_size=self.block_size,
             blockwise_threshold=self.blockwise_threshold,
             key_mask=key_mask,
+            kernel=self.attention_kernel,
         )
         return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
 
@@ -126,12 +128,18 @@ class EncoderBlock(nn.Module):
     dtype: Any = jnp.float32
     block_size: int = blockwise.DEFAULT_BLOCK_SIZE
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
+    attention_kernel: str = "xla"
 
     @nn.compact
     def __call__(self, x, bias, rope_coords, is_patch, key_mask=None, logit_scale=None):
         y = nn.LayerNorm(dtype=self.dtype)(x)
         x = x + SelfAttention(
-            self.num_heads, self.rope_theta, self.dtype, self.block_size, self.blockwise_threshold
+            self.num_heads,
+            self.rope_theta,
+            self.dtype,
+            self.block_size,
+            self.blockwise_threshold,
+            self.attention_kernel,
         )(y, bias, rope_coords, is_patch, key_mask, logit_scale)
         y = nn.LayerNorm(dtype=self.dtype)(x)
         return x + MlpBlock(self.mlp_dim, self.dtype)(y)
@@ -168,6 +176,7 @@ class Encoder(nn.Module):
     # Attention over more tokens than this (a whole track) runs blockwise, in linear memory.
     attention_block_size: int = blockwise.DEFAULT_BLOCK_SIZE
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
+    attention_kernel: str = "xla"  # "pallas": fused ALiBi kernel past the threshold (GPU)
 
     @nn.compact
     def __call__(
@@ -230,6 +239,7 @@ class Encoder(nn.Module):
                 self.dtype,
                 self.attention_block_size,
                 self.blockwise_threshold,
+                self.attention_kernel,
                 name=f"block_{i}",
             )(x, bias, rope_coords, is_patch, key_mask, logit_scale)
         x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
@@ -287,7 +297,8 @@ def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
     training); n_mels; max_time_patches (the learned table's length); alibi_metric; alibi_tile_skip;
     length_scaling (log-length logit scaling past the training token count); rope_theta; dtype
     ("float32" or "bfloat16" compute); attention_block_size and blockwise_threshold (attention
-    over more tokens than the threshold runs blockwise).
+    over more tokens than the threshold runs blockwise); attention_kernel ("xla", or "pallas" for
+    the fused ALiBi kernel past the threshold).
     """
     cfg = (
         model_cfg.to_dict() if isinstance(model_cfg, ml_collections.ConfigDict) else dict(model_cfg)
@@ -312,5 +323,10 @@ def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
         raise ValueError(
             f"model.alibi_metric must be one of {positional.DISTANCE_METRICS},"
             f" got {cfg['alibi_metric']!r}"
+        )
+    if cfg.get("attention_kernel", "xla") not in attention.KERNELS:
+        raise ValueError(
+            f"model.attention_kernel must be one of {attention.KERNELS},"
+            f" got {cfg['attention_kernel']!r}"
         )
     return Encoder(**sizes, patch_size=patch_size, dtype=_DTYPES[dtype], **cfg)

@@ -1,0 +1,189 @@
+"""Fused ALiBi flash attention for GPU, written in Pallas (Triton).
+
+The ALiBi bias is computed inside the kernel, tile by tile, from each token's coordinates,
+`is_patch` flag and its head's slope, the way fused kernels take segment ids: no [H, N, N] or
+[N, N] array exists at any point, and each [block, block] score tile lives only in registers.
+One program handles one (query tile, example, head) and runs an online softmax over the key
+tiles, writing the output and each query's log-sum-exp. The backward pass is
+`blockwise.flash_backward` (XLA) from those residuals, so gradients match `blockwise`'s.
+
+On a backend other than GPU the kernel runs in Pallas interpret mode: the same program, slowly,
+which is how the CPU tests compare it with `dense_attention`. It is opt-in
+(`config.model.attention_kernel="pallas"`) and has not yet run on a GPU: `device_report.py`
+times it beside `blockwise` when a GPU is at hand.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from myna_rpe_jax.model import blockwise
+from myna_rpe_jax.model.positional import AlibiBias
+
+DEFAULT_BLOCK = 64
+
+
+def fused_alibi_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: AlibiBias | None = None,
+    key_mask: jax.Array | None = None,
+    *,
+    block: int = DEFAULT_BLOCK,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """Softmax attention with the ALiBi bias evaluated inside one fused kernel.
+
+    Args:
+      q, k, v: [B, N, H, Dh], Dh a power of two (a Triton tile dimension).
+      bias: optional ALiBi bias over the N tokens (its `tile_skip` is ignored).
+      key_mask: optional [B, N] bool; False keys get zero weight (every query needs one True).
+      block: tokens per query / key tile of the kernel (a power of two >= 16).
+      interpret: run in Pallas interpret mode; default: unless the backend is GPU.
+
+    Returns:
+      [B, N, H, Dh], equal to `dense_attention` up to float rounding.
+    """
+    batch, num_tokens, heads, head_dim = q.shape
+    if head_dim & (head_dim - 1) or block < 16 or block & (block - 1):
+        raise ValueError(
+            f"the fused ALiBi kernel needs a power-of-two head dimension and block >= 16, got "
+            f"head dimension {head_dim} and block {block}; use attention_kernel='xla'"
+        )
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    padded, backward_block = _layout(num_tokens, block)
+    if bias is None:  # slope 0: the same kernel, every bias term 0
+        bias = AlibiBias(
+            coords=jnp.zeros((batch, num_tokens, 1)),
+            is_patch=jnp.zeros((batch, num_tokens), bool),
+            slopes=jnp.zeros((heads,)),
+        )
+    valid = jnp.ones((batch, num_tokens), bool) if key_mask is None else key_mask
+    pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0)))
+    key_valid = jnp.pad(valid, ((0, 0), (0, padded - num_tokens)))
+    out = _fused(
+        pad(q), pad(k), pad(v), bias.pad(padded), key_valid, block, backward_block, interpret
+    )
+    return out[:, :num_tokens]
+
+
+def _layout(num_tokens: int, block: int) -> tuple[int, int]:
+    """(padded token count, backward tile): the padded count is a multiple of the kernel's
+    block and of the backward tile, which is about `blockwise.DEFAULT_BLOCK_SIZE` so that the
+    XLA backward loops over few, large tiles."""
+    tile, num_tiles = blockwise.tile_layout(num_tokens, blockwise.DEFAULT_BLOCK_SIZE)
+    backward_block = -(-tile // block) * block
+    return backward_block * num_tiles, backward_block
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _fused(q, k, v, bias, key_valid, block, backward_block, interpret):
+    return _forward(q, k, v, bias, key_valid, block, interpret)[0]
+
+
+def _fused_fwd(q, k, v, bias, key_valid, block, backward_block, interpret):
+    out, logsumexp = _forward(q, k, v, bias, key_valid, block, interpret)
+    return out, (q, k, v, bias, key_valid, out, logsumexp)
+
+
+def _fused_bwd(block, backward_block, interpret, residuals, d_out):
+    return blockwise.flash_backward(residuals, d_out, backward_block)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _forward(q, k, v, bias: AlibiBias, key_valid, block: int, interpret: bool):
+    """(out [B, Np, H, Dh], log-sum-exp [B, H, Np] float32) of the padded inputs."""
+    batch, padded, heads, head_dim = q.shape
+    axes = bias.coords.shape[-1]
+    # Per-token inputs as [B, Np] rows (one per coordinate axis): Triton tiles them like
+    # segment ids, and a float is_patch turns the "both are patches" test into a product.
+    coords = [bias.coords[..., c].astype(jnp.float32) for c in range(axes)]
+    is_patch = bias.is_patch.astype(jnp.float32)
+    tokens = lambda: pl.BlockSpec((None, block), lambda i, b, h: (b, i))
+    keys = lambda: pl.BlockSpec((None, padded), lambda i, b, h: (b, 0))
+    head_tile = pl.BlockSpec((None, block, None, head_dim), lambda i, b, h: (b, i, h, 0))
+    head_all = lambda: pl.BlockSpec((None, padded, None, head_dim), lambda i, b, h: (b, 0, h, 0))
+    kernel = functools.partial(
+        _kernel, axes=axes, metric=bias.metric, block=block, scale=head_dim**-0.5
+    )
+    return pl.pallas_call(
+        kernel,
+        grid=(padded // block, batch, heads),
+        in_specs=[
+            head_tile,
+            head_all(),
+            head_all(),
+            keys(),  # key_valid
+            pl.BlockSpec((None,), lambda i, b, h: (h,)),  # this head's slope
+            tokens(),  # is_patch of the query tile
+            keys(),  # is_patch of every key
+            *[tokens() for _ in range(axes)],
+            *[keys() for _ in range(axes)],
+        ],
+        out_specs=[head_tile, pl.BlockSpec((None, None, block), lambda i, b, h: (b, h, i))],
+        out_shape=[
+            jax.ShapeDtypeStruct(q.shape, q.dtype),
+            jax.ShapeDtypeStruct((batch, heads, padded), jnp.float32),
+        ],
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+        interpret=interpret,
+        name="fused_alibi_attention",
+    )(q, k, v, key_valid.astype(jnp.int32), bias.slopes.astype(jnp.float32), is_patch, is_patch,
+      *coords, *coords)  # fmt: skip
+
+
+def _kernel(
+    q_ref, k_ref, v_ref, valid_ref, slope_ref, q_patch_ref, k_patch_ref, *refs,
+    axes: int, metric: str, block: int, scale: float,
+):  # fmt: skip
+    """One query tile of one example and head: an online softmax over every key tile.
+
+    q_ref [block, Dh]; k_ref, v_ref [Np, Dh]; valid_ref, k_patch_ref [Np]; slope_ref [];
+    q_patch_ref [block]; refs: `axes` query-coordinate refs [block], `axes` key-coordinate refs
+    [Np], then the outputs o_ref [block, Dh] and lse_ref [block].
+    """
+    q_coord_refs, k_coord_refs, (o_ref, lse_ref) = refs[:axes], refs[axes:-2], refs[-2:]
+    q = q_ref[...]
+    slope = slope_ref[()]
+    q_patch = q_patch_ref[...]
+    q_coords = [r[...] for r in q_coord_refs]
+
+    def key_tile(j, carry):
+        acc, running_max, denominator = carry
+        span = pl.ds(j * block, block)
+        scores = plgpu.dot(q, k_ref[span, :], trans_b=True).astype(jnp.float32) * scale
+        distance = jnp.zeros((block, block), jnp.float32)
+        for q_coord, k_coord_ref in zip(q_coords, k_coord_refs, strict=True):
+            diff = q_coord[:, None] - k_coord_ref[span][None, :]
+            distance += jnp.abs(diff) if metric == "manhattan" else diff * diff
+        if metric == "euclidean":
+            distance = jnp.sqrt(distance)
+        both = q_patch[:, None] * k_patch_ref[span][None, :]  # 1.0 where both are patches
+        scores = scores - slope * (distance * both)
+        scores = jnp.where(valid_ref[span][None, :] != 0, scores, blockwise.MASKED)
+        new_max = jnp.maximum(running_max, scores.max(axis=-1))
+        probs = jnp.exp(scores - new_max[:, None])
+        correction = jnp.exp(running_max - new_max)  # rescales what came under the old max
+        denominator = denominator * correction + probs.sum(axis=-1)
+        pv = plgpu.dot(probs.astype(v_ref.dtype), v_ref[span, :]).astype(jnp.float32)
+        return acc * correction[:, None] + pv, new_max, denominator
+
+    init = (
+        jnp.zeros(q.shape, jnp.float32),
+        jnp.full((block,), blockwise.MASKED, jnp.float32),
+        jnp.zeros((block,), jnp.float32),
+    )
+    num_key_tiles = k_ref.shape[0] // block
+    acc, running_max, denominator = jax.lax.fori_loop(0, num_key_tiles, key_tile, init)
+    # As in blockwise: every query has a valid key, so the denominator is >= 1.
+    o_ref[...] = (acc / denominator[:, None]).astype(o_ref.dtype)
+    lse_ref[...] = running_max + jnp.log(denominator)

@@ -1,0 +1,37 @@
+"""GPU-only checks of the kernels that exist only there: skipped elsewhere.
+
+`python benchmarks/device_report.py` runs them (`pytest -m gpu`) on the machine it reports on.
+The same functions run on CPU in the rest of the suite (the Pallas kernel in interpret mode).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from myna_rpe_jax.model import attention, fused_alibi
+from tests.model.test_attention import make_case, reference_attention
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU"),
+]
+
+
+@pytest.mark.parametrize("dtype,atol", [(jnp.float32, 2e-3), (jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize("kind", ["alibi2d", "alibi1d"])
+def test_compiled_pallas_kernel_equals_reference(kind, dtype, atol):
+    """The Triton kernel itself, not interpret mode; float32 matmuls may run as TF32."""
+    q, k, v, bias, ref_bias = make_case(kind, 1100, heads=6, head_dim=64)
+    q, k, v = (t.astype(dtype) for t in (q, k, v))
+    run = jax.jit(lambda q, k, v: fused_alibi.fused_alibi_attention(q, k, v, bias))
+    expected = reference_attention(*(t.astype(jnp.float32) for t in (q, k, v)), ref_bias)
+    np.testing.assert_allclose(run(q, k, v).astype(jnp.float32), expected, atol=atol)
+
+
+def test_cudnn_attention_equals_reference():
+    q, k, v, _, _ = make_case("rope", 1100, heads=6, head_dim=64)
+    q, k, v = (t.astype(jnp.bfloat16) for t in (q, k, v))
+    out = jax.jit(attention.fused_attention)(q, k, v)
+    expected = reference_attention(*(t.astype(jnp.float32) for t in (q, k, v)))
+    np.testing.assert_allclose(out.astype(jnp.float32), expected, atol=3e-2)
