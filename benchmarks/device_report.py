@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -72,6 +73,20 @@ def _best_seconds(fn, repeats: int = 3) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+FAILED: list[str] = []  # what `_or_failure` caught; the report then exits 1
+
+
+def _or_failure(fn, what: str):
+    """fn(), or None after printing its traceback to stderr: on a borrowed GPU one kernel that
+    does not compile must not cost the rest of the report."""
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001  (reported, and the table says "failed")
+        print(f"{what} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        FAILED.append(what)
+        return None
 
 
 def train_section(sizes: dict, peaks: dict) -> str:
@@ -131,28 +146,40 @@ def track_section(sizes: dict) -> str:
     frames = round(sizes["track_minutes"] * 60 * 100)
     rows = []
     for kernel in attention.KERNELS:
-        encoder, params = _random_encoder(
-            variant, attention_kernel=kernel, blockwise_threshold=sizes["threshold"]
-        )
-        spec = jnp.asarray(np.random.default_rng(0).uniform(-80, 0, (1, encoder.n_mels, frames)))
-        fn = jax.jit(lambda p, s, encoder=encoder: encoder.apply(p, s, train=False)[0])
-        start = time.perf_counter()
-        compiled = fn.lower(params, spec).compile()
-        compile_s = time.perf_counter() - start
-        seconds = _best_seconds(lambda c=compiled, p=params, s=spec: c(p, s), repeats=1)
-        temp = compiled.memory_analysis()
-        temp = f"{temp.temp_size_in_bytes / 1024**3:.2f}" if temp else "n/a"
-        peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-        peak = f"{peak / 1024**3:.2f}" if peak else "n/a (backend does not report)"
-        tokens = (encoder.n_mels // 16) * (frames // 16) + 1
-        rows.append(
-            [variant, kernel, f"{sizes['track_minutes']:g} min", f"{tokens:,}", f"{compile_s:.1f}"]
-            + [f"{seconds:.2f}", temp, peak]
-        )
+        row = _or_failure(lambda k=kernel: _track_row(variant, k, frames, sizes), kernel)
+        rows.append(row or [variant, kernel, "-", "-", "failed (stderr)", "-", "-", "-"])
     header = ["model", "kernel", "audio", "tokens", "compile s", "time s", "XLA temp GB"]
     header.append("process peak device GB")
     title = "One track in one pass (2-D ALiBi; xla: blockwise, pallas: fused_alibi)"
     return f"{title}\n\n" + _markdown(header, rows)
+
+
+def _track_row(variant: str, kernel: str, frames: int, sizes: dict) -> list[str]:
+    encoder, params = _random_encoder(
+        variant, attention_kernel=kernel, blockwise_threshold=sizes["threshold"]
+    )
+    spec = jnp.asarray(np.random.default_rng(0).uniform(-80, 0, (1, encoder.n_mels, frames)))
+    fn = jax.jit(lambda p, s: encoder.apply(p, s, train=False)[0])
+    start = time.perf_counter()
+    compiled = fn.lower(params, spec).compile()
+    compile_s = time.perf_counter() - start
+    seconds = _best_seconds(lambda: compiled(params, spec), repeats=1)
+    temp = compiled.memory_analysis()
+    temp = f"{temp.temp_size_in_bytes / 1024**3:.2f}" if temp else "n/a"
+    peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+    peak = f"{peak / 1024**3:.2f}" if peak else "n/a (backend does not report)"
+    tokens = (encoder.n_mels // 16) * (frames // 16) + 1
+    minutes = f"{sizes['track_minutes']:g} min"
+    return [
+        variant,
+        kernel,
+        minutes,
+        f"{tokens:,}",
+        f"{compile_s:.1f}",
+        f"{seconds:.2f}",
+        temp,
+        peak,
+    ]
 
 
 def attention_section(sizes: dict) -> str:
@@ -183,7 +210,9 @@ def attention_section(sizes: dict) -> str:
                 row.append("-")
                 continue
             fn = jax.jit(kernel)
-            row.append(f"{1e3 * _best_seconds(lambda fn=fn, args=(q, k, v, bias): fn(*args)):.1f}")
+            time_it = lambda fn=fn, args=(q, k, v, bias): _best_seconds(lambda: fn(*args))
+            seconds = _or_failure(time_it, f"{name} at {num_tokens} tokens")
+            row.append("failed (stderr)" if seconds is None else f"{1e3 * seconds:.1f}")
         rows.append(row)
     title = f"Attention forward, {heads} heads x {head_dim}, float32, ms"
     return f"{title}\n\n" + _markdown(["tokens", *kernels], rows)
@@ -196,6 +225,8 @@ def gpu_tests_section(sizes: dict) -> str:
     done = subprocess.run(command + ["tests"], cwd=root, capture_output=True, text=True)
     lines = done.stdout.strip().splitlines() or ["(no output)"]
     shown = lines[-1] if done.returncode == 0 else "\n".join(lines[-40:])
+    if done.returncode != 0:
+        FAILED.append("GPU-only tests")
     return f"GPU-only tests (`pytest -m gpu`, exit {done.returncode})\n\n```\n{shown}\n```"
 
 
@@ -215,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         text = section(sizes, peaks) if section is train_section else section(sizes)
         print(f"{text}\n\n({section.__name__}: {time.perf_counter() - start:.0f} s)\n", flush=True)
+    if FAILED:
+        sys.exit(f"failed (tracebacks above, on stderr): {', '.join(FAILED)}")
 
 
 if __name__ == "__main__":

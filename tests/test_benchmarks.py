@@ -33,7 +33,7 @@ def test_device_report_small_prints_every_section():
         assert title in out
     assert "| tiny | bfloat16 |" in out and "| tiny | float32 |" in out
     assert "| tiny | chunks |" in out and "| tiny | pallas |" in out
-    assert "fused ALiBi (Pallas)" in out
+    assert "fused ALiBi (Pallas)" in out and "failed (stderr)" not in out
     # No GPU here: the GPU-only tests are found, skip, and pytest exits 0.
     assert "GPU-only tests (`pytest -m gpu`, exit 0)" in out and "skipped" in out
 
