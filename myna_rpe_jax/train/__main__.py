@@ -12,32 +12,48 @@ from __future__ import annotations
 
 import contextlib
 import logging as std_logging
+import os
 import re
 import sys
 import traceback
 from pathlib import Path
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+# TensorFlow only reads the tfds files here: its C++ start-up notices are noise, and since TF
+# 2.21 its oneDNN one is silenced only by turning oneDNN off (launch.sh does the same). Set
+# before anything imports TensorFlow; a value the user set wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from myna_rpe_jax import distributed, errors, failures
-from myna_rpe_jax.data.lock import build_lock
-from myna_rpe_jax.errors import ConfigError
-from myna_rpe_jax.train import config_check
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from myna_rpe_jax import distributed, errors, failures  # noqa: E402
+from myna_rpe_jax.data.lock import build_lock  # noqa: E402
+from myna_rpe_jax.errors import ConfigError  # noqa: E402
+from myna_rpe_jax.train import config_check  # noqa: E402
+
+# INFO records of these libraries say nothing a user acts on: orbax logs every save step by
+# step, JAX that it found no TPU (on every machine without one), tfds each time it opens a
+# dataset's info. Their warnings and errors stay.
+_QUIET_AT_INFO = ("/orbax/", "/jax/_src/xla_bridge.py", "/tensorflow_datasets/")
 
 
-def _quiet_orbax_info_logs() -> None:
-    """Orbax logs every save step by step at INFO; keep its warnings, drop the rest."""
-    logging.get_absl_logger().addFilter(
-        lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+def _worth_showing(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        part in record.pathname for part in _QUIET_AT_INFO
     )
+
+
+# On absl's logger (orbax logs through it, from threads too) and on its handler (JAX logs
+# through its own logger), at import: JAX looks for a TPU while the config file loads.
+logging.get_absl_logger().addFilter(_worth_showing)
+logging.get_absl_handler().addFilter(_worth_showing)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    _quiet_orbax_info_logs()
     config = _CONFIG.value
     try:
         config.get("seed")  # a config file that failed to load raises on first access

@@ -50,6 +50,9 @@ def test_train_entry_point_runs_two_steps_on_four_devices(tiny_config, tmp_path)
     assert checkpoints.checkpoint_manager(tmp_path).latest_step() == 2
     assert (tmp_path / "config.json").exists()
     assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard summaries"
+    # Library chatter a user cannot act on stays out (train/__main__.py).
+    for noise in ("libtpu", "orbax-checkpoint", "Load dataset info", "oneDNN"):
+        assert noise not in out, noise
 
 
 def test_two_trainings_started_on_one_workdir_both_succeed(tiny_config, tmp_path):
