@@ -324,9 +324,15 @@ def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
             f"model.alibi_metric must be one of {positional.DISTANCE_METRICS},"
             f" got {cfg['alibi_metric']!r}"
         )
-    if cfg.get("attention_kernel", "xla") not in attention.KERNELS:
+    kernel = cfg.get("attention_kernel", "xla")
+    if kernel not in attention.KERNELS:
         raise ValueError(
-            f"model.attention_kernel must be one of {attention.KERNELS},"
-            f" got {cfg['attention_kernel']!r}"
+            f"model.attention_kernel must be one of {attention.KERNELS}, got {kernel!r}"
+        )
+    head_dim = sizes["width"] // sizes["num_heads"]
+    if kernel == "pallas" and head_dim & (head_dim - 1):
+        raise ValueError(
+            f"model.attention_kernel='pallas' needs a power-of-two head dimension (width /"
+            f" num_heads), got {head_dim}; use 'xla' or change width or num_heads"
         )
     return Encoder(**sizes, patch_size=patch_size, dtype=_DTYPES[dtype], **cfg)

@@ -98,5 +98,9 @@ def test_bad_settings_say_what_to_use_instead():
         fused_alibi.fused_alibi_attention(q, k, v, bias)
     with pytest.raises(ValueError, match="attention_kernel must be one of"):
         vit.encoder_from_config(dict(variant="tiny", attention_kernel="triton"))
+    with pytest.raises(ValueError, match="power-of-two head dimension.*got 12"):
+        vit.encoder_from_config(
+            dict(variant="tiny", num_heads=4, width=48, attention_kernel="pallas")
+        )
     with pytest.raises(ValueError, match="attention kernel must be one of"):
         attention.attention(q, k, v, bias, kernel="triton")
