@@ -2,6 +2,7 @@
 
 python benchmarks/device_report.py            # on a GPU: under 8 minutes on one H100/A100
 python benchmarks/device_report.py --small    # any machine, seconds: every section, tiny sizes
+python benchmarks/device_report.py --sections track,attention   # only these (printed as done)
 
 Prints a markdown table per section, headed by the device and its measured matmul peak (a
 jitted n x n `a @ a` in each dtype, `machine.matmul_peak`; MFU is against it):
@@ -230,10 +231,28 @@ def gpu_tests_section(sizes: dict) -> str:
     return f"GPU-only tests (`pytest -m gpu`, exit {done.returncode})\n\n```\n{shown}\n```"
 
 
+SECTIONS = {
+    "train": train_section,
+    "embed": embed_section,
+    "track": track_section,
+    "attention": attention_section,
+    "tests": gpu_tests_section,
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="tiny sizes: every section, seconds")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (to rerun what a time limit cut)",
+    )
     args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {','.join(SECTIONS)}")
     sizes = SMALL if args.small else FULL
     device = jax.devices()[0]
     peaks = {dtype: machine.matmul_peak(sizes["peak_n"], dtype) for dtype in DTYPES}
@@ -241,8 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# Device report: {device.device_kind} ({jax.default_backend()})\n")
     print(f"{time.strftime('%Y-%m-%d')}; host {machine.describe()}; JAX {jax.__version__};")
     print(f"measured matmul peak (n = {sizes['peak_n']}): {peak_text}\n")
-    sections = (train_section, embed_section, track_section, attention_section, gpu_tests_section)
-    for section in sections:
+    for section in (SECTIONS[name] for name in chosen):
         start = time.perf_counter()
         text = section(sizes, peaks) if section is train_section else section(sizes)
         print(f"{text}\n\n({section.__name__}: {time.perf_counter() - start:.0f} s)\n", flush=True)
