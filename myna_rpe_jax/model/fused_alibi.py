@@ -45,7 +45,7 @@ def fused_alibi_attention(
       bias: optional ALiBi bias over the N tokens (its `tile_skip` is ignored).
       key_mask: optional [B, N] bool; False keys get zero weight (every query needs one True).
       block: tokens per query / key tile of the kernel (a power of two >= 16).
-      interpret: run in Pallas interpret mode; default: unless the backend is GPU.
+      interpret: run in Pallas interpret mode (default: when the backend is not a GPU).
 
     Returns:
       [B, N, H, Dh], equal to `dense_attention` up to float rounding.
