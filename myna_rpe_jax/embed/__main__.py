@@ -27,6 +27,7 @@ from myna_rpe_jax.embed.collection import (
 )
 from myna_rpe_jax.embed.embedder import MODES, load_embedder
 from myna_rpe_jax.embed.file import save_npz
+from myna_rpe_jax.model.attention import KERNELS
 
 log = logging.getLogger("myna_rpe_jax.embed")
 
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=MODES, default="full", help="full track or chunks")
     parser.add_argument("--parquet", action="store_true", help="also write OUTPUT.parquet")
     add_embedder_flags(parser)
+    parser.add_argument(
+        "--attention-kernel",
+        choices=KERNELS,
+        help="attention over long tracks: xla (blockwise) or pallas (one fused GPU kernel);"
+        " default: the run's config.model.attention_kernel. The embeddings are the same",
+    )
     parser.add_argument("--workers", type=int, default=2, help="audio decoding threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -57,7 +64,11 @@ def _embed(args: argparse.Namespace) -> int:
     console_logging()
     progress = not args.no_progress
     embedder, config, step = load_embedder(
-        args.workdir, args.step, args.max_tokens, args.max_padding
+        args.workdir,
+        args.step,
+        args.max_tokens,
+        args.max_padding,
+        attention_kernel=args.attention_kernel,
     )
     if args.audio:
         result = audio_embeddings(embedder, args.audio, args.mode, args.workers, progress=progress)

@@ -285,15 +285,18 @@ def load_embedder(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     max_padding: float = DEFAULT_MAX_PADDING,
     length_scaling: bool | None = None,
+    attention_kernel: str | None = None,
 ) -> tuple[Embedder, ml_collections.ConfigDict, int]:
     """The Embedder of a training workdir's checkpoint (latest if step is None), its config,
     and the step loaded. Its mel_config is the run's recorded features (`read_features`).
-    length_scaling, when given, replaces the run's config.model.length_scaling (in the
-    returned config too)."""
+    length_scaling and attention_kernel, when given, replace the run's config.model fields
+    (in the returned config too); the kernel changes only the speed, not the embeddings."""
     config = checkpoints.read_config(workdir)
-    if length_scaling is not None:
-        with config.unlocked():
-            config.model.length_scaling = bool(length_scaling)
+    overrides = dict(length_scaling=length_scaling, attention_kernel=attention_kernel)
+    with config.unlocked():
+        for name, value in overrides.items():
+            if value is not None:
+                config.model[name] = value
     mel_config, mel_source = checkpoints.read_features(workdir)
     params, step = checkpoints.load_params(workdir, step)
     encoder = vit.encoder_from_config(config.model)

@@ -205,6 +205,14 @@ def test_embed_cli_on_a_folder_of_long_tracks(tiny_run, tmp_path):
     single = load_npz(alone)
     assert single.track_ids == ["c"]
     np.testing.assert_allclose(single.embeddings[0], result.embeddings[1], rtol=1e-4, atol=1e-5)
+    # 3,001 tokens: past the blockwise threshold, where the fused kernel takes over (interpret
+    # mode here); the embedding is the same.
+    fused = tmp_path / "fused.npz"
+    argv = [*common, "--audio", str(folder / "c.flac"), "--output", str(fused)]
+    assert embed_cli.main([*argv, "--attention-kernel", "pallas"]) == 0
+    fused = load_npz(fused)
+    assert fused.meta["config"]["model"]["attention_kernel"] == "pallas"
+    np.testing.assert_allclose(fused.embeddings, single.embeddings, atol=2e-5)
 
     table = pq.read_table(out.with_suffix(".parquet"))
     assert table.column("track_id").to_pylist() == result.track_ids
