@@ -52,15 +52,9 @@ def blockwise_attention(
     num_tokens = q.shape[1]
     block, num_tiles = tile_layout(num_tokens, block_size)
     padded = block * num_tiles
-    pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0)))
-    if bias is not None:
-        bias = bias.pad(padded)
-    key_valid = None
-    if key_mask is not None or padded > num_tokens:
-        if key_mask is None:
-            key_mask = jnp.ones(q.shape[:2], bool)
-        key_valid = jnp.pad(key_mask, ((0, 0), (0, padded - num_tokens)))
-    q, k, v = pad(q), pad(k), pad(v)
+    q, k, v, bias, key_valid = pad_tokens(q, k, v, bias, key_mask, padded)
+    if key_mask is None and padded == num_tokens:
+        key_valid = None  # every key is real: no masking at all
     if bias is None or not bias.tile_skip:
         return _flash(q, k, v, bias, key_valid, block, False)[:, :num_tokens]
     return _skipping(q, k, v, bias, key_valid, block)[:, :num_tokens]
@@ -106,14 +100,9 @@ def count_skipped_tiles(
 ) -> tuple[int, int, int]:
     """(head tiles skipped in the forward pass, in the backward pass, all head tiles) of
     `blockwise_attention(q, k, v, bias, block_size, key_mask)` with tile skipping."""
-    num_tokens = q.shape[1]
-    block, num_tiles = tile_layout(num_tokens, block_size)
-    padded = block * num_tiles
-    pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0)))
-    bias = bias.pad(padded)
-    key_mask = jnp.ones(q.shape[:2], bool) if key_mask is None else key_mask
-    key_valid = jnp.pad(key_mask, ((0, 0), (0, padded - num_tokens)))
-    _, (q, k, v, bias, key_valid) = _skip_order(pad(q), pad(k), pad(v), bias, key_valid)
+    block, num_tiles = tile_layout(q.shape[1], block_size)
+    padded = pad_tokens(q, k, v, bias, key_mask, block * num_tiles)
+    _, (q, k, v, bias, key_valid) = _skip_order(*padded)
     _, logsumexp, forward = _flash_forward(q, k, v, bias, key_valid, block, True)
     bounds = tile_skip.tile_bounds(q, k, bias.coords, bias.is_patch, key_valid, block)
     backward = 0
@@ -123,6 +112,18 @@ def count_skipped_tiles(
             bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block, bias.metric)
             backward += int(tile_skip.skipped_heads(bound, lse))
     return int(forward), backward, q.shape[2] * num_tiles**2
+
+
+def pad_tokens(q, k, v, bias: AlibiBias | None, key_mask, padded: int):
+    """(q, k, v, bias, key_valid) with `padded` - N tokens appended: zeros for q, k, v [B, N,
+    H, Dh]; non-patch tokens at coordinate 0 for the bias (None stays None); and key_valid
+    [B, padded] bool, False for the padding and for keys key_mask [B, N] (or None) drops."""
+    num_tokens = q.shape[1]
+    pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0)))
+    key_mask = jnp.ones(q.shape[:2], bool) if key_mask is None else key_mask
+    key_valid = jnp.pad(key_mask, ((0, 0), (0, padded - num_tokens)))
+    bias = None if bias is None else bias.pad(padded)
+    return pad(q), pad(k), pad(v), bias, key_valid
 
 
 def tile_layout(num_tokens: int, block_size: int) -> tuple[int, int]:

@@ -51,7 +51,7 @@ def fused_alibi_attention(
       [B, N, H, Dh], equal to `dense_attention` up to float rounding.
     """
     batch, num_tokens, heads, head_dim = q.shape
-    if head_dim & (head_dim - 1) or block < 16 or block & (block - 1):
+    if not takes_head_dim(head_dim) or block < 16 or block & (block - 1):
         raise ValueError(
             f"the fused ALiBi kernel needs a power-of-two head dimension and block >= 16, got "
             f"head dimension {head_dim} and block {block}; use attention_kernel='xla'"
@@ -65,13 +65,13 @@ def fused_alibi_attention(
             is_patch=jnp.zeros((batch, num_tokens), bool),
             slopes=jnp.zeros((heads,)),
         )
-    valid = jnp.ones((batch, num_tokens), bool) if key_mask is None else key_mask
-    pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0)))
-    key_valid = jnp.pad(valid, ((0, 0), (0, padded - num_tokens)))
-    out = _fused(
-        pad(q), pad(k), pad(v), bias.pad(padded), key_valid, block, backward_block, interpret
-    )
-    return out[:, :num_tokens]
+    padded_inputs = blockwise.pad_tokens(q, k, v, bias, key_mask, padded)
+    return _fused(*padded_inputs, block, backward_block, interpret)[:, :num_tokens]
+
+
+def takes_head_dim(head_dim: int) -> bool:
+    """Whether the kernel takes heads of this size: a power of two (a Triton tile dimension)."""
+    return head_dim > 0 and not head_dim & (head_dim - 1)
 
 
 def _layout(num_tokens: int, block: int) -> tuple[int, int]:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from myna_rpe_jax.model import attention, blockwise, patching, positional
+from myna_rpe_jax.model import attention, blockwise, fused_alibi, patching, positional
 
 POSEMB_SCHEMES = ("learned", "sinusoidal", "freq", "alibi1d", "alibi2d", "rope")
 # Schemes that cannot be combined: two absolute tables, or two ALiBi biases.
@@ -330,7 +330,7 @@ def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
             f"model.attention_kernel must be one of {attention.KERNELS}, got {kernel!r}"
         )
     head_dim = sizes["width"] // sizes["num_heads"]
-    if kernel == "pallas" and head_dim & (head_dim - 1):
+    if kernel == "pallas" and not fused_alibi.takes_head_dim(head_dim):
         raise ValueError(
             f"model.attention_kernel='pallas' needs a power-of-two head dimension (width /"
             f" num_heads), got {head_dim}; use 'xla' or change width or num_heads"
