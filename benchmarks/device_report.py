@@ -12,10 +12,12 @@ jitted n x n `a @ a` in each dtype, `machine.matmul_peak`; MFU is against it):
 - embedding throughput: 30 s clips per second through `embed.embedder.Embedder` (random
   parameters), full and chunk mode;
 - one 10-minute track in one pass (S/16, 2-D ALiBi), blockwise and with the fused Pallas
-  kernel (`model.attention_kernel`): time, XLA's temporary buffers and peak device memory
-  (`device.memory_stats()`, where the backend reports it);
-- attention kernels by token count (dense, blockwise, blockwise with tile skipping, the fused
-  Pallas ALiBi kernel; off GPU it runs in interpret mode, so its CPU times mean nothing);
+  kernel (`model.attention_kernel`), each with and without tile skipping: time, XLA's
+  temporary buffers and peak device memory (`device.memory_stats()`, where the backend
+  reports it);
+- attention kernels by token count (dense, blockwise and the fused Pallas ALiBi kernel, the
+  last two with and without tile skipping; off GPU the Pallas kernel runs in interpret mode,
+  so its CPU times mean nothing);
 - GPU-only tests (`pytest -m gpu`: the compiled Pallas kernel, cuDNN attention); they skip
   where there is no GPU.
 """
@@ -147,17 +149,24 @@ def track_section(sizes: dict) -> str:
     frames = round(sizes["track_minutes"] * 60 * 100)
     rows = []
     for kernel in attention.KERNELS:
-        row = _or_failure(lambda k=kernel: _track_row(variant, k, frames, sizes), kernel)
-        rows.append(row or [variant, kernel, "-", "-", "failed (stderr)", "-", "-", "-"])
+        for skip in (False, True):
+            name = kernel + (" + tile skip" if skip else "")
+            row = _or_failure(
+                lambda k=kernel, s=skip: _track_row(variant, k, s, frames, sizes), name
+            )
+            rows.append(row or [variant, name, "-", "-", "failed (stderr)", "-", "-", "-"])
     header = ["model", "kernel", "audio", "tokens", "compile s", "time s", "XLA temp GB"]
     header.append("process peak device GB")
     title = "One track in one pass (2-D ALiBi; xla: blockwise, pallas: fused_alibi)"
     return f"{title}\n\n" + _markdown(header, rows)
 
 
-def _track_row(variant: str, kernel: str, frames: int, sizes: dict) -> list[str]:
+def _track_row(variant: str, kernel: str, skip: bool, frames: int, sizes: dict) -> list[str]:
     encoder, params = _random_encoder(
-        variant, attention_kernel=kernel, blockwise_threshold=sizes["threshold"]
+        variant,
+        attention_kernel=kernel,
+        alibi_tile_skip=skip,
+        blockwise_threshold=sizes["threshold"],
     )
     spec = jnp.asarray(np.random.default_rng(0).uniform(-80, 0, (1, encoder.n_mels, frames)))
     fn = jax.jit(lambda p, s: encoder.apply(p, s, train=False)[0])
@@ -173,7 +182,7 @@ def _track_row(variant: str, kernel: str, frames: int, sizes: dict) -> list[str]
     minutes = f"{sizes['track_minutes']:g} min"
     return [
         variant,
-        kernel,
+        kernel + (" + tile skip" if skip else ""),
         minutes,
         f"{tokens:,}",
         f"{compile_s:.1f}",
@@ -193,6 +202,9 @@ def attention_section(sizes: dict) -> str:
             q, k, v, b.replace(tile_skip=True)
         ),
         "fused ALiBi (Pallas)": fused_alibi.fused_alibi_attention,
+        "fused ALiBi, tile skip": lambda q, k, v, b: fused_alibi.fused_alibi_attention(
+            q, k, v, b.replace(tile_skip=True)
+        ),
     }
     rows = []
     for num_tokens in sizes["tokens"]:

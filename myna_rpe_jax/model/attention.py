@@ -16,11 +16,12 @@ Every implementation takes an optional `key_mask` [B, N]: keys where it is False
 zero weight, so a batch of tracks padded to one length attends as each track alone would.
 
 With an ALiBi bias whose `tile_skip` is on (off by default), blockwise attention skips, per tile
-and head, the work where the bias provably makes every weight exactly 0 in float32 (`tile_skip`
-states the criterion): far-apart tiles of a long track, for the steep heads. The result is
-unchanged (bit-identical per tile; tokens, heads and key tiles are visited in another order,
-so equal to the unskipped kernel within float32 rounding). On the 2-core CPU the branching
-costs about what the skipped tiles save (docs/benchmarks.md), hence off by default.
+and head (the fused kernel per tile and program), the work where the bias provably makes
+every weight exactly 0 in float32 (`tile_skip` states the criterion): far-apart tiles of a
+long track, for the steep heads. The result is unchanged (bit-identical per tile; tokens,
+heads and key tiles are visited in another order, so equal to the unskipped kernel within
+float32 rounding). On the 2-core CPU the branching costs about what the skipped tiles save
+(docs/benchmarks.md), hence off by default.
 """
 
 from __future__ import annotations

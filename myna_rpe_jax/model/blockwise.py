@@ -61,33 +61,40 @@ def blockwise_attention(
 
 
 def _skipping(q, k, v, bias: AlibiBias, key_valid, block: int) -> jax.Array:
-    """`_flash` with tile skipping.
+    """`_flash` with tile skipping, on the inputs in `skip_order`."""
+    order, inputs = skip_order(q, k, v, bias, key_valid)
+    return restore_order(_flash(*inputs, block, True), order)
 
-    Tokens are put in time order first (the last coordinate; attention does not depend on the
+
+def skip_order(q, k, v, bias: AlibiBias, key_valid):
+    """(order, inputs): the inputs (q, k, v, bias, key_valid) in the order tile skipping
+    needs, and the (token [B, Np], head [H]) permutations that `restore_order` undoes.
+
+    Tokens are put in time order (the last coordinate; attention does not depend on the
     order, the bias is computed from the coordinates), so that a tile spans a short stretch of
     time rather than one frequency row of the whole track, and far tiles are far apart. Heads
     are put in order of decreasing slope, so that the heads a tile can skip are a prefix: each
     tile computes only the heads after it (a steep head skips most of a long track, a shallow
     one little), still batched over heads.
     """
-    (order, heads), (q, k, v, bias, key_valid) = _skip_order(q, k, v, bias, key_valid)
-    out = _flash(q, k, v, bias, key_valid, block, True)
-    out = jnp.take_along_axis(out, jnp.argsort(order, axis=1)[:, :, None, None], 1)
-    return jnp.take(out, jnp.argsort(heads), axis=2)
-
-
-def _skip_order(q, k, v, bias: AlibiBias, key_valid):
-    """(token permutation [B, Np] that sorts by time, head permutation [H] that sorts by
-    decreasing slope) and the inputs permuted by them."""
-    order = jnp.argsort(bias.coords[..., -1], axis=1, stable=True)
-    by_time = lambda t: jnp.take_along_axis(t, order.reshape(order.shape + (1,) * (t.ndim - 2)), 1)
+    tokens = jnp.argsort(bias.coords[..., -1], axis=1, stable=True)
+    by_time = lambda t: jnp.take_along_axis(
+        t, tokens.reshape(tokens.shape + (1,) * (t.ndim - 2)), 1
+    )
     heads = jnp.argsort(-bias.slopes)
     by_head = lambda t: jnp.take(by_time(t), heads, axis=2)
     bias = bias.replace(
         coords=by_time(bias.coords), is_patch=by_time(bias.is_patch), slopes=bias.slopes[heads]
     )
     key_valid = None if key_valid is None else by_time(key_valid)
-    return (order, heads), (by_head(q), by_head(k), by_head(v), bias, key_valid)
+    return (tokens, heads), (by_head(q), by_head(k), by_head(v), bias, key_valid)
+
+
+def restore_order(out: jax.Array, order) -> jax.Array:
+    """Attention output [B, Np, H, Dh] computed in `skip_order`, back in the input order."""
+    tokens, heads = order
+    out = jnp.take_along_axis(out, jnp.argsort(tokens, axis=1)[:, :, None, None], 1)
+    return jnp.take(out, jnp.argsort(heads), axis=2)
 
 
 def count_skipped_tiles(
@@ -102,14 +109,14 @@ def count_skipped_tiles(
     `blockwise_attention(q, k, v, bias, block_size, key_mask)` with tile skipping."""
     block, num_tiles = tile_layout(q.shape[1], block_size)
     padded = pad_tokens(q, k, v, bias, key_mask, block * num_tiles)
-    _, (q, k, v, bias, key_valid) = _skip_order(*padded)
+    _, (q, k, v, bias, key_valid) = skip_order(*padded)
     _, logsumexp, forward = _flash_forward(q, k, v, bias, key_valid, block, True)
-    bounds = tile_skip.tile_bounds(q, k, bias.coords, bias.is_patch, key_valid, block)
+    bounds = tile_skip.tile_bounds(q, k, bias, key_valid, block)
     backward = 0
     for i in range(num_tiles):
         lse = _tile(logsumexp, i, block, axis=2)
         for j in range(num_tiles):
-            bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block, bias.metric)
+            bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block)
             backward += int(tile_skip.skipped_heads(bound, lse))
     return int(forward), backward, q.shape[2] * num_tiles**2
 
@@ -183,7 +190,7 @@ def _flash_forward(q, k, v, bias, key_valid, block, skip):
     batch, padded, heads, head_dim = q.shape
     num_tiles = padded // block
     if skip:
-        bounds = tile_skip.tile_bounds(q, k, bias.coords, bias.is_patch, key_valid, block)
+        bounds = tile_skip.tile_bounds(q, k, bias, key_valid, block)
 
     def query_tile(i, buffers):
         out, logsumexp, skipped = buffers
@@ -209,7 +216,7 @@ def _flash_forward(q, k, v, bias, key_valid, block, skip):
                 return update(t, carry)
             j = (i + t) % num_tiles
             *state, count = carry
-            bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block, bias.metric)
+            bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block)
             first = tile_skip.skipped_heads(bound, state[0])
             branches = [functools.partial(update, first=h) for h in range(heads)]
             branches.append(lambda j, state: state)  # every head skips
@@ -254,7 +261,7 @@ def _flash_bwd(block, skip, residuals, d_out):
     # delta_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax Jacobian's rank-one term.
     delta = _f32_einsum("bqhd,bqhd->bhq", d_out, out)
     if skip:
-        bounds = tile_skip.tile_bounds(q, k, bias.coords, bias.is_patch, key_valid, block)
+        bounds = tile_skip.tile_bounds(q, k, bias, key_valid, block)
 
     def key_tile(j, grads):
         k_tile, v_tile = _tile(k, j, block), _tile(v, j, block)
@@ -262,7 +269,7 @@ def _flash_bwd(block, skip, residuals, d_out):
         def query_tile(i, carry):
             if not skip:
                 return update(i, carry)
-            bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block, bias.metric)
+            bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block)
             first = tile_skip.skipped_heads(bound, _tile(logsumexp, i, block, axis=2))
             branches = [functools.partial(update, first=h) for h in range(num_heads)]
             branches.append(lambda i, carry: carry)  # every head skips
@@ -301,8 +308,8 @@ def _flash_bwd(block, skip, residuals, d_out):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def flash_backward(residuals, d_out: jax.Array, block: int):
+def flash_backward(residuals, d_out: jax.Array, block: int, skip: bool = False):
     """Cotangents (dq, dk, dv, None, None) of attention from its residuals (q, k, v, bias,
     key_valid, out [B, Np, H, Dh], log-sum-exp [B, H, Np]), in tiles of `block` (Np a multiple
-    of it), without tile skipping: the backward pass of `fused_alibi` too."""
-    return _flash_bwd(block, False, residuals, d_out)
+    of it), with tile skipping if `skip` (residuals in `skip_order`): `fused_alibi`'s backward."""
+    return _flash_bwd(block, skip, residuals, d_out)

@@ -6,6 +6,9 @@ The ALiBi bias is computed inside the kernel, tile by tile, from each token's co
 One program handles one (query tile, example, head) and runs an online softmax over the key
 tiles, writing the output and each query's log-sum-exp. The backward pass is
 `blockwise.flash_backward` (XLA) from those residuals, so gradients match `blockwise`'s.
+With the bias's `tile_skip` on, tokens go in time order and each program starts at its
+diagonal key tile and branches past every key tile whose score bound makes all its weights
+exactly 0 (`tile_skip`; results unchanged); the backward pass skips as blockwise does.
 
 On a backend other than GPU the kernel runs in Pallas interpret mode: the same program, slowly,
 which is how the CPU tests compare it with `dense_attention`. It is opt-in
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from myna_rpe_jax.model import blockwise
+from myna_rpe_jax.model import blockwise, tile_skip
 from myna_rpe_jax.model.positional import AlibiBias
 
 DEFAULT_BLOCK = 64
@@ -42,7 +45,7 @@ def fused_alibi_attention(
 
     Args:
       q, k, v: [B, N, H, Dh], Dh a power of two (a Triton tile dimension).
-      bias: optional ALiBi bias over the N tokens (its `tile_skip` is ignored).
+      bias: optional ALiBi bias over the N tokens (`tile_skip`: skip the tiles it zeroes).
       key_mask: optional [B, N] bool; False keys get zero weight (every query needs one True).
       block: tokens per query / key tile of the kernel (a power of two >= 16).
       interpret: run in Pallas interpret mode (default: when the backend is not a GPU).
@@ -65,8 +68,33 @@ def fused_alibi_attention(
             is_patch=jnp.zeros((batch, num_tokens), bool),
             slopes=jnp.zeros((heads,)),
         )
+    inputs = blockwise.pad_tokens(q, k, v, bias, key_mask, padded)
+    if not bias.tile_skip:
+        return _fused(*inputs, block, backward_block, False, interpret)[:, :num_tokens]
+    order, inputs = blockwise.skip_order(*inputs)
+    out = _fused(*inputs, block, backward_block, True, interpret)
+    return blockwise.restore_order(out, order)[:, :num_tokens]
+
+
+def count_skipped_tiles(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: AlibiBias,
+    key_mask: jax.Array | None = None,
+    *,
+    block: int = DEFAULT_BLOCK,
+    interpret: bool | None = None,
+) -> tuple[int, int]:
+    """(head tiles the kernel skips in the forward pass, all head tiles) of
+    `fused_alibi_attention(q, k, v, bias.replace(tile_skip=True), key_mask, block=block)`."""
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    padded, _ = _layout(q.shape[1], block)
     padded_inputs = blockwise.pad_tokens(q, k, v, bias, key_mask, padded)
-    return _fused(*padded_inputs, block, backward_block, interpret)[:, :num_tokens]
+    _, inputs = blockwise.skip_order(*padded_inputs)
+    skipped = _forward(*inputs, block, True, interpret)[2]
+    return int(skipped[..., ::block].sum()), q.shape[2] * q.shape[0] * (padded // block) ** 2
 
 
 def takes_head_dim(head_dim: int) -> bool:
@@ -83,26 +111,29 @@ def _layout(num_tokens: int, block: int) -> tuple[int, int]:
     return backward_block * num_tiles, backward_block
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _fused(q, k, v, bias, key_valid, block, backward_block, interpret):
-    return _forward(q, k, v, bias, key_valid, block, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _fused(q, k, v, bias, key_valid, block, backward_block, skip, interpret):
+    return _forward(q, k, v, bias, key_valid, block, skip, interpret)[0]
 
 
-def _fused_fwd(q, k, v, bias, key_valid, block, backward_block, interpret):
-    out, logsumexp = _forward(q, k, v, bias, key_valid, block, interpret)
+def _fused_fwd(q, k, v, bias, key_valid, block, backward_block, skip, interpret):
+    out, logsumexp, _ = _forward(q, k, v, bias, key_valid, block, skip, interpret)
     return out, (q, k, v, bias, key_valid, out, logsumexp)
 
 
-def _fused_bwd(block, backward_block, interpret, residuals, d_out):
-    return blockwise.flash_backward(residuals, d_out, backward_block)
+def _fused_bwd(block, backward_block, skip, interpret, residuals, d_out):
+    return blockwise.flash_backward(residuals, d_out, backward_block, skip)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _forward(q, k, v, bias: AlibiBias, key_valid, block: int, interpret: bool):
-    """(out [B, Np, H, Dh], log-sum-exp [B, H, Np] float32) of the padded inputs."""
+def _forward(q, k, v, bias: AlibiBias, key_valid, block: int, skip: bool, interpret: bool):
+    """(out [B, Np, H, Dh], log-sum-exp [B, H, Np] float32, key tiles skipped [B, H, Np]
+    int32: each query tile's count, on each of its rows; None without `skip`) of the padded
+    inputs (in `blockwise.skip_order` with `skip`)."""
     batch, padded, heads, head_dim = q.shape
+    num_tiles = padded // block
     axes = bias.coords.shape[-1]
     # Per-token inputs as [B, Np] rows (one per coordinate axis): Triton tiles them like
     # segment ids, and a float is_patch turns the "both are patches" test into a product.
@@ -110,54 +141,79 @@ def _forward(q, k, v, bias: AlibiBias, key_valid, block: int, interpret: bool):
     is_patch = bias.is_patch.astype(jnp.float32)
     tokens = lambda: pl.BlockSpec((None, block), lambda i, b, h: (b, i))
     keys = lambda: pl.BlockSpec((None, padded), lambda i, b, h: (b, 0))
-    head_tile = pl.BlockSpec((None, block, None, head_dim), lambda i, b, h: (b, i, h, 0))
+    head_tile = lambda: pl.BlockSpec((None, block, None, head_dim), lambda i, b, h: (b, i, h, 0))
     head_all = lambda: pl.BlockSpec((None, padded, None, head_dim), lambda i, b, h: (b, 0, h, 0))
+    per_row = lambda: pl.BlockSpec((None, None, block), lambda i, b, h: (b, h, i))
+    in_specs = [
+        head_tile(),
+        head_all(),
+        head_all(),
+        keys(),  # key_valid
+        pl.BlockSpec((None,), lambda i, b, h: (h,)),  # this head's slope
+        tokens(),  # is_patch of the query tile
+        keys(),  # is_patch of every key
+        *[tokens() for _ in range(axes)],
+        *[keys() for _ in range(axes)],
+    ]
+    args = [q, k, v, key_valid.astype(jnp.int32), bias.slopes.astype(jnp.float32), is_patch,
+            is_patch, *coords, *coords]  # fmt: skip
+    out_specs = [head_tile(), per_row()]
+    out_shape = [
+        jax.ShapeDtypeStruct(q.shape, q.dtype),
+        jax.ShapeDtypeStruct((batch, heads, padded), jnp.float32),
+    ]
+    if skip:
+        bounds = tile_skip.tile_bounds(q, k, bias, key_valid, block)
+        in_specs += [
+            per_row(),  # |q| / sqrt(Dh) of the query tile's rows
+            pl.BlockSpec((None, None, num_tiles), lambda i, b, h: (b, h, 0)),  # key tiles' max |k|
+            pl.BlockSpec((None, None, num_tiles), lambda i, b, h: (b, i, 0)),  # dmin to each
+        ]
+        args += [bounds.q_norm, bounds.k_norm, bounds.distance]
+        out_specs.append(per_row())
+        out_shape.append(jax.ShapeDtypeStruct((batch, heads, padded), jnp.int32))
     kernel = functools.partial(
-        _kernel, axes=axes, metric=bias.metric, block=block, scale=head_dim**-0.5
+        _kernel, axes=axes, metric=bias.metric, block=block, scale=head_dim**-0.5, skip=skip
     )
-    return pl.pallas_call(
+    outputs = pl.pallas_call(
         kernel,
-        grid=(padded // block, batch, heads),
-        in_specs=[
-            head_tile,
-            head_all(),
-            head_all(),
-            keys(),  # key_valid
-            pl.BlockSpec((None,), lambda i, b, h: (h,)),  # this head's slope
-            tokens(),  # is_patch of the query tile
-            keys(),  # is_patch of every key
-            *[tokens() for _ in range(axes)],
-            *[keys() for _ in range(axes)],
-        ],
-        out_specs=[head_tile, pl.BlockSpec((None, None, block), lambda i, b, h: (b, h, i))],
-        out_shape=[
-            jax.ShapeDtypeStruct(q.shape, q.dtype),
-            jax.ShapeDtypeStruct((batch, heads, padded), jnp.float32),
-        ],
+        grid=(num_tiles, batch, heads),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
         name="fused_alibi_attention",
-    )(q, k, v, key_valid.astype(jnp.int32), bias.slopes.astype(jnp.float32), is_patch, is_patch,
-      *coords, *coords)  # fmt: skip
+    )(*args)
+    return (*outputs, None) if not skip else tuple(outputs)
 
 
 def _kernel(
     q_ref, k_ref, v_ref, valid_ref, slope_ref, q_patch_ref, k_patch_ref, *refs,
-    axes: int, metric: str, block: int, scale: float,
+    axes: int, metric: str, block: int, scale: float, skip: bool,
 ):  # fmt: skip
     """One query tile of one example and head: an online softmax over every key tile.
 
     q_ref [block, Dh]; k_ref, v_ref [Np, Dh]; valid_ref, k_patch_ref [Np]; slope_ref [];
     q_patch_ref [block]; refs: `axes` query-coordinate refs [block], `axes` key-coordinate refs
-    [Np], then the outputs o_ref [block, Dh] and lse_ref [block].
+    [Np]; with `skip`, the query rows' norms [block], the key tiles' max norm [T] and their
+    distances dmin to this tile [T] (`tile_skip.TileBounds`); then the outputs o_ref
+    [block, Dh], lse_ref [block] and, with `skip`, skipped_ref [block].
     """
-    q_coord_refs, k_coord_refs, (o_ref, lse_ref) = refs[:axes], refs[axes:-2], refs[-2:]
+    q_coord_refs, k_coord_refs = refs[:axes], refs[axes : 2 * axes]
+    if skip:
+        q_norm_ref, k_norm_ref, distance_ref, o_ref, lse_ref, skipped_ref = refs[2 * axes :]
+    else:
+        o_ref, lse_ref = refs[2 * axes :]
     q = q_ref[...]
     slope = slope_ref[()]
     q_patch = q_patch_ref[...]
     q_coords = [r[...] for r in q_coord_refs]
+    num_key_tiles = k_ref.shape[0] // block
+    query_tile = pl.program_id(0)  # read here: interpret mode has no program_id inside a loop
 
-    def key_tile(j, carry):
+    def update(j, carry):
+        """Adds key tile j to the online softmax."""
         acc, running_max, denominator = carry
         span = pl.ds(j * block, block)
         scores = plgpu.dot(q, k_ref[span, :], trans_b=True).astype(jnp.float32) * scale
@@ -177,13 +233,29 @@ def _kernel(
         pv = plgpu.dot(probs.astype(v_ref.dtype), v_ref[span, :]).astype(jnp.float32)
         return acc * correction[:, None] + pv, new_max, denominator
 
+    def skipping_update(t, carry):
+        """Key tile j = i + t (mod T), from the diagonal on so that the running maximum is
+        high when the far tiles come, unless the tile's score bound underflows every weight:
+        then adding it would leave the state bit-identical (`tile_skip`)."""
+        *state, count = carry
+        j = (query_tile + t) % num_key_tiles
+        bound = q_norm_ref[...] * k_norm_ref[j] - slope * distance_ref[j]
+        underflows = jnp.max(bound - state[1]) < -tile_skip.MARGIN
+        state = jax.lax.cond(underflows, lambda j, s: s, update, j, tuple(state))
+        return *state, count + underflows.astype(jnp.int32)
+
     init = (
         jnp.zeros(q.shape, jnp.float32),
         jnp.full((block,), blockwise.MASKED, jnp.float32),
         jnp.zeros((block,), jnp.float32),
     )
-    num_key_tiles = k_ref.shape[0] // block
-    acc, running_max, denominator = jax.lax.fori_loop(0, num_key_tiles, key_tile, init)
+    if skip:
+        acc, running_max, denominator, skipped = jax.lax.fori_loop(
+            0, num_key_tiles, skipping_update, (*init, jnp.int32(0))
+        )
+        skipped_ref[...] = jnp.full((block,), skipped, jnp.int32)
+    else:
+        acc, running_max, denominator = jax.lax.fori_loop(0, num_key_tiles, update, init)
     # As in blockwise: every query has a valid key, so the denominator is >= 1.
     o_ref[...] = (acc / denominator[:, None]).astype(o_ref.dtype)
     lse_ref[...] = running_max + jnp.log(denominator)

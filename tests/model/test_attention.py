@@ -323,10 +323,11 @@ def test_encoder_embeds_a_long_track_blockwise_with_the_same_result(posemb):
 STEEP_SLOPES = [4.0, 1.0, 0.25, 1 / 64]
 
 
-def skip_case(kind, num_tokens=700, block_size=64, seed=7):
+def skip_case(kind, num_tokens=700, block_size=64, seed=7, **case):
     """A long key-masked case with steep slopes: example 0 loses a random fifth of its keys,
-    example 1 its whole first key tile after the CLS (the running max starts on masked keys)."""
-    q, k, v, bias, _ = make_case(kind, num_tokens, seed=seed)
+    example 1 its whole first key tile after the CLS (the running max starts on masked keys);
+    `case`: more arguments of make_case."""
+    q, k, v, bias, _ = make_case(kind, num_tokens, seed=seed, **case)
     mask = np.ones((2, num_tokens), bool)
     mask[0, 1:] = np.random.default_rng(seed).random(num_tokens - 1) > 0.2
     mask[1, 1 : block_size + 1] = False
@@ -365,20 +366,18 @@ def test_tile_score_bound_is_above_every_score_of_the_tile(kind):
     tiles with the CLS get no distance credit."""
     block = 32
     q, k, v, bias, mask = skip_case(kind, num_tokens=256, block_size=block)
-    bounds = tile_skip.tile_bounds(q, k, bias.coords, bias.is_patch, mask, block)
+    bounds = tile_skip.tile_bounds(q, k, bias, mask, block)
     scores = np.asarray(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]) + bias.dense())
     for i in range(256 // block):
         for j in range(256 // block):
-            bound = np.asarray(tile_skip.score_bound(bounds, bias.slopes, i, j, block, bias.metric))
+            bound = np.asarray(tile_skip.score_bound(bounds, bias.slopes, i, j, block))
             tile = scores[:, :, i * block : (i + 1) * block, j * block : (j + 1) * block]
             tile = np.where(
                 np.asarray(mask)[:, None, None, j * block : (j + 1) * block], tile, -np.inf
             )
             assert np.all(tile.max(-1) <= bound + 1e-4), (i, j)
             if i == 0 or j == 0:
-                np.testing.assert_array_equal(
-                    tile_skip.min_distance(bounds, i, j, bias.metric), 0.0
-                )
+                np.testing.assert_array_equal(bounds.distance[:, i, j], 0.0)
 
 
 def test_model_slopes_skip_tiles_of_a_long_track_in_time_order():

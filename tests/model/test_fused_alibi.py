@@ -17,6 +17,7 @@ from tests.model.test_attention import (
     make_case,
     reference_attention,
     reference_over_kept_keys,
+    skip_case,
 )
 
 # Odd lengths (the last tile padded), patchout coordinates, a CLS token; "rope" has no bias.
@@ -64,11 +65,38 @@ def test_large_scores_and_half_precision():
     np.testing.assert_allclose(out.astype(jnp.float32), expected, atol=3e-2)
 
 
+@pytest.mark.parametrize("kind", ["alibi2d", "alibi2d_euclidean", "alibi1d"])
+def test_tile_skipping_leaves_values_and_gradients_unchanged(kind):
+    """Steep slopes, masked keys, a CLS: the kernel skips a share of its tiles (counted by the
+    kernel itself) and its output and gradients equal the kernel's without skipping."""
+    q, k, v, bias, mask = skip_case(kind, num_tokens=500, block_size=32)
+    skipped, total = fused_alibi.count_skipped_tiles(q, k, v, bias, mask, block=32)
+    assert 0.1 * total < skipped < total
+    weights = jnp.asarray(np.random.default_rng(3).normal(size=q.shape), jnp.float32)
+
+    def outputs_and_grads(alibi):
+        run = lambda q, k, v: fused_alibi.fused_alibi_attention(q, k, v, alibi, mask, block=32)
+        out, vjp = jax.vjp(jax.jit(run), q, k, v)
+        return out, vjp(weights)
+
+    (got, grads), (expected, expected_grads) = (
+        outputs_and_grads(bias), outputs_and_grads(bias.replace(tile_skip=False))
+    )  # fmt: skip
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    for name, g, e in zip("qkv", grads, expected_grads, strict=True):
+        scale = np.abs(e).max()
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6 * scale, err_msg=f"d / d {name}")
+    dense = attention.dense_attention(q, k, v, bias, mask)
+    np.testing.assert_allclose(got, dense, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_lowers_to_one_triton_kernel_for_gpu(dtype):
+@pytest.mark.parametrize("tile_skip", [False, True])
+def test_lowers_to_one_triton_kernel_for_gpu(dtype, tile_skip):
     """Forward and backward lower for CUDA: the forward is a Triton custom call (the backward
-    is XLA's blockwise one)."""
+    is XLA's blockwise one), with and without tile skipping (a branch per key tile)."""
     q, k, v, bias, _ = make_case("alibi2d", 300, head_dim=64)
+    bias = bias.replace(tile_skip=tile_skip)
     q, k, v = (t.astype(dtype) for t in (q, k, v))
     loss = lambda q, k, v: jnp.sum(
         fused_alibi.fused_alibi_attention(q, k, v, bias, interpret=False).astype(jnp.float32)

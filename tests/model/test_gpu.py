@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from myna_rpe_jax.model import attention, fused_alibi
-from tests.model.test_attention import make_case, reference_attention
+from tests.model.test_attention import make_case, reference_attention, skip_case
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,6 +27,17 @@ def test_compiled_pallas_kernel_equals_reference(kind, dtype, atol):
     run = jax.jit(lambda q, k, v: fused_alibi.fused_alibi_attention(q, k, v, bias))
     expected = reference_attention(*(t.astype(jnp.float32) for t in (q, k, v)), ref_bias)
     np.testing.assert_allclose(run(q, k, v).astype(jnp.float32), expected, atol=atol)
+
+
+@pytest.mark.parametrize("kind", ["alibi2d", "alibi1d"])
+def test_compiled_pallas_kernel_skips_tiles_without_changing_the_result(kind):
+    q, k, v, bias, mask = skip_case(kind, num_tokens=1100, head_dim=64)
+    skipped, total = fused_alibi.count_skipped_tiles(q, k, v, bias, mask)
+    assert 0.1 * total < skipped < total
+    run = jax.jit(lambda q, k, v, b: fused_alibi.fused_alibi_attention(q, k, v, b, mask))
+    got = run(q, k, v, bias)
+    np.testing.assert_allclose(got, attention.dense_attention(q, k, v, bias, mask), atol=2e-3)
+    np.testing.assert_allclose(got, run(q, k, v, bias.replace(tile_skip=False)), atol=2e-3)
 
 
 def test_cudnn_attention_equals_reference():
