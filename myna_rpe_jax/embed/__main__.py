@@ -27,7 +27,6 @@ from myna_rpe_jax.embed.collection import (
 )
 from myna_rpe_jax.embed.embedder import MODES, load_embedder
 from myna_rpe_jax.embed.file import save_npz
-from myna_rpe_jax.model.attention import KERNELS
 
 log = logging.getLogger("myna_rpe_jax.embed")
 
@@ -48,12 +47,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=MODES, default="full", help="full track or chunks")
     parser.add_argument("--parquet", action="store_true", help="also write OUTPUT.parquet")
     add_embedder_flags(parser)
-    parser.add_argument(
-        "--attention-kernel",
-        choices=KERNELS,
-        help="attention over long tracks: xla (blockwise) or pallas (one fused GPU kernel);"
-        " default: the run's config.model.attention_kernel. The embeddings are the same",
-    )
     parser.add_argument("--workers", type=int, default=2, help="audio decoding threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

@@ -30,6 +30,7 @@ from myna_rpe_jax.embed.embedder import (
     Embedder,
 )
 from myna_rpe_jax.embed.file import Embeddings
+from myna_rpe_jax.model.attention import KERNELS
 from myna_rpe_jax.run.checkpoints import describe_differences, mel_differences
 
 log = logging.getLogger("myna_rpe_jax.embed")
@@ -283,7 +284,8 @@ def console_logging() -> None:
 
 
 def add_embedder_flags(parser: argparse.ArgumentParser) -> None:
-    """--max-tokens and --max-padding, the Embedder's settings (embed and probe take both)."""
+    """--max-tokens, --max-padding and --attention-kernel, the Embedder's settings (embed and
+    probe take them all)."""
     parser.add_argument(
         "--max-tokens",
         type=int,
@@ -296,4 +298,10 @@ def add_embedder_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_PADDING,
         help="pad full tracks by at most this fraction of their length into shared length"
         " buckets, masked out (fewer compilations; 0: every length exact)",
+    )
+    parser.add_argument(
+        "--attention-kernel",
+        choices=KERNELS,
+        help="attention over long tracks: xla (blockwise) or pallas (one fused GPU kernel);"
+        " default: the run's config.model.attention_kernel. The embeddings are the same",
     )

@@ -86,6 +86,7 @@ def _probe(args: argparse.Namespace, modes: list[str], kinds: list[str]) -> int:
         max_padding=args.max_padding,
         baseline_kinds=kinds,
         length_scaling=None if args.length_scaling is None else args.length_scaling == "on",
+        attention_kernel=args.attention_kernel,
     )
     out = Path(args.output)
     log.info("\n%s", (out / "results.md").read_text(encoding="utf-8"))
