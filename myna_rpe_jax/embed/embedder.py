@@ -16,8 +16,8 @@ The padding changes nothing: the encoder gets each track's real length and masks
 patches out of attention (`Encoder(..., lengths=)`). Tracks of one bucket are batched together
 up to a token budget per device, so a long track runs alone; the rest of a bucket after its
 full batches is split into powers of two, so few batch shapes occur. Batches are split over
-all local devices (data parallel; a batch smaller than the device count is padded with
-repeats).
+all local devices (data parallel through `shard_map`; a batch smaller than the device count is
+padded with repeats).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 from myna_rpe_jax import distributed
 from myna_rpe_jax.data.audio import MelConfig
@@ -130,13 +131,16 @@ class Embedder:
         self.max_padding = max_padding
         self.shapes_compiled: set[tuple[int, ...]] = set()
         # jit caches one executable per input shape: every batch of a seen shape reuses it.
-        self._apply = jax.jit(
+        self._apply = _per_device(
             lambda p, spec, lengths: encoder.apply(
                 {"params": p}, spec, train=False, lengths=lengths
-            )[0]
+            )[0],
+            mesh,
         )
         self.patchout_passes = patchout_passes
-        self._apply_patchout = jax.jit(functools.partial(patchout_mean, encoder, patchout_passes))
+        self._apply_patchout = _per_device(
+            functools.partial(patchout_mean, encoder, patchout_passes), mesh
+        )
 
     def set_params(self, params: Any) -> None:
         """Embeds with `params` from now on (same shapes: nothing recompiles)."""
@@ -256,6 +260,27 @@ class Embedder:
 
         embedded = self._bucketed_batches(chunks, chunk_progress)
         return np.stack([part.mean(axis=0) for part in np.split(embedded, ends[:-1])])
+
+
+def _per_device(fn: Callable, mesh: Mesh) -> Callable:
+    """jit of fn(params, spec, lengths, *replicated) run on each device's slice of the batch
+    (`shard_map`): the encoder treats examples independently, so nothing is communicated.
+
+    Under plain jit XLA would partition the batch itself, but it cannot partition a custom
+    call such as the fused Pallas kernel (`model.attention_kernel="pallas"`): it gathers the
+    whole batch onto every device and runs the kernel on all of it there (a test checks the
+    compiled program has no all-gather). A key passed in is the same on every device, so
+    patchout masks depend on an example's place in its device's slice.
+    """
+    data, replicated = PartitionSpec(distributed.DATA_AXIS), PartitionSpec()
+    mapped = lambda params, spec, lengths, *rest: jax.shard_map(
+        fn,
+        mesh=mesh,
+        in_specs=(replicated, data, data, *(replicated,) * len(rest)),
+        out_specs=data,
+        check_vma=False,  # pallas_call's outputs carry no varying-axes annotation
+    )(params, spec, lengths, *rest)
+    return jax.jit(mapped)
 
 
 def patchout_mean(

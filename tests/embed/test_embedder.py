@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -112,6 +113,21 @@ def test_batches_split_over_devices_give_the_one_device_result(tiny_run):
         four.embed(mels, "full"), one.embed(mels, "full"), rtol=1e-5, atol=1e-6
     )
     assert all(shape[0] % 4 == 0 for shape in four.shapes_compiled)
+
+
+def test_the_fused_kernel_runs_on_each_device_slice_not_on_the_gathered_batch(tiny_run):
+    """Batches are split by shard_map: XLA cannot partition the fused Pallas kernel (a custom
+    call; here in interpret mode), and under plain jit it gathers the whole batch onto every
+    device first. The embeddings are the default kernels'."""
+    base = embedder_lib.load_embedder(tiny_run.workdir)[0]
+    encoder = base.encoder.clone(attention_kernel="pallas", blockwise_threshold=32)
+    fused = embedder_lib.Embedder(encoder, base.params, base.chunk_frames, max_padding=0.0)
+    mels = [random_mel(320, seed) for seed in range(4)]  # 8 x 20 + 1 = 161 tokens: past 32
+    batch = jax.device_put(np.stack(mels), fused._batch_sharding)  # as `forward` passes it
+    compiled = fused._apply.lower(fused.params, batch, None).compile()
+    assert "all-gather" not in compiled.as_text()
+    assert "pallas_call" in str(jax.make_jaxpr(fused._apply)(fused.params, batch, None))
+    np.testing.assert_allclose(fused.embed(mels, "full"), base.embed(mels, "full"), atol=2e-5)
 
 
 def test_full_mode_equals_each_track_alone(embedder):
