@@ -22,6 +22,7 @@ from myna_rpe_jax.embed.collection import (
     audio_embeddings,
     console_logging,
     dataset_embeddings,
+    embedder_settings,
     run_meta,
     save_parquet,
 )
@@ -56,13 +57,7 @@ def _embed(args: argparse.Namespace) -> int:
     """Embeds and writes the .npz (and .parquet); raises on a missing input or bad split."""
     console_logging()
     progress = not args.no_progress
-    embedder, config, step = load_embedder(
-        args.workdir,
-        args.step,
-        args.max_tokens,
-        args.max_padding,
-        attention_kernel=args.attention_kernel,
-    )
+    embedder, config, step = load_embedder(args.workdir, args.step, **embedder_settings(args))
     if args.audio:
         result = audio_embeddings(embedder, args.audio, args.mode, args.workers, progress=progress)
     else:

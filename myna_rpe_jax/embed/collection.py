@@ -284,8 +284,8 @@ def console_logging() -> None:
 
 
 def add_embedder_flags(parser: argparse.ArgumentParser) -> None:
-    """--max-tokens, --max-padding and --attention-kernel, the Embedder's settings (embed and
-    probe take them all)."""
+    """--max-tokens, --max-padding, --attention-kernel and --tile-skip, the Embedder's settings
+    (embed and probe take them all; `embedder_settings` reads them back)."""
     parser.add_argument(
         "--max-tokens",
         type=int,
@@ -304,4 +304,21 @@ def add_embedder_flags(parser: argparse.ArgumentParser) -> None:
         choices=KERNELS,
         help="attention over long tracks: xla (blockwise) or pallas (one fused GPU kernel);"
         " default: the run's config.model.attention_kernel. The embeddings are the same",
+    )
+    parser.add_argument(
+        "--tile-skip",
+        choices=("on", "off"),
+        help="exact ALiBi tile skipping in long tracks' attention (default: the run's"
+        " config.model.alibi_tile_skip): the same embeddings, faster on long tracks on some"
+        " machines (docs/benchmarks.md)",
+    )
+
+
+def embedder_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `load_embedder` that `add_embedder_flags` set."""
+    return dict(
+        max_tokens=args.max_tokens,
+        max_padding=args.max_padding,
+        attention_kernel=args.attention_kernel,
+        alibi_tile_skip=None if args.tile_skip is None else args.tile_skip == "on",
     )

@@ -311,13 +311,19 @@ def load_embedder(
     max_padding: float = DEFAULT_MAX_PADDING,
     length_scaling: bool | None = None,
     attention_kernel: str | None = None,
+    alibi_tile_skip: bool | None = None,
 ) -> tuple[Embedder, ml_collections.ConfigDict, int]:
     """The Embedder of a training workdir's checkpoint (latest if step is None), its config,
     and the step loaded. Its mel_config is the run's recorded features (`read_features`).
-    length_scaling and attention_kernel, when given, replace the run's config.model fields
-    (in the returned config too); the kernel changes only the speed, not the embeddings."""
+    length_scaling, attention_kernel and alibi_tile_skip, when given, replace the run's
+    config.model fields (in the returned config too); the kernel and tile skipping change
+    only the speed, not the embeddings."""
     config = checkpoints.read_config(workdir)
-    overrides = dict(length_scaling=length_scaling, attention_kernel=attention_kernel)
+    overrides = dict(
+        length_scaling=length_scaling,
+        attention_kernel=attention_kernel,
+        alibi_tile_skip=alibi_tile_skip,
+    )
     with config.unlocked():
         for name, value in overrides.items():
             if value is not None:

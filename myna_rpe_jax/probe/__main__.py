@@ -15,7 +15,11 @@ import sys
 from pathlib import Path
 
 from myna_rpe_jax import errors
-from myna_rpe_jax.embed.collection import add_embedder_flags, console_logging
+from myna_rpe_jax.embed.collection import (
+    add_embedder_flags,
+    console_logging,
+    embedder_settings,
+)
 from myna_rpe_jax.embed.embedder import DEFAULT_MODES, MODES
 from myna_rpe_jax.probe.evaluate import BASELINES, BENCHMARKS, PROBE_DATASETS, run
 from myna_rpe_jax.probe.report import not_probed
@@ -81,12 +85,10 @@ def _probe(args: argparse.Namespace, modes: list[str], kinds: list[str]) -> int:
         args.data_dir,
         args.step,
         modes,
-        args.max_tokens,
         progress=not args.no_progress,
-        max_padding=args.max_padding,
         baseline_kinds=kinds,
         length_scaling=None if args.length_scaling is None else args.length_scaling == "on",
-        attention_kernel=args.attention_kernel,
+        **embedder_settings(args),
     )
     out = Path(args.output)
     log.info("\n%s", (out / "results.md").read_text(encoding="utf-8"))

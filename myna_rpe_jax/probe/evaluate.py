@@ -325,15 +325,17 @@ def run(
     length_scaling: bool | None = None,
     intervals: bool = True,
     attention_kernel: str | None = None,
+    alibi_tile_skip: bool | None = None,
 ) -> dict:
     """Probes checkpoint `step` (latest if None) of `workdir` on `tasks`; writes the reports
     to out_dir and returns the results dict (the content of results.json).
 
     baseline_kinds: any of BASELINES: "random" adds the random-init rows (one more embedding
     pass per mode), "features" the hand-made feature rows (`baselines`). length_scaling, when
-    given, replaces the run's config.model.length_scaling, attention_kernel its
-    config.model.attention_kernel (the same embeddings, another speed). intervals=False skips
-    the bootstrap (studies that train many runs report the spread over seeds instead).
+    given, replaces the run's config.model.length_scaling, attention_kernel and
+    alibi_tile_skip its config.model fields of those names (the same embeddings, another
+    speed). intervals=False skips the bootstrap (studies that train many runs report the
+    spread over seeds instead).
     """
     unknown_kinds = [kind for kind in baseline_kinds if kind not in BASELINES]
     if unknown_kinds:
@@ -344,7 +346,7 @@ def run(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     embedder, config, step = embedder_lib.load_embedder(
-        workdir, step, max_tokens, max_padding, length_scaling, attention_kernel
+        workdir, step, max_tokens, max_padding, length_scaling, attention_kernel, alibi_tile_skip
     )
     skipped_modes = {}
     whole = [mode for mode in modes if mode in embedder_lib.WHOLE_TRACK_MODES]

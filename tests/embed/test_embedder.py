@@ -229,6 +229,12 @@ def test_embed_cli_on_a_folder_of_long_tracks(tiny_run, tmp_path):
     fused = load_npz(fused)
     assert fused.meta["config"]["model"]["attention_kernel"] == "pallas"
     np.testing.assert_allclose(fused.embeddings, single.embeddings, atol=2e-5)
+    skipping = tmp_path / "skipping.npz"
+    argv = [*common, "--audio", str(folder / "c.flac"), "--output", str(skipping)]
+    assert embed_cli.main([*argv, "--tile-skip", "on"]) == 0
+    skipping = load_npz(skipping)
+    assert skipping.meta["config"]["model"]["alibi_tile_skip"] is True
+    np.testing.assert_allclose(skipping.embeddings, single.embeddings, atol=2e-5)
 
     table = pq.read_table(out.with_suffix(".parquet"))
     assert table.column("track_id").to_pylist() == result.track_ids

@@ -224,18 +224,20 @@ def test_cli_probes_patchout_mode_with_length_scaling_in_their_own_cache(demo_pr
     assert not np.allclose(scaled.embeddings, plain.embeddings, atol=1e-4)
 
 
-def test_cli_attention_kernel_reaches_the_embedder_and_changes_no_score(demo_probe):
-    """--attention-kernel replaces the run's config.model.attention_kernel (the kernel itself
-    is compared with blockwise on long tracks in tests/embed); the scores stay the same."""
+def test_cli_speed_settings_reach_the_embedder_and_change_no_score(demo_probe):
+    """--attention-kernel and --tile-skip replace the run's config.model fields (the kernels
+    themselves are compared on long tracks in tests/model and tests/embed); the scores stay."""
     run, out, first = demo_probe
     argv = ["--workdir", str(run.workdir), "--tasks", "demo", "--output", str(out / "pallas")]
-    argv += ["--modes", "full", "--attention-kernel", "pallas", "--no-baselines", "--no-progress"]
+    argv += ["--modes", "full", "--tile-skip", "on", "--no-baselines", "--no-progress"]
+    argv += ["--attention-kernel", "pallas"]
     assert probe_cli.main(argv) == 0
     results = json.loads((out / "pallas" / "results.json").read_text())
     assert results["config"]["model"]["attention_kernel"] == "pallas"
+    assert results["config"]["model"]["alibi_tile_skip"] is True
     row = next(name for name in first["table"] if name.endswith("(full)"))
     scores = results["table"][row]  # the demo task's columns (the fixture probed more tasks)
     assert scores and scores == {title: first["table"][row][title] for title in scores}
     with pytest.raises(SystemExit) as exit_info:
-        probe_cli.main([*argv[:-3], "--attention-kernel", "triton"])
+        probe_cli.main([*argv[:-2], "--attention-kernel", "triton"])
     assert exit_info.value.code == 2
