@@ -14,9 +14,11 @@ from sklearn.metrics import r2_score
 
 from myna_rpe_jax.data.datasets import TaskSpec, dataset_tasks
 from myna_rpe_jax.data.demo.music import DEMO_GENRES
+from myna_rpe_jax.data.keys import KEY_NAMES
 from myna_rpe_jax.embed.file import load_npz
 from myna_rpe_jax.probe import __main__ as probe_cli
 from myna_rpe_jax.probe import evaluate, tasks
+from myna_rpe_jax.probe import metrics as probe_metrics
 from tests.embed.test_embedder import trained_tiny_run
 
 
@@ -58,6 +60,28 @@ def test_selection_never_looks_at_test_labels():
     scrambled = tasks.run_probe(spec, {**data, "test": (x_test, shuffled)})
     assert honest["selection"] == scrambled["selection"]
     assert honest["metrics"]["accuracy"] > 0.9 > 0.6 > scrambled["metrics"]["accuracy"]
+
+
+def test_reported_test_metrics_are_the_bootstraps_scorer_of_the_test_outputs():
+    """run_probe's metrics and the bootstrap's point estimates (`metrics.scorer` of
+    test_outputs) are computed apart: they must agree for every kind of task."""
+    splits = [("train", 120, 0), ("valid", 60, 1), ("test", 60, 2)]
+    keys = {split: blobs(n, seed, num_classes=24) for split, n, seed in splits}
+    noise = np.random.default_rng(4)
+    tags = {  # 5 tags, each a noisy threshold of one feature
+        split: (x, (x[:, :5] + noise.normal(size=(len(x), 5)) > 0).astype(np.float32))
+        for split, (x, _) in keys.items()
+    }
+    cases = [
+        (TaskSpec("multiclass", "key", 24, KEY_NAMES), keys, ["accuracy", "mirex"]),
+        (TaskSpec("regression", "y", 1), {s: linear_targets(n, i) for s, n, i in splits}, ["r2"]),
+        (TaskSpec("multilabel", "tags", 5, tuple("abcde")), tags, ["roc_auc", "pr_auc"]),
+    ]
+    for spec, data, names in cases:
+        result = tasks.run_probe(spec, data)
+        assert [n for n in result["metrics"] if n in probe_metrics.METRIC_NAMES] == names
+        scores = probe_metrics.scorer(names)(*result["test_outputs"])
+        assert scores == pytest.approx({n: result["metrics"][n] for n in names}), spec.kind
 
 
 def test_standardize_uses_train_statistics_only():
