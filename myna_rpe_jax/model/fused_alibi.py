@@ -86,8 +86,9 @@ def count_skipped_tiles(
     block: int = DEFAULT_BLOCK,
     interpret: bool | None = None,
 ) -> tuple[int, int]:
-    """(head tiles the kernel skips in the forward pass, all head tiles) of
-    `fused_alibi_attention(q, k, v, bias.replace(tile_skip=True), key_mask, block=block)`."""
+    """(score tiles the kernel skips, all score tiles: B x H x T^2 for T tiles of `block`) of
+    `fused_alibi_attention(q, k, v, bias.replace(tile_skip=True), key_mask, block=block)`;
+    one score tile is one (example, head, query tile, key tile)."""
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     padded, _ = _layout(q.shape[1], block)
