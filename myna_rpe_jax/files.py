@@ -38,3 +38,20 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as partial:
         partial.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def output_problem(path: str | Path, kind: str = "file") -> str | None:
+    """Why `path` cannot be written as an output `kind` ("file" or "folder"), or None: it
+    exists as the other kind, or one of its parents is a file. Checked before the work, so
+    that a long job does not end on `[Errno 17] File exists`."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        return f"{path} is a folder; name the file to write"
+    if kind == "folder" and path.exists() and not path.is_dir():
+        return f"{path} is a file; name a folder to write into"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"cannot write {path}: {parent} is a file, not a folder"
+            break
+    return None

@@ -55,3 +55,17 @@ def test_a_reader_racing_two_writers_only_ever_sees_a_whole_file(tmp_path):
     assert not errors, errors
     assert seen and all(text in texts for text in seen), {len(text) for text in seen}
     assert [p.name for p in tmp_path.iterdir()] == ["results.md"]
+
+
+def test_output_problems_are_found_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_folder").mkdir()
+    assert files.output_problem(tmp_path / "new" / "deeper" / "out.npz") is None
+    assert files.output_problem(tmp_path / "a_folder", "folder") is None
+    assert "is a folder" in files.output_problem(tmp_path / "a_folder")
+    assert "is a file" in files.output_problem(tmp_path / "a_file", "folder")
+    problem = files.output_problem(tmp_path / "a_file" / "x" / "out.npz")
+    assert (
+        problem
+        == f"cannot write {tmp_path}/a_file/x/out.npz: {tmp_path}/a_file is a file, not a folder"
+    )

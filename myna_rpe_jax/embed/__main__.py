@@ -15,11 +15,12 @@ import argparse
 import logging
 import sys
 
-from myna_rpe_jax import errors
+from myna_rpe_jax import errors, files
 from myna_rpe_jax.data.datasets import SPLITS
 from myna_rpe_jax.embed.collection import (
     add_embedder_flags,
     audio_embeddings,
+    check_embedder_flags,
     console_logging,
     dataset_embeddings,
     embedder_settings,
@@ -88,9 +89,15 @@ def _embed(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The command; returns its exit status. A missing workdir or input, a bad split or an
     unwritable --output is one `error:` line on stderr and status 1 (errors.run_cli)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.dataset and not args.data_dir:
-        _parser().error("--dataset needs --data-dir (where it was prepared)")
+        parser.error("--dataset needs --data-dir (where it was prepared)")
+    if problem := files.output_problem(args.output):
+        parser.error(f"--output: {problem}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    check_embedder_flags(parser, args)
     return errors.run_cli(lambda: _embed(args), (OSError, ValueError))
 
 

@@ -314,6 +314,14 @@ def add_embedder_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_embedder_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) for values of `add_embedder_flags`' flags that mean nothing."""
+    if args.max_tokens < 1:
+        parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if not 0.0 <= args.max_padding < 1.0:
+        parser.error(f"--max-padding must be in [0, 1), got {args.max_padding}")
+
+
 def embedder_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of `load_embedder` that `add_embedder_flags` set."""
     return dict(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,10 @@ def save_npz(path: str | Path, result: Embeddings) -> Path:
     arrays = {f"label_{key}": value for key, value in result.labels.items()}
     # A killed run never leaves a half-written file to be reused; two probes writing one
     # --output cannot write into each other's file (files.atomic_path).
-    with files.atomic_path(path) as partial:
+    # Through a file object: given a name, np.savez would append ".npz" to the temporary one.
+    with files.atomic_path(path) as partial, open(partial, "wb") as handle:
         np.savez(
-            partial,
+            handle,
             track_ids=np.asarray(result.track_ids, dtype=str),
             embeddings=result.embeddings,
             split=np.asarray(result.split, dtype=str),
@@ -75,7 +77,7 @@ def load_npz(path: str | Path, *, strict: bool = True) -> Embeddings:
         raise FileNotFoundError(f"embeddings file {path} does not exist")
     try:
         f = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:  # numpy's words would advise unpickling it
+    except (ValueError, OSError, zipfile.BadZipFile) as err:  # numpy's words: unpickle it
         raise ValueError(f"not an embedding file (.npz from {_WRITER}): {path}") from err
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ValueError(f"not an embedding file (.npz from {_WRITER}): {path} holds one array")

@@ -14,9 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
-from myna_rpe_jax import errors
+from myna_rpe_jax import errors, files
 from myna_rpe_jax.embed.collection import (
     add_embedder_flags,
+    check_embedder_flags,
     console_logging,
     embedder_settings,
 )
@@ -108,13 +109,20 @@ def _probe(args: argparse.Namespace, modes: list[str], kinds: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The command; returns its exit status. A missing workdir or checkpoint, an unknown task
     or an unwritable --output is one `error:` line on stderr and status 1 (errors.run_cli)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    tasks = [name for name in args.tasks.split(",") if name]
+    if not tasks or any(name not in PROBE_DATASETS for name in tasks):
+        parser.error(f"--tasks must list some of {', '.join(PROBE_DATASETS)}, got {args.tasks!r}")
     modes = [mode for mode in args.modes.split(",") if mode]
     if not modes or any(mode not in MODES for mode in modes):
-        _parser().error(f"--modes must list some of {MODES}, got {args.modes!r}")
+        parser.error(f"--modes must list some of {MODES}, got {args.modes!r}")
     kinds = [] if args.no_baselines else [kind for kind in args.baselines.split(",") if kind]
     if any(kind not in BASELINES for kind in kinds):
-        _parser().error(f"--baselines must list some of {BASELINES} (or be ''), got {kinds}")
+        parser.error(f"--baselines must list some of {BASELINES} (or be ''), got {kinds}")
+    if problem := files.output_problem(args.output, "folder"):
+        parser.error(f"--output: {problem}")
+    check_embedder_flags(parser, args)
     return errors.run_cli(lambda: _probe(args, modes, kinds), (OSError, ValueError))
 
 

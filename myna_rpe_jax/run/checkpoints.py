@@ -89,7 +89,13 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
             f"{path} not found: {workdir} is not a training workdir (train writes config.json"
             " and checkpoints/ there: python -m myna_rpe_jax.train --workdir=...)"
         )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(
+            f"{path} is not the JSON config train writes ({err}): restore it from a copy of"
+            " the run, or retrain into a new --workdir"
+        ) from err
 
 
 def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]:
@@ -109,7 +115,16 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
     # The saved shardings name the training devices; land everything on one local device
     # instead, so a run trained on N accelerators loads anywhere.
     single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    restored = manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=single))
+    try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=single))
+    except Exception as err:  # orbax / tensorstore raise bare Exceptions for damaged files
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        others = sorted(set(steps) - {step})
+        fix = f"load another step with --step ({others})" if others else "retrain the run"
+        raise OSError(
+            f"checkpoint step {step} in {Path(workdir) / 'checkpoints'} cannot be read, its"
+            f" files are damaged or incomplete ({first_line}); {fix}"
+        ) from err
     params = restored["params"] if isinstance(restored, dict) else restored.params
     return params, step
 

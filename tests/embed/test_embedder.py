@@ -264,3 +264,39 @@ def test_embed_cli_reports_missing_inputs(tiny_run, tmp_path):
     assert embed_cli.main([*argv, "--audio", str(tmp_path / "nowhere")]) == 1
     assert embed_cli.main([*argv, "--dataset", "gtzan", "--data-dir", str(tmp_path)]) == 1
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_embed_cli_rejects_bad_flags_and_outputs_before_any_work(tiny_run, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    base = ["--workdir", str(tiny_run.workdir), "--audio", str(tmp_path)]
+    for extra in (
+        ["--output", str(tmp_path)],  # a folder
+        ["--output", str(tmp_path / "a_file" / "x.npz")],  # under a file
+        ["--output", str(tmp_path / "x.npz"), "--max-padding", "2"],
+        ["--output", str(tmp_path / "x.npz"), "--max-tokens", "0"],
+        ["--output", str(tmp_path / "x.npz"), "--workers", "0"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            embed_cli.main([*base, *extra])
+        assert exit_info.value.code == 2, extra
+
+
+def test_damaged_run_files_are_named_with_what_to_do(tiny_run, tmp_path):
+    """A config.json that is not JSON, and a checkpoint whose array files are gone: one
+    message naming the file or step, not a JSON or tensorstore traceback."""
+    import shutil
+
+    from myna_rpe_jax.run import checkpoints
+
+    broken = tmp_path / "run"
+    shutil.copytree(tiny_run.workdir, broken)
+    (broken / "config.json").write_text("{bad")
+    with pytest.raises(ValueError, match=r"config.json is not the JSON config train writes"):
+        checkpoints.read_config(broken)
+    shutil.copy(tiny_run.workdir / "config.json", broken / "config.json")
+    for data in (broken / "checkpoints" / str(TRAIN_STEPS)).rglob("d"):
+        shutil.rmtree(data)
+    with pytest.raises(OSError, match=rf"checkpoint step {TRAIN_STEPS} in .* cannot be read"):
+        checkpoints.load_params(broken)
+    argv = ["--workdir", str(broken), "--audio", str(tmp_path), "--output", str(tmp_path / "x")]
+    assert embed_cli.main(argv) == 1

@@ -102,3 +102,15 @@ def test_errors_name_the_file_and_the_missing_field(tmp_path):
     np.savez(path, track_ids=np.array(["x", "y"]), embeddings=np.zeros((3, 4)))
     with pytest.raises(ValueError, match=r"embeddings \(3, 4\) .* do not match 2 track_ids"):
         load_npz(path, strict=False)
+
+
+def test_a_name_without_npz_is_written_as_given_and_a_truncated_file_is_named(tmp_path):
+    """np.savez appends ".npz" to a name without it: the result must land on the name given,
+    with nothing left beside it; a truncated copy is "not an embedding file", not a zip error."""
+    path = save_npz(tmp_path / "embeddings", example())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings"]
+    assert load_npz(path).track_ids == example().track_ids
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match="not an embedding file .*truncated.npz"):
+        load_npz(truncated)

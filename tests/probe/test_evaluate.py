@@ -265,3 +265,19 @@ def test_cli_speed_settings_reach_the_embedder_and_change_no_score(demo_probe):
     with pytest.raises(SystemExit) as exit_info:
         probe_cli.main([*argv[:-2], "--attention-kernel", "triton"])
     assert exit_info.value.code == 2
+
+
+def test_bad_task_lists_and_outputs_are_usage_errors(tmp_path):
+    """Checked before the run is even read: the workdir need not exist."""
+    (tmp_path / "a_file").write_text("")
+    base = ["--workdir", str(tmp_path / "no_run")]
+    for extra in (
+        ["--tasks", "", "--output", str(tmp_path / "out")],
+        ["--tasks", "demo,nosuch", "--output", str(tmp_path / "out")],
+        ["--tasks", "demo", "--output", str(tmp_path / "a_file")],
+        ["--tasks", "demo", "--output", str(tmp_path / "out"), "--max-padding", "-1"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            probe_cli.main([*base, *extra])
+        assert exit_info.value.code == 2, extra
+    assert not (tmp_path / "out").exists()
