@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -21,21 +23,53 @@ from myna_rpe_jax.embed.file import load_npz
 from myna_rpe_jax.playlist import hull
 from myna_rpe_jax.playlist.strategies import STRATEGIES, expand, fill, interpolate, waypoints
 
+# A --playlist ending so names a file: a track id has no extension, or an audio one.
+FILE_SUFFIXES = (".csv", ".tsv", ".txt")
 
-def parse_playlist(spec: str, ids: np.ndarray) -> np.ndarray:
-    """Row indices of a playlist given as comma-separated track ids or a CSV with track_id."""
-    if os.path.isfile(spec):
-        with open(spec, newline="", encoding="utf-8") as f:
+
+def read_track_ids(path: str) -> list[str]:
+    """The track_id column of a CSV, UTF-8 with or without the byte-order mark that Excel's
+    "CSV UTF-8" writes (utf-8-sig drops it; else the first column is not named track_id)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if "track_id" not in (reader.fieldnames or []):
-                raise SystemExit(
-                    f"error: {spec} has no track_id column (columns: {reader.fieldnames}); "
+                raise errors.UserError(
+                    f"{path} has no track_id column (columns: {reader.fieldnames}); "
                     "use the CSV written by `python -m myna_rpe_jax.spotify match`"
                 )
-            wanted = [row["track_id"] for row in reader if row["track_id"]]
+            return [row["track_id"] for row in reader if row["track_id"]]
+    except UnicodeDecodeError as err:  # Latin-1 from an older Excel, or not text at all
+        raise errors.UserError(
+            f"{path} is not UTF-8 text: re-save it as CSV UTF-8 (a CSV with a track_id column)"
+        ) from err
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a --playlist that is no file was meant as one: a file suffix, or a path
+    separator in a single entry (one track id alone cannot make a hull anyway)."""
+    separators = {os.sep, os.altsep} - {None}
+    single_path = "," not in spec and any(sep in spec for sep in separators)
+    return Path(spec).suffix.lower() in FILE_SUFFIXES or single_path
+
+
+def parse_playlist(spec: str, ids: np.ndarray, flag: str = "--playlist") -> np.ndarray:
+    """Row indices of a playlist given as comma-separated track ids or a CSV with track_id."""
+    row_of = {track: i for i, track in enumerate(ids)}
+    if os.path.isdir(spec):
+        raise errors.UserError(
+            f"{flag} {spec} is a folder: pass a CSV with a track_id column or comma-separated"
+            " track ids"
+        )
+    if os.path.isfile(spec):
+        wanted = read_track_ids(spec)
+    elif looks_like_path(spec) and spec not in row_of:
+        raise errors.UserError(
+            f"{flag} file {spec} does not exist: pass an existing CSV with a track_id column,"
+            " or comma-separated track ids"
+        )
     else:
         wanted = [part.strip() for part in spec.split(",") if part.strip()]
-    row_of = {track: i for i, track in enumerate(ids)}
     missing = [track for track in wanted if track not in row_of]
     if missing:
         print(
@@ -45,11 +79,54 @@ def parse_playlist(spec: str, ids: np.ndarray) -> np.ndarray:
         )
     rows = np.asarray(sorted({row_of[t] for t in wanted if t in row_of}), int)
     if len(rows) < 2:
-        raise SystemExit(
-            f"error: playlist {spec!r} has {len(rows)} embedded tracks; a hull needs at least 2. "
+        raise errors.UserError(
+            f"playlist {spec!r} has {len(rows)} embedded tracks; a hull needs at least 2. "
             "Check that the track ids match the embedding file's track_ids."
         )
     return rows
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def csv_file(text: str) -> str:
+    """argparse type for --out: the picks are written as CSV, whatever the name says."""
+    if Path(text).suffix.lower() != ".csv":
+        raise argparse.ArgumentTypeError(
+            f"{text!r} does not end in .csv: the picks are written as CSV (the picture goes to"
+            " --plot)"
+        )
+    return text
+
+
+def picture_file(text: str) -> str:
+    """argparse type for --plot: matplotlib chooses the format by the suffix."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if Path(text).suffix.lower().lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} does not end in a picture format: end it in .png (or .svg, .pdf, .jpg)"
+        )
+    return text
 
 
 def plot_picture(path: str, emb: np.ndarray, groups: dict[str, np.ndarray], picks: np.ndarray):
@@ -91,33 +168,46 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--playlist", required=True, help="comma-separated track ids or a CSV")
     p.add_argument("--strategy", required=True, choices=STRATEGIES)
     p.add_argument("--to", help="second playlist (ids or CSV), for --strategy interpolate")
-    p.add_argument("-n", "--num", type=int, default=20, help="tracks to generate")
-    p.add_argument("--near", type=float, default=0.5, help="'near' radius, x playlist spread")
-    p.add_argument("--shortlist", type=int, default=512, help="interpolate: candidates scored")
-    p.add_argument("--out", default="generated.csv", help="output CSV")
-    p.add_argument("--plot", help="output PNG (default: --out with .png)")
+    p.add_argument("-n", "--num", type=positive_int, default=20, help="tracks to generate")
+    p.add_argument(
+        "--near", type=positive_float, default=0.5, help="'near' radius, x playlist spread"
+    )
+    p.add_argument(
+        "--shortlist", type=positive_int, default=512, help="interpolate: candidates scored"
+    )
+    p.add_argument("--out", type=csv_file, default="generated.csv", help="output CSV")
+    p.add_argument("--plot", type=picture_file, help="output PNG (default: --out with .png)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.num < 1:
-        raise SystemExit("error: -n must be at least 1")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.strategy == "interpolate" and not args.to:
+        parser.error("--strategy interpolate needs --to with a second playlist")
+    # Before the work (minutes on a big library), not after it with `[Errno 17] File exists`.
+    plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
+    for flag, path in (("--out", args.out), ("--plot", plot_path)):
+        if problem := files.output_problem(path):
+            parser.error(f"{flag}: {problem}")
+    if os.path.isdir(args.embeddings):
+        raise errors.UserError(
+            f"--embeddings {args.embeddings} is a folder, not an .npz file: pass the .npz that"
+            " `python -m myna_rpe_jax.embed` wrote"
+        )
     try:
         found = load_npz(args.embeddings, strict=False)  # any .npz with track_ids, embeddings
     except (OSError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from err
+        raise errors.UserError(str(err)) from err
     ids, emb = np.asarray(found.track_ids, dtype=str), found.embeddings
     rows_a = parse_playlist(args.playlist, ids)
     groups = {"playlist": rows_a}
     if args.strategy == "interpolate":
-        if not args.to:
-            raise SystemExit("error: --strategy interpolate needs --to with a second playlist")
-        groups = {"playlist A": rows_a, "playlist B": parse_playlist(args.to, ids)}
+        groups = {"playlist A": rows_a, "playlist B": parse_playlist(args.to, ids, "--to")}
     members = np.concatenate(list(groups.values()))
     pool = np.setdiff1d(np.arange(len(ids)), members)
     if len(pool) == 0:
-        raise SystemExit("error: every embedded track is already in the playlist(s)")
+        raise errors.UserError("every embedded track is already in the playlist(s)")
     points = emb[rows_a]
     if args.strategy == "fill":
         ranked = fill(points, emb[pool], args.num, near=args.near)
@@ -128,7 +218,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             points, emb[groups["playlist B"]], emb[pool], args.num, shortlist=args.shortlist
         )
     write_ranked(args.out, args.strategy, ids[pool], ranked, emb, groups, args.near)
-    plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
     plot_picture(plot_path, emb, groups, pool[ranked.indices])
     print(f"wrote {len(ranked.indices)} tracks to {args.out} and a picture to {plot_path}")
     if len(ranked.indices) < args.num:

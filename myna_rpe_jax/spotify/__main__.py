@@ -48,14 +48,21 @@ MATCH_FIELDS = ("spotify_id", "track_id", "path", "matched_by", "name", "artists
 
 
 def read_csv(path: str, required: Sequence[str]) -> list[dict]:
+    """The rows of a UTF-8 CSV that has the `required` columns. utf-8-sig drops the byte-order
+    mark Excel's "CSV UTF-8" writes, which would otherwise be part of the first column's name."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder, not a CSV file")
     if not os.path.isfile(path):
         raise UserError(f"{path} does not exist")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path} lacks the column(s) {missing} (has {reader.fieldnames})")
-        return list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path} lacks the column(s) {missing} (has {reader.fieldnames})")
+            return list(reader)
+    except UnicodeDecodeError as err:  # Latin-1 from an older Excel, or not text at all
+        raise UserError(f"{path} is not UTF-8 text: re-save it as CSV UTF-8") from err
 
 
 def write_csv(path: str, fields: Sequence[str], rows: list[dict]) -> None:

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from myna_rpe_jax.errors import UserError
 from myna_rpe_jax.playlist import __main__ as playlist_cli
 from myna_rpe_jax.playlist import strategies
 
@@ -126,20 +127,21 @@ def test_cli_writes_csv_and_picture(tmp_path, plane, capsys):
     assert [r["t"] for r in rows] == ["0.333", "0.667"]
 
 
-def test_cli_reports_bad_inputs(tmp_path, plane):
+def test_cli_reports_bad_inputs(tmp_path, plane, capsys):
     emb_path = tmp_path / "emb.npz"
     write_embeddings(emb_path, ["a", "b", "c"], plane([(0, 0), (1, 0), (0, 1)]))
     base = ["--embeddings", str(emb_path), "--strategy", "fill"]
-    with pytest.raises(SystemExit, match="has 1 embedded tracks; a hull needs at least 2"):
+    with pytest.raises(UserError, match="has 1 embedded tracks; a hull needs at least 2"):
         playlist_cli.main([*base, "--playlist", "a,zzz"])
-    with pytest.raises(SystemExit, match="needs --to"):
+    with pytest.raises(SystemExit) as usage:  # a flag missing: argparse's usage error
         playlist_cli.main([*base[:2], "--playlist", "a,b", "--strategy", "interpolate"])
+    assert usage.value.code == 2 and "needs --to" in capsys.readouterr().err
     np.savez(tmp_path / "bad.npz", vectors=np.zeros((2, 2)))
-    with pytest.raises(SystemExit, match=r"lacks \['embeddings', 'track_ids'\]"):
+    with pytest.raises(UserError, match=r"lacks \['embeddings', 'track_ids'\]"):
         playlist_cli.main(
             ["--embeddings", str(tmp_path / "bad.npz"), "--playlist", "a,b", "--strategy", "fill"]
         )
-    with pytest.raises(SystemExit, match="error: embeddings file .*missing.npz does not exist"):
+    with pytest.raises(UserError, match="^embeddings file .*missing.npz does not exist"):
         playlist_cli.main(
             ["--embeddings", str(tmp_path / "missing.npz"), *base[2:], "--playlist", "a,b"]
         )
@@ -160,13 +162,10 @@ def test_cli_names_a_file_that_is_not_an_embedding_file(tmp_path):
     text = tmp_path / "some.txt"
     text.write_text("not numbers\n")
     argv = ["--embeddings", str(text), "--playlist", "a,b", "--strategy", "fill"]
-    with pytest.raises(SystemExit) as raised:
+    with pytest.raises(UserError) as raised:
         playlist_cli.main(argv)
-    message = str(raised.value.code)
-    assert (
-        message
-        == f"error: not an embedding file (.npz from `python -m myna_rpe_jax.embed`): {text}"
-    )
+    message = str(raised.value)
+    assert message == f"not an embedding file (.npz from `python -m myna_rpe_jax.embed`): {text}"
     assert "pickle" not in message
 
 

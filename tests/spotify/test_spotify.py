@@ -510,6 +510,43 @@ def test_match_reports_a_missing_audio_folder(cli, tmp_path):
     assert code == 1 and err == f"error: audio folder {tmp_path / 'nowhere'} is not a folder\n"
 
 
+def test_match_reads_excels_csv_utf8_with_a_byte_order_mark(cli, tmp_path):
+    write_audio(tmp_path / "music/Björk - Jóga.wav", "WAV")
+    tracks = tmp_path / "tracks.csv"
+    tracks.write_text("spotify_id,name,artists\ns1,Jóga,Björk\n", encoding="utf-8-sig")
+    assert tracks.read_bytes().startswith(b"\xef\xbb\xbf")
+    out = tmp_path / "matches.csv"
+    code, stdout, err = cli(
+        "match", "--tracks", str(tracks), "--audio", str(tmp_path / "music"), "--out", str(out)
+    )
+    assert code == 0 and "matched 1 of 1 tracks" in stdout, err
+    assert [(r["spotify_id"], r["track_id"]) for r in read_rows(out)] == [("s1", "Björk - Jóga")]
+
+
+def write_latin1_tracks(path):
+    path.write_bytes("spotify_id,name,artists\ns1,Jóga,Björk\n".encode("latin-1"))
+
+
+def write_wav(path):
+    sf.write(path, np.zeros(800, np.float32), 44100)
+
+
+@pytest.mark.parametrize(
+    "name, write", [("tracks.csv", write_latin1_tracks), ("song.wav", write_wav)]
+)
+def test_a_csv_that_is_not_utf8_is_named(cli, tmp_path, name, write):
+    tracks = tmp_path / name
+    write(tracks)
+    (tmp_path / "music").mkdir()
+    code, _, err = cli("match", "--tracks", str(tracks), "--audio", str(tmp_path / "music"))
+    assert code == 1 and err == f"error: {tracks} is not UTF-8 text: re-save it as CSV UTF-8\n"
+
+
+def test_a_folder_given_as_a_csv_is_named(cli, tmp_path):
+    code, _, err = cli("create-playlist", "--name", "x", "--from", str(tmp_path))
+    assert code == 1 and err == f"error: {tmp_path} is a folder, not a CSV file\n"
+
+
 def test_cli_imports_no_audio_decoders():
     """The Spotify CLI stays light: no librosa (audio.py) or jax on import."""
     code = "import sys, myna_rpe_jax.spotify; print(sorted({'librosa', 'jax'} & set(sys.modules)))"
