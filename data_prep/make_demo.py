@@ -2,7 +2,7 @@
 
     python -m data_prep.make_demo --out /tmp/demo_music --tracks 96 --seconds 20
 
-The set is deterministic for a seed; see myna_rpe_jax/music.py for what it contains.
+The set is deterministic for a seed; see myna_rpe_jax/data/demo/music.py for what it contains.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--sample-rate", type=int, default=22050, help="wav sample rate in Hz (default 22050)"
+        "--sample-rate",
+        type=int,
+        default=music.SAMPLE_RATE,
+        help=f"wav sample rate in Hz (default {music.SAMPLE_RATE})",
     )
     args = parser.parse_args(argv)
     if args.tracks < 1:

@@ -103,6 +103,22 @@ def _tiny(**changes):
         (dict(batch_size=0), r"batch_size=0 must be a positive"),
         (dict(loss__name="simclr"), r"config.loss: "),
         (dict(log_every=0), r"config.log_every=0 must be positive"),
+        (dict(total_steps=-5), r"config.total_steps=-5 must be a whole number >= 0 \(0: train"),
+        (dict(epochs=-1), r"config.epochs=-1 must be a whole number >= 0"),
+        (dict(keep_checkpoints=0), r"config.keep_checkpoints=0 must be a whole number >= 1"),
+        (dict(optim__learning_rate=-1.0), r"config.optim.learning_rate=-1.0 must be > 0"),
+        (dict(optim__learning_rate=0.0), r"config.optim.learning_rate=0.0 must be > 0"),
+        (dict(optim__weight_decay=-1e-4), r"config.optim.weight_decay=-0.0001 must be >= 0"),
+        (dict(optim__warmup_fraction=1.0), r"config.optim.warmup_fraction=1.0 must be in \[0, 1\)"),
+        (dict(optim__b2=1.5), r"config.optim.b2=1.5 must be in \[0, 1\)"),
+        (dict(optim__grad_clip_norm=0.0), r"config.optim.grad_clip_norm=0.0 must be > 0"),
+        (dict(model__patchout_keep=0.0), r"config.model.patchout_keep=0.0 must be in \(0, 1\]"),
+        (dict(model__patchout_keep=1.5), r"config.model.patchout_keep=1.5 must be in \(0, 1\]"),
+        (
+            dict(data__chunk_frames=(100000,)),
+            r"chunk_frames=\(100000,\): the demo tracks \(config.data.demo_seconds=6.0\) have 601"
+            r" frames each, .* at most 1202 frames",
+        ),
     ],
 )
 def test_training_check_names_the_wrong_field(changes, message):
@@ -125,3 +141,49 @@ def test_rope_needs_a_head_size_divisible_by_four():
     config.model.width, config.model.num_heads = 24, 4  # head size 6
     with pytest.raises(ConfigError, match=r"head size .* = 6\) must be a multiple of 4"):
         config_check.checked_config(config)
+
+
+def test_the_valid_edges_of_the_checked_ranges_pass(tmp_path):
+    """total_steps 0 trains for config.epochs; None keeps every checkpoint; a chunk up to two
+    demo tracks long (looped once) is allowed; on other data the track length is not known."""
+    config_check.checked_config(_tiny(total_steps=0, epochs=2, keep_checkpoints=None))
+    edges = dict(optim__warmup_fraction=0.0, optim__weight_decay=0.0, optim__b1=0.0)
+    config_check.checked_config(_tiny(model__patchout_keep=1.0, **edges))
+    assert config_check.demo_track_frames(6.0) == 601 and config_check.demo_track_frames(4.0) == 401
+    config_check.checked_config(_tiny(data__chunk_frames=(96, 1200)))  # <= 2 * 601 frames
+    with pytest.raises(ConfigError, match=r"chunk_frames=\(96, 1216\)"):
+        config_check.checked_config(_tiny(data__chunk_frames=(96, 1216)))
+    other = _tiny(data__dataset="folder", data__data_dir=str(tmp_path), data__chunk_frames=(4096,))
+    assert config_check.checked_config(other).model.max_time_patches == 256
+
+
+def test_a_bad_patchout_fraction_is_a_config_error_before_any_data_work(tiny_config, tmp_path):
+    """Exit 2 with one line, and no workdir: the check runs before the data and the run."""
+    from tests.train.test_loop import overrides, run_train
+
+    workdir = tmp_path / "run"
+    proc = run_train(
+        [f"--workdir={workdir}", "--config.model.patchout_keep=0", *overrides(tiny_config)]
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out
+    assert "error: config.model.patchout_keep=0.0 must be in (0, 1]" in out
+    assert not workdir.exists()
+
+
+def test_resuming_with_another_model_says_so_in_a_short_message(tiny_config, tmp_path):
+    """orbax's tree-mismatch error dumps both train states (~80 KB for ViT-S): the message
+    keeps its first line and the first differing path, and what to do."""
+    from myna_rpe_jax.train import loop
+
+    loop.train(tiny_config, str(tmp_path), stop_after=1)
+    tiny_config.model.depth = 3  # configs/tiny.py's encoder has 2 blocks
+    with pytest.raises(ValueError) as raised:
+        loop.train(tiny_config, str(tmp_path))
+    message = str(raised.value)
+    assert len(message) < 1000, len(message)
+    assert "ShapeDtypeStruct" not in message
+    assert message.startswith(f"the checkpoint at step 1 in {tmp_path}/checkpoints does not fit")
+    assert "tree structures do not match: " in message and "block_2" in message
+    assert "Resume with the config the run started with" in message
+    assert "or train in a fresh --workdir" in message

@@ -1,9 +1,10 @@
 """The whole training config checked before any data work, and the fields derived from it.
 
 `checked_config(config)` is the first thing a training run does: a wrong model variant,
-positional scheme, loss field, batch size, chunk length, split, dataset or evaluator name stops
-the run in seconds with a `ConfigError` naming the field, before a demo set or a frame store
-is built.
+positional scheme, patchout fraction, loss or optimiser field, batch size, run length,
+checkpoint count, chunk length, split, dataset or evaluator name stops the run in seconds with
+a `ConfigError` naming the field, its value and what is valid, before a demo set or a frame
+store is built.
 It returns a copy with `model.max_time_patches` derived from `data.chunk_frames` (the learned
 table's length: the longest training chunk in patches), which config.json records for
 embedding.
@@ -16,8 +17,10 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.data.datasets import DATASET_NAMES, SPLITS
-from myna_rpe_jax.data.datasets.common import canonical_split
+from myna_rpe_jax.data.datasets.common import build_command, canonical_split
+from myna_rpe_jax.data.demo import music
 from myna_rpe_jax.errors import ConfigError
 from myna_rpe_jax.model import positional, vit
 from myna_rpe_jax.objectives.objective import Objective
@@ -46,6 +49,36 @@ def _check_chunk_frames(data: ml_collections.ConfigDict, patch_size: int) -> tup
     return chunk_frames
 
 
+# A chunk longer than a track is looped from the track's start (data/chunks.py), so both views
+# of a pair are the same frames; configs/alibi2d_varlen.py's 1024-frame bucket is looped on its
+# 801-frame demo tracks. Past this many track lengths a chunk is only the track repeated (and a
+# batch of them can exhaust memory): on the demo set, whose track length is known, it is refused.
+_MAX_DEMO_LOOPS = 2
+
+
+def demo_track_frames(seconds: float) -> int:
+    """Frames of every demo track: generated at music.SAMPLE_RATE, resampled to the prepared
+    log-mel's rate (the default MelConfig; dsp.resample: ceil) and framed as audio.log_mel
+    does."""
+    mel = MelConfig()  # the demo set is prepared with it (datasets.builder.DEFAULT_MEL)
+    rate = music.SAMPLE_RATE
+    samples = -(-round(seconds * rate) * mel.sample_rate // rate)
+    return 1 + samples // mel.hop_length
+
+
+def _check_demo_chunks(data: ml_collections.ConfigDict) -> None:
+    frames = demo_track_frames(data.demo_seconds)
+    longest = _MAX_DEMO_LOOPS * frames
+    if max(data.chunk_frames) > longest:
+        raise ConfigError(
+            f"config.data.chunk_frames={tuple(data.chunk_frames)!r}: the demo tracks"
+            f" (config.data.demo_seconds={data.demo_seconds!r}) have {frames} frames each, and a"
+            f" chunk longer than a track is the track looped: chunks may be at most {longest}"
+            f" frames ({_MAX_DEMO_LOOPS} tracks) on the demo set; use shorter chunks or longer"
+            " --config.data.demo_seconds"
+        )
+
+
 def _check_data(data: ml_collections.ConfigDict) -> None:
     if data.dataset not in DATASET_NAMES:
         raise ConfigError(
@@ -63,14 +96,14 @@ def _check_data(data: ml_collections.ConfigDict) -> None:
     if data.dataset != "demo" and folder is not None and not folder.is_dir():
         raise ConfigError(
             f"config.data.data_dir={data.data_dir!r} does not exist: pass the folder the dataset"
-            f" {data.dataset!r} was prepared in, or prepare it there first: python -m"
-            f" data_prep.build --dataset {data.dataset} --source <your {data.dataset} folder>"
-            f" --data-dir {data.data_dir}"
+            f" {data.dataset!r} was prepared in, or prepare it there first:"
+            f" {build_command(data.dataset, data.data_dir)}"
         )
     if data.dataset == "demo":
         for field in ("demo_tracks", "demo_seconds"):
             if not getattr(data, field) > 0:
                 raise ConfigError(f"config.data.{field}={getattr(data, field)!r} must be positive")
+        _check_demo_chunks(data)
 
 
 def _check_batch(config: ml_collections.ConfigDict) -> None:
@@ -83,11 +116,45 @@ def _check_batch(config: ml_collections.ConfigDict) -> None:
             f"config.batch_size={batch} is not divisible by the {devices} devices: choose a"
             f" multiple of {devices}, e.g. --config.batch_size={suggested}"
         )
+    meaning = {
+        "total_steps": "0: train for config.epochs epochs",
+        "epochs": "the run's length when config.total_steps is 0",
+    }
+    for field, means in meaning.items():
+        value = getattr(config, field)
+        if not isinstance(value, int) or value < 0:
+            raise ConfigError(f"config.{field}={value!r} must be a whole number >= 0 ({means})")
     if not (config.total_steps > 0 or config.epochs > 0):
         raise ConfigError("config.total_steps or config.epochs must be positive")
     for field in ("log_every", "checkpoint_every"):
         if not getattr(config, field) > 0:
             raise ConfigError(f"config.{field}={getattr(config, field)!r} must be positive")
+    keep = config.keep_checkpoints  # orbax's max_to_keep (run/checkpoints.py); None: keep all
+    if keep is not None and (not isinstance(keep, int) or keep < 1):
+        raise ConfigError(
+            f"config.keep_checkpoints={keep!r} must be a whole number >= 1 (how many of the"
+            " latest checkpoints are kept; None keeps all)"
+        )
+
+
+# Each field of config.optim (train/step.py's make_optimizer): when it is wrong, and what is
+# valid. Written as what is refused, so a NaN learning rate passes (tests make runs diverge
+# with it: the NaN stop of train/loop.py).
+_OPTIM_FIELDS = (
+    ("learning_rate", lambda v: v <= 0, "> 0 (the peak of the schedule)"),
+    ("weight_decay", lambda v: v < 0, ">= 0 (0: none)"),
+    ("warmup_fraction", lambda v: v < 0 or v >= 1, "in [0, 1): the share of steps warming up"),
+    ("b1", lambda v: v < 0 or v >= 1, "in [0, 1)"),
+    ("b2", lambda v: v < 0 or v >= 1, "in [0, 1)"),
+    ("grad_clip_norm", lambda v: v <= 0, "> 0 (the largest global gradient norm)"),
+)
+
+
+def _check_optim(optim: ml_collections.ConfigDict) -> None:
+    for field, wrong, valid in _OPTIM_FIELDS:
+        value = optim.get(field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or wrong(value):
+            raise ConfigError(f"config.optim.{field}={value!r} must be {valid}")
 
 
 def _check_model(model: ml_collections.ConfigDict) -> None:
@@ -98,6 +165,11 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
     if encoder.width % encoder.num_heads:
         raise ConfigError(
             f"config.model: width {encoder.width} is not divisible by num_heads {encoder.num_heads}"
+        )
+    if not 0 < encoder.patchout_keep <= 1:
+        raise ConfigError(
+            f"config.model.patchout_keep={encoder.patchout_keep!r} must be in (0, 1]: the"
+            " fraction of the patches a training view keeps (1: no patchout)"
         )
     head_dim = encoder.width // encoder.num_heads
     if "rope" in encoder.posemb and head_dim % 4:
@@ -167,6 +239,7 @@ def checked_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     _check_data(config.data)
     _check_model(config.model)
     _check_batch(config)
+    _check_optim(config.optim)
     _check_evals(config)
     try:
         Objective.from_config(config.loss, config.batch_size)

@@ -31,6 +31,7 @@ import tqdm
 from myna_rpe_jax.data.demo.synth import BASS, TIMBRES, Voice, drum_kit, fade_and_normalise, mix_in
 from myna_rpe_jax.data.keys import KEY_NAMES
 
+SAMPLE_RATE = 22050  # Hz of the generated wav files (data_prep.make_demo --sample-rate)
 DEMO_GENRES = ("rock", "electronic", "jazz", "waltz", "ambient", "hiphop")
 INSTRUMENTS = ("organ", "pluck", "pad", "brass", "bell", "piano")
 _OTHER_TAGS = ("major", "minor", "slow", "medium", "fast", "percussive", "no-drums")
@@ -306,7 +307,9 @@ def _compose(
     return notes
 
 
-def render_track(spec: TrackSpec, seconds: float = 20.0, sample_rate: int = 22050) -> np.ndarray:
+def render_track(
+    spec: TrackSpec, seconds: float = 20.0, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """Synthesises the track described by `spec`: float32 [seconds * sample_rate], peak 0.9."""
     rng = np.random.default_rng([spec.seed, spec.index, 1])
     rhythm = _RHYTHMS[_GENRES[spec.genre].rhythm]
@@ -335,7 +338,7 @@ def generate_demo(
     num_tracks: int = 96,
     seconds: float = 20.0,
     seed: int = 0,
-    sample_rate: int = 22050,
+    sample_rate: int = SAMPLE_RATE,
     progress: bool = False,
 ) -> list[dict[str, str]]:
     """Writes `<out_dir>/audio/<track_id>.wav` (16-bit mono) and `<out_dir>/metadata.csv`.
