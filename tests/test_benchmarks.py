@@ -19,7 +19,7 @@ def run_small(script: str, *args: str) -> str:
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=240,
+        timeout=900,  # a hang guard: a loaded 2-core machine took > 240 s for quality.py
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout

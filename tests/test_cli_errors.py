@@ -4,7 +4,6 @@ a non-zero exit and no traceback (MYNA_RPE_DEBUG=1 shows it). The real CLIs, as 
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +63,10 @@ def test_batch_that_does_not_split_over_the_devices(tmp_path):
 
 
 def test_wrong_posemb_fails_fast_before_any_data_work(tmp_path):
-    start = time.perf_counter()
+    """No demo set, cache or workdir is made (not timed: a loaded machine is no error)."""
     proc = train(tmp_path, "--config.model.posemb=('alibi3d',)")
-    elapsed = time.perf_counter() - start
     assert_error(proc, 2, "config.model: unknown positional scheme(s) ['alibi3d']", "alibi2d")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
-    assert elapsed < 10, f"took {elapsed:.1f} s"
 
 
 def test_debug_switch_shows_the_traceback(tmp_path):

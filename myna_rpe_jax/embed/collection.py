@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from myna_rpe_jax.data.audio import AudioError, MelConfig, audio_to_mel
 from myna_rpe_jax.data.datasets import dataset_tasks
+from myna_rpe_jax.data.datasets.common import build_command as datasets_build_command
 from myna_rpe_jax.data.datasets.parsers.folder import list_tracks as list_folder
 from myna_rpe_jax.data.formats import track_ids
 from myna_rpe_jax.embed.embedder import (
@@ -50,10 +51,7 @@ class MelMismatchError(ValueError):
 def build_command(name: str, mel: MelConfig) -> str:
     """The data_prep.build command that prepares dataset `name` with the log-mel settings `mel`."""
     flags = " ".join(f"--{k.replace('_', '-')} {getattr(mel, k)}" for k in _BUILD_FLAGS)
-    return (
-        f"python -m data_prep.build --dataset {name} --source <your {name} folder>"
-        f" --data-dir <a new folder> {flags}"
-    )
+    return datasets_build_command(name, flags=flags)
 
 
 def check_dataset_mel(name: str, data_dir: str | Path, data: MelConfig, embedder: Embedder):

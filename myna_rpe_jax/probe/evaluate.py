@@ -28,6 +28,7 @@ import numpy as np
 
 from myna_rpe_jax import files
 from myna_rpe_jax.data import locations
+from myna_rpe_jax.data.datasets import common as datasets_common
 from myna_rpe_jax.data.datasets import dataset_tasks
 from myna_rpe_jax.embed import embedder as embedder_lib
 from myna_rpe_jax.embed.collection import dataset_embeddings, run_meta
@@ -51,10 +52,7 @@ def build_command(name: str, data_dir: Path) -> str:
             "python -m data_prep.make_demo --out DEMO_AUDIO && python -m data_prep.build"
             f" --dataset demo --source DEMO_AUDIO --data-dir {data_dir}"
         )
-    return (
-        f"python -m data_prep.build --dataset {name} --source <your {name} folder>"
-        f" --data-dir {data_dir}"
-    )
+    return datasets_common.build_command(name, data_dir)
 
 
 def resolve_data_dir(name: str, data_dir: str | None, config: ml_collections.ConfigDict) -> Path:

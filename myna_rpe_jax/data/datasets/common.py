@@ -130,9 +130,22 @@ class LayoutError(UserError, ValueError):
 
 def layout_error(spec_name: str, source: Path, problem: str, layout: str) -> LayoutError:
     return LayoutError(
-        f"{source} does not look like a {spec_name} folder: {problem}.\n"
-        f"Expected layout (pass the folder shown as <source> to --source):\n{layout}"
+        f"{source} does not look like {_source_name(spec_name, 'a')}: {problem}.\n"
+        f"Expected layout (the folder to pass is the one shown as <source>):\n{layout}"
     )
+
+
+def _source_name(name: str, article: str = "your") -> str:
+    return f"{article} folder of audio files" if name == "folder" else f"{article} {name} folder"
+
+
+def build_command(name: str, data_dir: str | Path = "<a new folder>", flags: str = "") -> str:
+    """The data_prep.build command that prepares dataset `name` into data_dir (+ flags)."""
+    command = (
+        f"python -m data_prep.build --dataset {name} --source <{_source_name(name)}>"
+        f" --data-dir {data_dir}"
+    )
+    return f"{command} {flags}" if flags else command
 
 
 def first_existing(candidates: Iterable[Path]) -> Path | None:

@@ -13,7 +13,12 @@ import tensorflow_datasets as tfds
 
 from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.data.datasets.builder import DEFAULT_CONFIG, tfds_name
-from myna_rpe_jax.data.datasets.common import TaskSpec, canonical_split, split_names_in_order
+from myna_rpe_jax.data.datasets.common import (
+    TaskSpec,
+    build_command,
+    canonical_split,
+    split_names_in_order,
+)
 from myna_rpe_jax.data.datasets.registry import get_spec
 
 
@@ -38,8 +43,7 @@ def prepared_dir(name: str, data_dir: str | Path, config: str | None = None) -> 
         raise DatasetNotPreparedError(
             f"dataset {name!r}{'' if config is None else f' (config {config!r})'} is not "
             f"prepared in {Path(data_dir)} (no {root}/<config>/<version>/dataset_info.json). "
-            f"Build it first:\n  python -m data_prep.build --dataset {name} "
-            f"--source <your {name} folder> --data-dir {data_dir}"
+            f"Build it first:\n  {build_command(name, data_dir)}"
         )
     if len(found) > 1 and DEFAULT_CONFIG not in found:
         raise ValueError(
