@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.dataset and not args.data_dir:
         parser.error("--dataset needs --data-dir (where it was prepared)")
+    if args.audio and args.splits:
+        parser.error("--splits selects splits of a --dataset; --audio embeds every file given")
     if problem := files.output_problem(args.output):
         parser.error(f"--output: {problem}")
     if args.workers < 1:

@@ -341,11 +341,11 @@ def run(
     unknown = [name for name in tasks if name not in PROBE_DATASETS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(PROBE_DATASETS)}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     embedder, config, step = embedder_lib.load_embedder(
         workdir, step, max_tokens, max_padding, length_scaling, attention_kernel, alibi_tile_skip
     )
+    out_dir = Path(out_dir)  # made only once the run loads: a wrong --workdir leaves nothing
+    out_dir.mkdir(parents=True, exist_ok=True)
     skipped_modes = {}
     whole = [mode for mode in modes if mode in embedder_lib.WHOLE_TRACK_MODES]
     if whole and not positional.extrapolates(config.model.posemb):

@@ -275,6 +275,7 @@ def test_embed_cli_rejects_bad_flags_and_outputs_before_any_work(tiny_run, tmp_p
         ["--output", str(tmp_path / "x.npz"), "--max-padding", "2"],
         ["--output", str(tmp_path / "x.npz"), "--max-tokens", "0"],
         ["--output", str(tmp_path / "x.npz"), "--workers", "0"],
+        ["--output", str(tmp_path / "x.npz"), "--splits", "train"],  # only with --dataset
     ):
         with pytest.raises(SystemExit) as exit_info:
             embed_cli.main([*base, *extra])

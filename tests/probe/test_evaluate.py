@@ -281,3 +281,6 @@ def test_bad_task_lists_and_outputs_are_usage_errors(tmp_path):
             probe_cli.main([*base, *extra])
         assert exit_info.value.code == 2, extra
     assert not (tmp_path / "out").exists()
+    # A valid command line on a folder that is no run: exit 1, and no --output folder made.
+    assert probe_cli.main([*base, "--tasks", "demo", "--output", str(tmp_path / "out")]) == 1
+    assert not (tmp_path / "out").exists()
