@@ -117,6 +117,21 @@ def test_embed_of_a_folder_that_is_no_workdir(tmp_path):
     assert_error(proc, 1, "is not a training workdir")
 
 
+def test_embed_of_a_damaged_checkpoint_is_one_line(trained, tmp_path):
+    """Not tensorstore's traceback, nor the 'Event loop is closed' ones its other reads print
+    once orbax has given up (checkpoints.load_params drops those)."""
+    import shutil
+
+    broken = tmp_path / "run"
+    shutil.copytree(trained.workdir, broken)
+    for data in [d for d in (broken / "checkpoints").rglob("d") if d.is_dir()]:
+        shutil.rmtree(data, ignore_errors=True)
+    args = ["--workdir", str(broken), "--audio", str(tmp_path), "--output", str(tmp_path / "x")]
+    proc = run_cli("myna_rpe_jax.embed", *args)
+    assert_error(proc, 1, "cannot be read, its files are damaged or incomplete")
+    assert "Event loop is closed" not in proc.stderr
+
+
 def test_playlist_of_a_text_file_and_a_short_result(tmp_path):
     text = tmp_path / "some.txt"
     text.write_text("hello\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=single))
     except Exception as err:  # orbax / tensorstore raise bare Exceptions for damaged files
+        _drop_closed_loop_callbacks()
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         others = sorted(set(steps) - {step})
         fix = f"load another step with --step ({others})" if others else "retrain the run"
@@ -127,6 +129,21 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
         ) from err
     params = restored["params"] if isinstance(restored, dict) else restored.params
     return params, step
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """After a failed restore tensorstore finishes its other reads and calls back into the
+    event loop orbax has already closed: each callback would print a `RuntimeError: Event
+    loop is closed` traceback (through sys.unraisablehook) under the one-line error. Drop
+    those, and only those."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and "Event loop is closed" in str(error)):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _has_checkpoint(workdir: Path) -> bool:

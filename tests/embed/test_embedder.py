@@ -298,6 +298,4 @@ def test_damaged_run_files_are_named_with_what_to_do(tiny_run, tmp_path):
     for data in (broken / "checkpoints" / str(TRAIN_STEPS)).rglob("d"):
         shutil.rmtree(data)
     with pytest.raises(OSError, match=rf"checkpoint step {TRAIN_STEPS} in .* cannot be read"):
-        checkpoints.load_params(broken)
-    argv = ["--workdir", str(broken), "--audio", str(tmp_path), "--output", str(tmp_path / "x")]
-    assert embed_cli.main(argv) == 1
+        checkpoints.load_params(broken)  # the CLI's line: tests/test_cli_errors.py
