@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,34 +117,48 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
     # The saved shardings name the training devices; land everything on one local device
     # instead, so a run trained on N accelerators loads anywhere.
     single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    previous_hook = sys.unraisablehook
+    # Before the restore, not after it fails: the first stray callbacks come while orbax unwinds.
+    sys.unraisablehook = _dropping_closed_loop_callbacks(previous_hook)
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=single))
     except Exception as err:  # orbax / tensorstore raise bare Exceptions for damaged files
-        _drop_closed_loop_callbacks()
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         others = sorted(set(steps) - {step})
         fix = f"load another step with --step ({others})" if others else "retrain the run"
         raise OSError(
             f"checkpoint step {step} in {Path(workdir) / 'checkpoints'} cannot be read, its"
-            f" files are damaged or incomplete ({first_line}); {fix}"
+            f" files are damaged or incomplete ({error_gist(err)}); {fix}"
         ) from err
+    sys.unraisablehook = previous_hook  # read whole: nothing is left to call back
     params = restored["params"] if isinstance(restored, dict) else restored.params
     return params, step
 
 
-def _drop_closed_loop_callbacks() -> None:
-    """After a failed restore tensorstore finishes its other reads and calls back into the
-    event loop orbax has already closed: each callback would print a `RuntimeError: Event
-    loop is closed` traceback (through sys.unraisablehook) under the one-line error. Drop
-    those, and only those."""
-    previous = sys.unraisablehook
+def error_gist(error: Exception, limit: int = 300) -> str:
+    """The start of an orbax / tensorstore restore error: its first line (with the first tree
+    path when it names one) up to its first sentence, at most `limit` characters. A state
+    mismatch's whole message dumps both trees (~80 KB for ViT-S) and ends in hints that do not
+    apply here; a damaged file's names every read that failed."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    gist = lines[0] if lines else type(error).__name__
+    if gist.endswith(":") and len(lines) > 1:  # "... tree structures do not match:" + a path
+        gist = f"{gist} {lines[1].rstrip(':')}"
+    gist = gist.split(". ", 1)[0].rstrip(".")
+    return gist if len(gist) <= limit else gist[: limit - 3].rstrip() + "..."
+
+
+def _dropping_closed_loop_callbacks(previous: Callable) -> Callable:
+    """An unraisable hook that drops what a failed restore leaves behind and passes the rest
+    to `previous`: tensorstore finishes its other reads and calls back into the event loop
+    orbax has already closed, and each callback would print a `RuntimeError: Event loop is
+    closed` traceback around the one-line error."""
 
     def hook(unraisable) -> None:
         error = unraisable.exc_value
         if not (isinstance(error, RuntimeError) and "Event loop is closed" in str(error)):
             previous(unraisable)
 
-    sys.unraisablehook = hook
+    return hook
 
 
 def _has_checkpoint(workdir: Path) -> bool:

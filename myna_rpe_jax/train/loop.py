@@ -52,18 +52,6 @@ def _check_finite(summary: dict, step: int, last_saved: int | None, workdir: str
         )
 
 
-def _gist(error: Exception, limit: int = 300) -> str:
-    """The start of an orbax restore error: its first line (with the first tree path when it
-    names one) up to its first sentence, at most `limit` characters. The whole message dumps
-    both trees of the state (~80 KB for ViT-S) and ends in hints that do not apply here."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    gist = lines[0] if lines else type(error).__name__
-    if gist.endswith(":") and len(lines) > 1:  # "... tree structures do not match:" + a path
-        gist = f"{gist} {lines[1].rstrip(':')}"
-    gist = gist.split(". ", 1)[0].rstrip(".")
-    return gist if len(gist) <= limit else gist[: limit - 3].rstrip() + "..."
-
-
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return config.total_steps if config.total_steps > 0 else config.epochs * steps_per_epoch
 
@@ -123,10 +111,10 @@ def train(
         except ValueError as e:
             raise ValueError(
                 f"the checkpoint at step {manager.latest_step()} in {workdir}/checkpoints does not"
-                f" fit the train state of this config ({_gist(e)}). Resume with the config the"
-                f" run started with ({workdir}/{checkpoints.CONFIG_FILE}: same config.model and"
-                " config.loss), or train in a fresh --workdir (MYNA_RPE_DEBUG=1 shows orbax's"
-                " whole message)."
+                f" fit the train state of this config ({checkpoints.error_gist(e)}). Resume with"
+                f" the config the run started with ({workdir}/{checkpoints.CONFIG_FILE}: same"
+                " config.model and config.loss), or train in a fresh --workdir"
+                " (MYNA_RPE_DEBUG=1 shows orbax's whole message)."
             ) from e
         logging.info("Resumed from step %d", int(state.step))
     else:
