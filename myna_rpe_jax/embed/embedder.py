@@ -3,10 +3,11 @@
 `full` feeds each track at its full length: the relative positional schemes extrapolate past
 the training chunk length. `patchout` is `full` as training sees a chunk: the mean CLS of
 `patchout_passes` passes over the whole track, each keeping a random `patchout_keep` of its
-patches (inference-time patchout; a fixed key, so the result is reproducible). `chunks`
-cuts a track into non-overlapping chunks of the training length and averages their
-embeddings, as Myna does (the rule for the tail and for short tracks: `data.chunks`). Audio is
-turned into mels with the settings the run recorded (WORKDIR/features.json, `read_features`).
+patches (inference-time patchout; fixed keys: a track gets the same masks whatever it is
+batched with). `chunks` cuts a track into non-overlapping chunks of the training length and
+averages their embeddings, as Myna does (the rule for the tail and for short tracks:
+`data.chunks`). Audio is turned into mels with the settings the run recorded
+(WORKDIR/features.json, `read_features`).
 
 Each track is cropped to whole 16-frame patch columns (patchify drops the rest anyway), then
 padded up to a length bucket: its column count rounded up to a multiple of the largest power of
@@ -269,8 +270,7 @@ def _per_device(fn: Callable, mesh: Mesh) -> Callable:
     Under plain jit XLA would partition the batch itself, but it cannot partition a custom
     call such as the fused Pallas kernel (`model.attention_kernel="pallas"`): it gathers the
     whole batch onto every device and runs the kernel on all of it there (a test checks the
-    compiled program has no all-gather). A key passed in is the same on every device, so
-    patchout masks depend on an example's place in its device's slice.
+    compiled program has no all-gather). A key passed in is the same on every device.
     """
     data, replicated = PartitionSpec(distributed.DATA_AXIS), PartitionSpec()
     mapped = lambda params, spec, lengths, *rest: jax.shard_map(
@@ -292,16 +292,26 @@ def patchout_mean(
     rng: jax.Array,
 ) -> jax.Array:
     """The mean CLS [B, D] of `passes` patchout passes (the training-time masking, at the
-    encoder's patchout_keep) over spec [B, F, T], pass i with the key fold_in(rng, i)."""
+    encoder's patchout_keep) over spec [B, F, T], pass i with the key fold_in(rng, i).
 
-    def one_pass(i):
-        key = jax.random.fold_in(rng, i)
-        cls, _ = encoder.apply(
-            {"params": params}, spec, train=True, lengths=lengths, rngs={"patchout": key}
-        )
-        return cls
+    Each example is masked as if it were embedded alone (vmap over batch-1 calls, one key
+    for all): its embedding does not depend on the batch it is in, its place there or the
+    device count, as in the other modes. Examples of one token count share their masks."""
 
-    return jax.lax.map(one_pass, jnp.arange(passes)).mean(axis=0)
+    def one_example(x, length):  # x [F, T], length [] or None
+        def one_pass(i):
+            cls, _ = encoder.apply(
+                {"params": params},
+                x[None],
+                train=True,
+                lengths=None if length is None else length[None],
+                rngs={"patchout": jax.random.fold_in(rng, i)},
+            )
+            return cls[0]
+
+        return jax.lax.map(one_pass, jnp.arange(passes)).mean(axis=0)
+
+    return jax.vmap(one_example)(spec, lengths)
 
 
 def load_embedder(

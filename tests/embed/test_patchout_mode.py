@@ -50,3 +50,17 @@ def test_patchout_mode_keeping_every_patch_is_the_full_mode():
     np.testing.assert_allclose(
         embedder.embed(tracks, "patchout"), embedder.embed(tracks, "full"), rtol=1e-4, atol=1e-5
     )
+
+
+def test_patchout_mode_does_not_depend_on_the_batch_or_the_device_count():
+    # Five same-length tracks share a bucket: on one device they are one batch, on four one
+    # device holds two of them. Each must be embedded as it would be alone.
+    encoder, params = encoder_and_params()
+    tracks = mels((96,) * 5)
+    alone = Embedder(encoder, params, 64, patchout_passes=2, devices=jax.devices()[:1])
+    expected = np.concatenate([alone.embed([mel], "patchout") for mel in tracks])
+    assert not np.allclose(expected[0], expected[1], atol=1e-3)  # the tracks differ
+    for devices in (jax.devices()[:1], jax.devices()):
+        embedder = Embedder(encoder, params, 64, patchout_passes=2, devices=devices)
+        got = embedder.embed(tracks, "patchout")
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
