@@ -14,4 +14,5 @@ from configs import common
 def get_config():
     config = common.get_config(posemb=("alibi2d",))
     config.data.chunk_frames = (128, 256, 512, 1024)
+    config.data.demo_seconds = 10.5  # demo tracks that hold the longest chunk (1051 frames)
     return config

@@ -115,9 +115,14 @@ def _tiny(**changes):
         (dict(model__patchout_keep=0.0), r"config.model.patchout_keep=0.0 must be in \(0, 1\]"),
         (dict(model__patchout_keep=1.5), r"config.model.patchout_keep=1.5 must be in \(0, 1\]"),
         (
+            dict(model__attention_kernel="pallas", model__blockwise_threshold=4),
+            r"attention_kernel='pallas' would run the fused kernel on training views of \d+"
+            r" tokens \(> model.blockwise_threshold=4\)",
+        ),
+        (
             dict(data__chunk_frames=(100000,)),
             r"chunk_frames=\(100000,\): the demo tracks \(config.data.demo_seconds=6.0\) have 601"
-            r" frames each, .* at most 1202 frames",
+            r" frames each, .* at most 601 frames or --config.data.demo_seconds >= 1000",
         ),
     ],
 )
@@ -144,15 +149,16 @@ def test_rope_needs_a_head_size_divisible_by_four():
 
 
 def test_the_valid_edges_of_the_checked_ranges_pass(tmp_path):
-    """total_steps 0 trains for config.epochs; None keeps every checkpoint; a chunk up to two
-    demo tracks long (looped once) is allowed; on other data the track length is not known."""
+    """total_steps 0 trains for config.epochs; None keeps every checkpoint; a chunk up to one
+    demo track long is allowed; on other data the track length is not known."""
     config_check.checked_config(_tiny(total_steps=0, epochs=2, keep_checkpoints=None))
     edges = dict(optim__warmup_fraction=0.0, optim__weight_decay=0.0, optim__b1=0.0)
     config_check.checked_config(_tiny(model__patchout_keep=1.0, **edges))
+    config_check.checked_config(_tiny(model__attention_kernel="pallas"))  # views: dense
     assert config_check.demo_track_frames(6.0) == 601 and config_check.demo_track_frames(4.0) == 401
-    config_check.checked_config(_tiny(data__chunk_frames=(96, 1200)))  # <= 2 * 601 frames
-    with pytest.raises(ConfigError, match=r"chunk_frames=\(96, 1216\)"):
-        config_check.checked_config(_tiny(data__chunk_frames=(96, 1216)))
+    config_check.checked_config(_tiny(data__chunk_frames=(96, 592)))  # <= 601 frames
+    with pytest.raises(ConfigError, match=r"chunk_frames=\(96, 608\)"):
+        config_check.checked_config(_tiny(data__chunk_frames=(96, 608)))
     other = _tiny(data__dataset="folder", data__data_dir=str(tmp_path), data__chunk_frames=(4096,))
     assert config_check.checked_config(other).model.max_time_patches == 256
 

@@ -49,11 +49,9 @@ def _check_chunk_frames(data: ml_collections.ConfigDict, patch_size: int) -> tup
     return chunk_frames
 
 
-# A chunk longer than a track is looped from the track's start (data/chunks.py), so both views
-# of a pair are the same frames; configs/alibi2d_varlen.py's 1024-frame bucket is looped on its
-# 801-frame demo tracks. Past this many track lengths a chunk is only the track repeated (and a
-# batch of them can exhaust memory): on the demo set, whose track length is known, it is refused.
-_MAX_DEMO_LOOPS = 2
+# A chunk longer than a track is looped from the track's start (data/chunks.py): both views of
+# a pair are then the same frames, and a batch of long loops can exhaust memory. On the demo
+# set, whose track length is known, such chunks are refused.
 
 
 def demo_track_frames(seconds: float) -> int:
@@ -68,14 +66,13 @@ def demo_track_frames(seconds: float) -> int:
 
 def _check_demo_chunks(data: ml_collections.ConfigDict) -> None:
     frames = demo_track_frames(data.demo_seconds)
-    longest = _MAX_DEMO_LOOPS * frames
-    if max(data.chunk_frames) > longest:
+    if max(data.chunk_frames) > frames:
+        seconds = max(data.chunk_frames) * MelConfig().hop_length / MelConfig().sample_rate
         raise ConfigError(
             f"config.data.chunk_frames={tuple(data.chunk_frames)!r}: the demo tracks"
             f" (config.data.demo_seconds={data.demo_seconds!r}) have {frames} frames each, and a"
-            f" chunk longer than a track is the track looped: chunks may be at most {longest}"
-            f" frames ({_MAX_DEMO_LOOPS} tracks) on the demo set; use shorter chunks or longer"
-            " --config.data.demo_seconds"
+            f" chunk longer than a track is the track looped (both views the same frames):"
+            f" use chunks of at most {frames} frames or --config.data.demo_seconds >= {seconds:g}"
         )
 
 
@@ -186,6 +183,22 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.model.n_mels={encoder.n_mels} is not a multiple of the patch size"
             f" {encoder.patch_size}"
+        )
+    _check_training_kernel(encoder)
+
+
+def _check_training_kernel(encoder: vit.Encoder) -> None:
+    # jit partitions the train step over the devices (its InfoNCE needs the global batch), and
+    # XLA cannot partition a Pallas custom call: it would gather the global batch onto every
+    # device and run all of it there. The embedder runs the kernel per device (shard_map).
+    tokens = encoder.train_tokens(encoder.n_mels // encoder.patch_size)
+    if encoder.attention_kernel == "pallas" and tokens > encoder.blockwise_threshold:
+        raise ConfigError(
+            f"config.model.attention_kernel='pallas' would run the fused kernel on training"
+            f" views of {tokens} tokens (> model.blockwise_threshold={encoder.blockwise_threshold})"
+            ", and the jit-partitioned train step would run the whole global batch on every"
+            " device: train with attention_kernel='xla' (the kernel is for embedding long tracks:"
+            " embed/probe --attention-kernel pallas) or raise model.blockwise_threshold"
         )
 
 
