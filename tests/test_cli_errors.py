@@ -69,6 +69,15 @@ def test_wrong_posemb_fails_fast_before_any_data_work(tmp_path):
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("where", ["afile", "afile/run"])
+def test_a_workdir_that_is_or_lies_under_a_file_fails_before_any_data_work(tmp_path, where):
+    (tmp_path / "afile").write_text("not a folder")
+    workdir = tmp_path / where
+    proc = train(tmp_path, f"--workdir={workdir}")
+    assert_error(proc, 2, f"error: --workdir={workdir}: ", "is a file")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_debug_switch_shows_the_traceback(tmp_path):
     proc = train(tmp_path, "--config.model.posemb=('alibi3d',)", env={"MYNA_RPE_DEBUG": "1"})
     assert proc.returncode != 0

@@ -28,7 +28,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from myna_rpe_jax import distributed, errors, failures  # noqa: E402
+from myna_rpe_jax import distributed, errors, failures, files  # noqa: E402
 from myna_rpe_jax.data.lock import build_lock  # noqa: E402
 from myna_rpe_jax.errors import ConfigError  # noqa: E402
 from myna_rpe_jax.train import config_check  # noqa: E402
@@ -63,6 +63,8 @@ def main(argv: list[str]) -> None:
     with failures.stop_together():  # one process failing stops all, with its message
         with failures.all_or_none("checking the config"):  # in seconds, before heavy imports
             config = config_check.checked_config(config)
+            if problem := files.output_problem(_WORKDIR.value, "folder"):
+                raise ConfigError(f"--workdir={_WORKDIR.value}: {problem}")
         from myna_rpe_jax.train import loop  # TensorFlow (clu, tfds) and the data machinery
 
         with _one_trainer(_WORKDIR.value):
