@@ -64,3 +64,15 @@ def test_patchout_mode_does_not_depend_on_the_batch_or_the_device_count():
         embedder = Embedder(encoder, params, 64, patchout_passes=2, devices=devices)
         got = embedder.embed(tracks, "patchout")
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_patchout_mode_with_the_fused_kernel_equals_the_xla_kernels():
+    # 60 tokens kept of 120 > the threshold: the Pallas kernel (interpret mode here) runs
+    # under patchout_mean's vmap.
+    tracks, got = mels((250, 96)), {}
+    for kernel in ("xla", "pallas"):
+        encoder, params = encoder_and_params(
+            attention_kernel=kernel, blockwise_threshold=16, patchout_keep=0.5
+        )
+        got[kernel] = Embedder(encoder, params, 64, patchout_passes=2).embed(tracks, "patchout")
+    np.testing.assert_allclose(got["pallas"], got["xla"], rtol=1e-4, atol=1e-5)
