@@ -211,6 +211,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def output_problem(args: argparse.Namespace) -> str | None:
+    """`--flag: why` for the first file the command would write that cannot be written (a
+    folder by that name, or a file among its parents), or None: found before any login,
+    request or scan, not after them as `[Errno 17] File exists`."""
+    outputs = {"--out": getattr(args, "out", None), "--unmatched": getattr(args, "unmatched", None)}
+    if getattr(args, "auth", None) == "user":  # login saves it; the others refresh it
+        outputs["--token-cache"] = args.token_cache
+    for flag, path in outputs.items():
+        if path and (problem := files.output_problem(path)):
+            return f"{flag}: {problem}"
+    return None
+
+
 def explain(error: Exception, args: argparse.Namespace) -> str:
     """What went wrong and what to do, for errors from Spotify or the network."""
     if isinstance(error, RateLimitTooLong):
@@ -251,7 +264,10 @@ def explain(error: Exception, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if problem := output_problem(args):
+        parser.error(problem)
     REDACTOR.install(
         os.environ.get("SPOTIPY_CLIENT_ID", ""), os.environ.get("SPOTIPY_CLIENT_SECRET", "")
     )

@@ -583,3 +583,41 @@ def test_create_playlist_from_generated_tracks(cli, server, tmp_path):
     assert made["request"]["name"] == "Hull mix" and made["request"]["public"] is False
     want = [f"trk{i:03d}" for i in (149, 148, 147, 200, *range(146, -1, -1))]
     assert made["uris"] == [f"spotify:track:{i}" for i in want] and made["adds"] == 2
+
+
+def test_unwritable_outputs_are_usage_errors_before_any_request(server, tmp_path, capsys):
+    """Every file a subcommand writes is checked first: no login, request or scan, nothing
+    written (match used to write --out, then fail on --unmatched with `[Errno 17]`)."""
+    (tmp_path / "somefile.txt").write_text("x")
+    (tmp_path / "music").mkdir()
+    tracks = tmp_path / "tracks.csv"
+    spotify_cli.write_csv(str(tracks), spotify_cli.TRACK_FIELDS, [])
+    save_login(tmp_path / "token.json")
+    good, bad = str(tmp_path / "token.json"), str(tmp_path / "somefile.txt" / "x.csv")
+    under_file = f"cannot write {bad}: {tmp_path / 'somefile.txt'} is a file, not a folder"
+    match = ["match", "--tracks", str(tracks), "--audio", str(tmp_path / "music")]
+    cases = [
+        (good, ["export-playlist", "big", "--auth", "client", "--out", bad], "--out"),
+        (good, [*match, "--out", bad], "--out"),
+        (good, [*match, "--out", str(tmp_path / "m.csv"), "--unmatched", bad], "--unmatched"),
+        (bad, ["login", "--no-browser"], "--token-cache"),
+        (bad, ["export-playlist", "big"], "--token-cache"),
+        (bad, ["create-playlist", "--name", "x", "--from", str(tracks)], "--token-cache"),
+    ]
+    base = ["--api-url", f"{server.base}/v1/", "--accounts-url", server.base]
+    folder = ["export-playlist", "big", "--out", str(tmp_path / "music")]
+    for token_cache, argv, message in [
+        *((token_cache, argv, f"{flag}: {under_file}") for token_cache, argv, flag in cases),
+        (good, folder, f"--out: {tmp_path / 'music'} is a folder; name the file to write"),
+    ]:
+        with pytest.raises(SystemExit) as usage:
+            spotify_cli.main([*base, "--token-cache", token_cache, *argv])
+        assert usage.value.code == 2, argv
+        assert capsys.readouterr().err.endswith(f" error: {message}\n"), argv
+    assert not server.log  # no token, no API call
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "music",
+        "somefile.txt",
+        "token.json",
+        "tracks.csv",
+    ]
