@@ -6,8 +6,9 @@ exits, however it exits, so a lock left by a killed process (SIGKILL, the OOM ki
 simply taken by the next one: nothing stale to detect or delete. The holder writes
 "<pid> <host>" into the lock file and empties it on a clean release, so a waiter can say who
 it waits for, and a next holder that finds the text still there knows the build before it was
-killed and says so. The lock file itself is never removed: removing it while another process
-waits on it would let a third one lock a new file of the same name.
+killed (or interrupted) and says so. A block that raises an error releases cleanly too: the
+error already said why that build stopped. The lock file itself is never removed: removing it
+while another process waits on it would let a third one lock a new file of the same name.
 
 The caller re-checks, inside the lock, whether the result is already complete (another
 process may have built it while this one waited), and writes it so that a half-written
@@ -90,7 +91,13 @@ def build_lock(path: str | os.PathLike) -> Iterator[None]:
             log.warning("taking over %s from %s, which stopped before finishing", path, previous)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        except Exception:
+            # A build that failed and says why (no file decodes, a full disk) is no stopped
+            # build to take over; Ctrl-C (KeyboardInterrupt) and a kill still leave the name.
+            os.ftruncate(fd, 0)
+            raise
         os.ftruncate(fd, 0)  # a clean release: the next holder finds no one to take over from
     finally:
         os.close(fd)  # releases the lock

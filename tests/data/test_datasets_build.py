@@ -24,7 +24,7 @@ from myna_rpe_jax.data.datasets import (
     open_split,
     prepare,
 )
-from myna_rpe_jax.data.datasets.builder import cache_dir, make_config
+from myna_rpe_jax.data.datasets.builder import cache_dir, make_builder, make_config
 from myna_rpe_jax.data.datasets.cache import (
     CRASH_REASON,
     MelEntry,
@@ -33,9 +33,12 @@ from myna_rpe_jax.data.datasets.cache import (
     ensure_mels,
     load_mel,
 )
+from myna_rpe_jax.data.datasets.common import NothingPreparedError
+from myna_rpe_jax.data.datasets.registry import get_spec
 from myna_rpe_jax.data.datasets.shards import plan_shards
 from myna_rpe_jax.data.demo.music import DEMO_GENRES, DEMO_TAGS, generate_demo
 from myna_rpe_jax.data.keys import KEY_NAMES
+from myna_rpe_jax.data.lock import lock_path, read_holder
 
 SR = 22050
 MEL = MelConfig(sample_rate=SR, n_fft=512, win_length=512, hop_length=256, n_mels=32)
@@ -260,10 +263,72 @@ def test_wrong_layout_fails_at_once(tmp_path, capsys):
     assert "does not look like a gtzan folder" in err and "train_filtered.txt" in err
     assert "├── genres/" in err
     assert not (data_dir / "_cache").exists()
+    (tmp_path / "a_file.wav").write_bytes(b"x")
     with pytest.raises(LayoutError, match="it is not a directory"):
-        prepare("emomusic", tmp_path / "nowhere", data_dir)
+        prepare("emomusic", tmp_path / "a_file.wav", data_dir)
     with pytest.raises(ValueError, match="is inside --source"):
         prepare("folder", tmp_path, data_dir)
+
+
+def test_a_source_that_does_not_exist_is_named_as_such(tmp_path, capsys):
+    missing, data_dir = tmp_path / "does" / "not" / "exist", tmp_path / "data"
+    argv = ["--dataset", "gtzan", "--source", str(missing), "--data-dir", str(data_dir)]
+    assert build.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: --source {missing} does not exist: pass the path of your gtzan folder (check"
+        " the spelling; python -m data_prep.build --help shows its layout)\n"
+    )
+    with pytest.raises(LayoutError, match=r"exist does not exist: .* your folder of audio files"):
+        get_spec("folder").list_tracks(missing, "all-train", 0)  # the builder used alone
+    (tmp_path / "a_file.wav").write_bytes(b"x")
+    with pytest.raises(LayoutError, match="does not look like a folder .*: it is not a directory"):
+        get_spec("folder").list_tracks(tmp_path / "a_file.wav", "all-train", 0)
+    assert not data_dir.exists()
+
+
+def _corrupt_folder(source: Path, count: int) -> None:
+    """`count` .wav files of random bytes, and a stray cover picture."""
+    source.mkdir(parents=True)
+    for i in range(count):
+        (source / f"t{i}.wav").write_bytes(np.random.default_rng(i).bytes(20000))
+    (source / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0")
+
+
+def test_a_source_where_nothing_decodes_fails_in_one_line_leaving_nothing_stale(
+    tmp_path, capsys, caplog
+):
+    source, data_dir = tmp_path / "music", tmp_path / "data"
+    _corrupt_folder(source, 3)
+    argv = ["--dataset", "folder", "--source", str(source), "--data-dir", str(data_dir)]
+    result = make_builder("folder", data_dir, make_config("folder", MEL)).data_path.parent
+    for _ in range(2):  # the second run fails the same way, and takes over no "stopped" build
+        assert build.main([*argv, "--no-progress", *MEL_FLAGS]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"error: --source {source}: none of its 4 file(s) could be decoded, so nothing was"
+            " prepared (e.g. t0.wav: not decodable audio (named .wav"
+        )
+        assert err.endswith("then run the build again\n") and err.count("\n") == 1, err
+        # No cache, no config folder: only the build's lock file (never removed), released.
+        assert [p.relative_to(data_dir) for p in data_dir.rglob("*")] == [
+            result.relative_to(data_dir).parent,
+            lock_path(result).relative_to(data_dir),
+        ]
+        assert read_holder(result) == ""
+    assert "taking over" not in caplog.text
+
+
+def test_a_failed_build_keeps_the_log_mels_another_build_cached(tmp_path):
+    good, bad, data_dir = tmp_path / "good", tmp_path / "bad", tmp_path / "data"
+    paths = [write_tone(good / f"t{i}.wav", freq=300 + 100 * i) for i in range(2)]
+    work = cache_dir(data_dir, "folder", make_config("folder", MEL).name)
+    cached = [os.stat(e.file).st_ino for e in ensure_mels(paths, work, MEL, 1.0)]  # then killed
+    _corrupt_folder(bad, 1)
+    with pytest.raises(NothingPreparedError, match="none of its 2 file"):
+        prepare("folder", bad, data_dir, mel=MEL, progress=False)
+    assert sorted(os.stat(file).st_ino for file in work.glob("*.npz")) == sorted(cached)
+    summary = prepare("folder", good, data_dir, mel=MEL, progress=False)
+    assert summary.prepared == 2 and not (data_dir / "_cache").exists()
 
 
 def test_build_exit_status_is_2_for_flags_and_1_for_an_unusable_data_dir(tmp_path, capsys):

@@ -94,6 +94,20 @@ def test_the_holder_is_named_while_held_and_cleared_on_release(tmp_path):
         pass
 
 
+def test_an_error_releases_cleanly_and_an_interrupt_leaves_the_name(tmp_path, caplog):
+    path = tmp_path / "result"
+    with pytest.raises(ValueError), build_lock(path):  # a failed build that said why
+        raise ValueError("no file decodes")
+    assert read_holder(path) == ""
+    with pytest.raises(KeyboardInterrupt), build_lock(path):  # Ctrl-C: stopped half way
+        raise KeyboardInterrupt
+    assert read_holder(path) == f"pid {os.getpid()} ({HOST})"
+    assert "taking over" not in caplog.text
+    with build_lock(path):
+        pass
+    assert f"taking over {path} from pid {os.getpid()} ({HOST})" in caplog.text
+
+
 def test_a_second_process_waits_saying_for_whom_once(tmp_path, caplog):
     path = tmp_path / "result"
     acquired = threading.Event()

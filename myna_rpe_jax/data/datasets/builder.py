@@ -20,7 +20,12 @@ from tensorflow_datasets.core.utils.shard_utils import ShardConfig
 
 from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.data.datasets.cache import check_unexpected, ensure_mels
-from myna_rpe_jax.data.datasets.common import DatasetSpec, Track, split_names_in_order
+from myna_rpe_jax.data.datasets.common import (
+    DatasetSpec,
+    Track,
+    nothing_prepared_error,
+    split_names_in_order,
+)
 from myna_rpe_jax.data.datasets.registry import DATASETS, get_spec
 from myna_rpe_jax.data.datasets.shards import TFDS_SHARDS, ShardJob, plan_shards, write_shards
 
@@ -201,9 +206,9 @@ class MynaBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
                 by_split.setdefault(track.split, []).append((track, entry.file))
             else:
                 self._skipped.append((str(track.path), entry.reason))
-        if not by_split:
-            reasons = "\n".join(f"  {path}: {reason}" for path, reason in self._skipped[:10])
-            raise ValueError(f"no track of {source} could be prepared, e.g.:\n{reasons}")
+        if not by_split:  # only for this builder used alone: `prepare` stops before tfds
+            failed = self._skipped[len(listing.skipped) :] + self._skipped[: len(listing.skipped)]
+            raise nothing_prepared_error(source, failed)
         jobs = {}
         for split in split_names_in_order(by_split):
             template = self._get_filename_template(split_name=split)

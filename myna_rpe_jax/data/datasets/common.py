@@ -135,6 +135,42 @@ def layout_error(spec_name: str, source: Path, problem: str, layout: str) -> Lay
     )
 
 
+def source_error(spec_name: str, source: Path, layout: str) -> LayoutError | None:
+    """Why `source` cannot be read at all, or None: it does not exist, or it is a file."""
+    if not source.exists():  # a typo or an unmounted disk: the layout would not help
+        return LayoutError(
+            f"--source {source} does not exist: pass the path of {_source_name(spec_name)}"
+            " (check the spelling; python -m data_prep.build --help shows its layout)"
+        )
+    if not source.is_dir():
+        return layout_error(spec_name, source, "it is not a directory", layout)
+    return None
+
+
+class NothingPreparedError(UserError, ValueError):
+    """Not one track of the source folder could be used, so no dataset was written."""
+
+
+def nothing_prepared_error(source: Path, failed: Sequence[tuple[str, str]]) -> NothingPreparedError:
+    """One line for a build in which every file failed: the folder, how many, the first
+    reason (all usually share it: a wrong folder, a format that needs ffmpeg), what to do.
+
+    failed: (path, reason) for every file, the decoding failures first (they say more than
+    a stray cover.jpg)."""
+    what, example = "it lists no track", ""
+    if failed:
+        path, reason = Path(failed[0][0]), " ".join(failed[0][1].split())
+        shown = path.relative_to(source) if path.is_relative_to(source) else path
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        what = f"none of its {len(failed)} file(s) could be decoded"
+        example = f" (e.g. {shown}: {reason})"
+    return NothingPreparedError(
+        f"--source {source}: {what}, so nothing was prepared{example}; check that it is the"
+        " dataset's folder and that its files play (.m4a/.aac need ffmpeg), then run the build"
+        " again"
+    )
+
+
 def _source_name(name: str, article: str = "your") -> str:
     return f"{article} folder of audio files" if name == "folder" else f"{article} {name} folder"
 

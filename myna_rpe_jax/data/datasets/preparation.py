@@ -30,8 +30,12 @@ from myna_rpe_jax.data.datasets.builder import (
     make_builder,
     make_config,
 )
-from myna_rpe_jax.data.datasets.cache import check_unexpected, ensure_mels
-from myna_rpe_jax.data.datasets.common import layout_error, split_names_in_order
+from myna_rpe_jax.data.datasets.cache import MEL_SUFFIX, check_unexpected, ensure_mels
+from myna_rpe_jax.data.datasets.common import (
+    nothing_prepared_error,
+    source_error,
+    split_names_in_order,
+)
 from myna_rpe_jax.data.datasets.registry import get_spec
 from myna_rpe_jax.data.lock import build_lock
 
@@ -95,6 +99,14 @@ def _remove_if_empty(*folders: Path) -> None:
             folder.rmdir()
 
 
+def _drop_cache_without_mels(work: Path) -> None:
+    """Removes a stage-1 folder that holds no log-mel (and its empty parents): it would save
+    no work, and its cached failures would hide a fix (ffmpeg installed, files replaced)."""
+    if work.is_dir() and not any(work.glob(f"*{MEL_SUFFIX}")):
+        shutil.rmtree(work)
+    _remove_if_empty(work.parent, work.parent.parent)
+
+
 def prepare(
     name: str,
     source: str | Path,
@@ -116,10 +128,11 @@ def prepare(
     after waiting when another process is preparing it (then already_prepared is True).
     workers: processes for decoding and for writing shards. num_shards: per split (at most
     one per example); by default tfds' choice for the split's size (64 MiB to 1 GiB each).
-    Raises LayoutError before any work when `source` does not match the published layout,
-    and ValueError when `data_dir` lies inside `source`.
+    Raises LayoutError before any work when `source` does not exist or does not match the
+    published layout, and ValueError when `data_dir` lies inside `source`.
     Unusable or missing files never stop the build: they are listed in skipped.tsv. A failure
-    that is not the file's (cache.UnexpectedDecodeError: out of memory, a library bug) does.
+    that is not the file's (cache.UnexpectedDecodeError: out of memory, a library bug) does,
+    and so do files none of which decodes (NothingPreparedError, before tfds writes a thing).
     """
     start = time.perf_counter()
     spec = get_spec(name)
@@ -129,8 +142,8 @@ def prepare(
     if _is_prepared(builder) and not overwrite:
         return _summary(builder, True, start, [])
     source = Path(source).expanduser().resolve()
-    if not source.is_dir():
-        raise layout_error(name, source, "it is not a directory", spec.layout)
+    if problem := source_error(name, source, spec.layout):
+        raise problem
     if data_dir.is_relative_to(source):
         # Otherwise a later build would find the prepared files among the user's files.
         raise ValueError(f"--data-dir {data_dir} is inside --source {source}: put it elsewhere")
@@ -170,6 +183,10 @@ def _build(
         desc=f"{name}: decode + log-mel",
     )
     check_unexpected(paths, entries)
+    if not any(entry.ok for entry in entries):
+        _drop_cache_without_mels(work)
+        failed = [(str(p), e.reason) for p, e in zip(paths, entries, strict=True) if not e.ok]
+        raise nothing_prepared_error(source, failed + listing.skipped)
     for stale in builder.data_path.parent.glob("incomplete.*"):  # from a build killed in tfds
         shutil.rmtree(stale)
     if overwrite and builder.data_path.exists():

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from myna_rpe_jax.data.datasets.common import DatasetSpec, Listing, Track, layout_error
+from myna_rpe_jax.data.datasets.common import (
+    DatasetSpec,
+    Listing,
+    Track,
+    layout_error,
+    source_error,
+)
 from myna_rpe_jax.data.formats import is_audio, visible_files
 
 LAYOUT = """\
@@ -17,8 +23,8 @@ files are listed in skipped.tsv."""
 
 
 def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
-    if not source.is_dir():
-        raise layout_error("folder", source, "it is not a directory", LAYOUT)
+    if problem := source_error("folder", source, LAYOUT):
+        raise problem
     files = visible_files(source)
     if not files:
         raise layout_error("folder", source, "it holds no files", LAYOUT)
