@@ -49,11 +49,6 @@ def _check_chunk_frames(data: ml_collections.ConfigDict, patch_size: int) -> tup
     return chunk_frames
 
 
-# A chunk longer than a track is looped from the track's start (data/chunks.py): both views of
-# a pair are then the same frames, and a batch of long loops can exhaust memory. On the demo
-# set, whose track length is known, such chunks are refused.
-
-
 def demo_track_frames(seconds: float) -> int:
     """Frames of every demo track: generated at music.SAMPLE_RATE, resampled to the prepared
     log-mel's rate (the default MelConfig; dsp.resample: ceil) and framed as audio.log_mel
@@ -65,6 +60,9 @@ def demo_track_frames(seconds: float) -> int:
 
 
 def _check_demo_chunks(data: ml_collections.ConfigDict) -> None:
+    # A chunk longer than a track is looped from the track's start (data/chunks.py): both views
+    # of a pair are then the same frames, and a batch of long loops can exhaust memory. On the
+    # demo set, whose track length is known, such chunks are refused.
     frames = demo_track_frames(data.demo_seconds)
     if max(data.chunk_frames) > frames:
         seconds = max(data.chunk_frames) * MelConfig().hop_length / MelConfig().sample_rate
