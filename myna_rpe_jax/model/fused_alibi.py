@@ -59,21 +59,18 @@ def fused_alibi_attention(
             f"the fused ALiBi kernel needs a power-of-two head dimension and block >= 16, got "
             f"head dimension {head_dim} and block {block}; use attention_kernel='xla'"
         )
-    if interpret is None:
-        interpret = jax.default_backend() != "gpu"
-    padded, backward_block = _layout(num_tokens, block)
     if bias is None:  # slope 0: the same kernel, every bias term 0
         bias = AlibiBias(
             coords=jnp.zeros((batch, num_tokens, 1)),
             is_patch=jnp.zeros((batch, num_tokens), bool),
             slopes=jnp.zeros((heads,)),
         )
-    inputs = blockwise.pad_tokens(q, k, v, bias, key_mask, padded)
-    if not bias.tile_skip:
-        return _fused(*inputs, block, backward_block, False, interpret)[:, :num_tokens]
-    order, inputs = blockwise.skip_order(*inputs)
-    out = _fused(*inputs, block, backward_block, True, interpret)
-    return blockwise.restore_order(out, order)[:, :num_tokens]
+    inputs, order = _kernel_inputs(q, k, v, bias, key_mask, block)
+    _, backward_block = _layout(num_tokens, block)
+    out = _fused(*inputs, block, backward_block, bias.tile_skip, _interpret(interpret))
+    if bias.tile_skip:
+        out = blockwise.restore_order(out, order)
+    return out[:, :num_tokens]
 
 
 def count_skipped_tiles(
@@ -89,13 +86,28 @@ def count_skipped_tiles(
     """(score tiles the kernel skips, all score tiles: B x H x T^2 for T tiles of `block`) of
     `fused_alibi_attention(q, k, v, bias.replace(tile_skip=True), key_mask, block=block)`;
     one score tile is one (example, head, query tile, key tile)."""
-    if interpret is None:
-        interpret = jax.default_backend() != "gpu"
+    inputs, _ = _kernel_inputs(q, k, v, bias.replace(tile_skip=True), key_mask, block)
+    skipped = _forward(*inputs, block, True, _interpret(interpret))[2]
+    tiles = inputs[0].shape[1] // block
+    return int(skipped[..., ::block].sum()), q.shape[2] * q.shape[0] * tiles**2
+
+
+def _interpret(interpret: bool | None) -> bool:
+    """Pallas interpret mode: as asked, or by default wherever the backend is not a GPU."""
+    return jax.default_backend() != "gpu" if interpret is None else interpret
+
+
+def _kernel_inputs(
+    q, k, v, bias: AlibiBias, key_mask, block: int
+) -> tuple[tuple, jax.Array | None]:
+    """(q, k, v, bias, key_valid) padded to the kernel's token count and, with
+    bias.tile_skip, put in `blockwise.skip_order`; and that order (None without skipping)."""
     padded, _ = _layout(q.shape[1], block)
-    padded_inputs = blockwise.pad_tokens(q, k, v, bias, key_mask, padded)
-    _, inputs = blockwise.skip_order(*padded_inputs)
-    skipped = _forward(*inputs, block, True, interpret)[2]
-    return int(skipped[..., ::block].sum()), q.shape[2] * q.shape[0] * (padded // block) ** 2
+    inputs = blockwise.pad_tokens(q, k, v, bias, key_mask, padded)
+    if not bias.tile_skip:
+        return inputs, None
+    order, inputs = blockwise.skip_order(*inputs)
+    return inputs, order
 
 
 def takes_head_dim(head_dim: int) -> bool:
