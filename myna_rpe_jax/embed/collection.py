@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from myna_rpe_jax import files
 from myna_rpe_jax.data.audio import AudioError, MelConfig, audio_to_mel
 from myna_rpe_jax.data.datasets import dataset_tasks
 from myna_rpe_jax.data.datasets.common import build_command as datasets_build_command
@@ -198,7 +199,8 @@ def run_meta(workdir: str | Path, step: int, mode: str, config, embedder: Embedd
 
 def save_parquet(path: str | Path, result: Embeddings) -> Path:
     """One row per track: track_id, split, embedding (list<float32>[D]), label_* columns;
-    the meta JSON is stored in the schema metadata under b"meta"."""
+    the meta JSON is stored in the schema metadata under b"meta". Replaces `path` whole
+    (`files.atomic_path`), as save_npz does."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -213,7 +215,8 @@ def save_parquet(path: str | Path, result: Embeddings) -> Path:
     table = pa.table(columns)
     meta = json.dumps({**result.meta, "skipped": result.skipped})
     table = table.replace_schema_metadata({b"meta": meta.encode("utf-8")})
-    pq.write_table(table, path)
+    with files.atomic_path(path) as partial:  # readers and concurrent writers see it whole
+        pq.write_table(table, partial)
     return Path(path)
 
 

@@ -114,3 +114,22 @@ def test_a_name_without_npz_is_written_as_given_and_a_truncated_file_is_named(tm
     truncated.write_bytes(path.read_bytes()[:300])
     with pytest.raises(ValueError, match="not an embedding file .*truncated.npz"):
         load_npz(truncated)
+
+
+def test_save_parquet_replaces_the_file_whole(tmp_path):
+    # A reader that opened the old file keeps reading it whole: the new one is written beside
+    # it and renamed over it, never into it (two embeds on one --output, a reader mid-write).
+    import pyarrow.parquet as pq
+
+    from myna_rpe_jax.embed.collection import save_parquet
+
+    def result(value):
+        return Embeddings(["a", "b"], np.full((2, 4), value, np.float32), ["", ""], {}, [], {})
+
+    path = tmp_path / "e.parquet"
+    save_parquet(path, result(1.0))
+    with open(path, "rb") as old:
+        save_parquet(path, result(2.0))
+        assert pq.read_table(old).column("embedding").to_pylist() == [[1.0] * 4] * 2
+    assert pq.read_table(path).column("embedding").to_pylist() == [[2.0] * 4] * 2
+    assert [p.name for p in tmp_path.iterdir()] == ["e.parquet"]
