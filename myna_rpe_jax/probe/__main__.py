@@ -23,7 +23,7 @@ from myna_rpe_jax.embed.collection import (
 )
 from myna_rpe_jax.embed.embedder import DEFAULT_MODES, MODES
 from myna_rpe_jax.probe.evaluate import BASELINES, BENCHMARKS, PROBE_DATASETS, run
-from myna_rpe_jax.probe.report import not_probed
+from myna_rpe_jax.probe.report import markdown, not_probed
 
 log = logging.getLogger("myna_rpe_jax.probe")
 
@@ -92,7 +92,8 @@ def _probe(args: argparse.Namespace, modes: list[str], kinds: list[str]) -> int:
         **embedder_settings(args),
     )
     out = Path(args.output)
-    log.info("\n%s", (out / "results.md").read_text(encoding="utf-8"))
+    # What this run wrote, not the file: another probe into the same --output may replace it.
+    log.info("\n%s", markdown(results))
     log.info("wrote %s, %s, %s", out / "results.json", out / "results.md", out / "results.png")
     missing = not_probed(results)
     if len(missing) == len(results["tasks"]):

@@ -102,6 +102,12 @@ def not_probed(results: dict) -> dict[str, dict]:
 
 
 def write_markdown(path: Path, results: dict) -> None:
+    files.write_text(path, markdown(results))
+
+
+def markdown(results: dict) -> str:
+    """results.md: the table of test scores with intervals, what was not probed, and the
+    regularisation each probe chose."""
     rows, intervals = results["table"], results["intervals"]
     titles = list(next(iter(rows.values())))
     lines = [
@@ -145,7 +151,7 @@ def write_markdown(path: Path, results: dict) -> None:
                     f"- {name}/{task} ({label}): {sel['param']} = {sel['chosen']:.3g}"
                     f" ({sel['metric']} {max(sel['valid_scores']):.4f})"
                 )
-    files.write_text(path, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def write_plot(path: Path, results: dict) -> None:
