@@ -65,7 +65,8 @@ def _check_demo_chunks(data: ml_collections.ConfigDict) -> None:
     # demo set, whose track length is known, such chunks are refused.
     frames = demo_track_frames(data.demo_seconds)
     if max(data.chunk_frames) > frames:
-        seconds = max(data.chunk_frames) * MelConfig().hop_length / MelConfig().sample_rate
+        mel = MelConfig()  # the demo set's (demo_track_frames)
+        seconds = max(data.chunk_frames) * mel.hop_length / mel.sample_rate
         raise ConfigError(
             f"config.data.chunk_frames={tuple(data.chunk_frames)!r}: the demo tracks"
             f" (config.data.demo_seconds={data.demo_seconds!r}) have {frames} frames each, and a"

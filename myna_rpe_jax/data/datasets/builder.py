@@ -198,17 +198,17 @@ class MynaBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
             config.min_seconds,
         )
         check_unexpected([track.path for track in listing.tracks], entries)
-        self._skipped = list(listing.skipped)
         self._source_info = {"source": str(source), **listing.info}
         by_split: dict[str, list[tuple[Track, str]]] = {}
+        undecodable = []
         for track, entry in zip(listing.tracks, entries, strict=True):
             if entry.ok:
                 by_split.setdefault(track.split, []).append((track, entry.file))
             else:
-                self._skipped.append((str(track.path), entry.reason))
+                undecodable.append((str(track.path), entry.reason))
+        self._skipped = [*listing.skipped, *undecodable]
         if not by_split:  # only for this builder used alone: `prepare` stops before tfds
-            failed = self._skipped[len(listing.skipped) :] + self._skipped[: len(listing.skipped)]
-            raise nothing_prepared_error(source, failed)
+            raise nothing_prepared_error(source, undecodable, listing.skipped)
         jobs = {}
         for split in split_names_in_order(by_split):
             template = self._get_filename_template(split_name=split)

@@ -151,12 +151,18 @@ class NothingPreparedError(UserError, ValueError):
     """Not one track of the source folder could be used, so no dataset was written."""
 
 
-def nothing_prepared_error(source: Path, failed: Sequence[tuple[str, str]]) -> NothingPreparedError:
+def nothing_prepared_error(
+    source: Path,
+    undecodable: Sequence[tuple[str, str]],
+    skipped: Sequence[tuple[str, str]],
+) -> NothingPreparedError:
     """One line for a build in which every file failed: the folder, how many, the first
     reason (all usually share it: a wrong folder, a format that needs ffmpeg), what to do.
 
-    failed: (path, reason) for every file, the decoding failures first (they say more than
+    undecodable: (path, reason) of the listed tracks that did not decode; skipped: those the
+    listing left out. The example is a decoding failure when there is one (it says more than
     a stray cover.jpg)."""
+    failed = [*undecodable, *skipped]
     what, example = "it lists no track", ""
     if failed:
         path, reason = Path(failed[0][0]), " ".join(failed[0][1].split())

@@ -185,8 +185,8 @@ def _build(
     check_unexpected(paths, entries)
     if not any(entry.ok for entry in entries):
         _drop_cache_without_mels(work)
-        failed = [(str(p), e.reason) for p, e in zip(paths, entries, strict=True) if not e.ok]
-        raise nothing_prepared_error(source, failed + listing.skipped)
+        undecodable = [(str(p), e.reason) for p, e in zip(paths, entries, strict=True)]
+        raise nothing_prepared_error(source, undecodable, listing.skipped)
     for stale in builder.data_path.parent.glob("incomplete.*"):  # from a build killed in tfds
         shutil.rmtree(stale)
     if overwrite and builder.data_path.exists():
