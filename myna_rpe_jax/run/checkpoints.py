@@ -104,34 +104,68 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Any, int]
     """The encoder parameters of a checkpoint (the latest if `step` is None), and its step.
 
     Restores without the optimiser's structure, so it works without knowing how the run was
-    optimised, on any number of devices.
+    optimised, on any number of devices. A run still training into `workdir` may delete the
+    latest step while it is read (its `keep_checkpoints`); the newer latest is read instead.
     """
     manager = checkpoint_manager(workdir, async_save=False)
     steps = manager.all_steps()
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
+    if step is not None and step not in steps:
         raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}; have {sorted(steps)}")
+    return _read_params(manager, max(steps) if step is None else step, follow_latest=step is None)
+
+
+# Each retry reads a newer step than the last; a read outpaced this often by saves is hopeless.
+_READ_ATTEMPTS = 5
+
+
+def _read_params(manager: ocp.CheckpointManager, step: int, follow_latest: bool):
+    """`load_params` once `step` is chosen. With `follow_latest`, a step that fails to read
+    while a newer one has appeared (a run still training into the workdir saved it, and its
+    `keep_checkpoints` is deleting this one) gives way to the newer; any other failure is an
+    OSError."""
     # The saved shardings name the training devices; land everything on one local device
     # instead, so a run trained on N accelerators loads anywhere.
-    single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    args = ocp.args.StandardRestore(
+        fallback_sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    )
     previous_hook = sys.unraisablehook
     # Before the restore, not after it fails: the first stray callbacks come while orbax unwinds.
     sys.unraisablehook = _dropping_closed_loop_callbacks(previous_hook)
-    try:
-        restored = manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=single))
-    except Exception as err:  # orbax / tensorstore raise bare Exceptions for damaged files
-        others = sorted(set(steps) - {step})
-        fix = f"load another step with --step ({others})" if others else "retrain the run"
-        raise OSError(
-            f"checkpoint step {step} in {Path(workdir) / 'checkpoints'} cannot be read, its"
-            f" files are damaged or incomplete ({error_gist(err)}); {fix}"
-        ) from err
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            restored = manager.restore(step, args=args)
+            break
+        except Exception as err:  # orbax / tensorstore raise bare Exceptions for damaged files
+            # A fresh manager: one whose restore failed on a vanished step refuses the others.
+            manager = checkpoint_manager(Path(manager.directory).parent, async_save=False)
+            now = manager.all_steps()
+            # Orbax drops old steps only once a newer one is whole, and deletes file by file:
+            # a newer step means this one may be half gone, not damaged.
+            superseded = follow_latest and now and max(now) > step
+            if not superseded or attempt == _READ_ATTEMPTS - 1:
+                raise _unreadable(Path(manager.directory), step, now, err) from err
+            log.warning("checkpoint step %d went while read; reading step %d", step, max(now))
+            step = max(now)
     sys.unraisablehook = previous_hook  # read whole: nothing is left to call back
     params = restored["params"] if isinstance(restored, dict) else restored.params
     return params, step
+
+
+def _unreadable(folder: Path, step: int, steps: list[int], error: Exception) -> OSError:
+    """Why checkpoint `step` in `folder` could not be restored, given the `steps` there now."""
+    others = sorted(set(steps) - {step})
+    fix = f"load another step with --step ({others})" if others else "retrain the run"
+    if step not in steps:
+        return OSError(
+            f"checkpoint step {step} in {folder} was deleted while it was read (a run still"
+            f" training into {folder.parent} keeps only its last keep_checkpoints); {fix}"
+        )
+    return OSError(
+        f"checkpoint step {step} in {folder} cannot be read, its files are damaged or"
+        f" incomplete ({error_gist(error)}); {fix}"
+    )
 
 
 def error_gist(error: Exception, limit: int = 300) -> str:

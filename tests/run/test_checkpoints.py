@@ -1,0 +1,60 @@
+"""Loading an encoder from a workdir that a run is still training into: its keep_checkpoints
+can delete the latest step between the listing and the read."""
+
+from __future__ import annotations
+
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from myna_rpe_jax.run import checkpoints
+
+
+def _workdir_with_steps(path, steps=(1, 2)):
+    manager = checkpoints.checkpoint_manager(path, async_save=False)
+    for step in steps:
+        checkpoints.save(manager, step, {"params": {"w": jnp.full((4, 3), float(step))}})
+    manager.wait_until_finished()
+    return path
+
+
+def test_the_latest_step_deleted_while_read_gives_way_to_the_newer_latest(tmp_path):
+    """The listing says [1, 2]; by the read, a save of step 3 has dropped step 2."""
+    workdir = _workdir_with_steps(tmp_path, (1, 2))
+    manager = checkpoints.checkpoint_manager(workdir, async_save=False)  # lists [1, 2]
+    _workdir_with_steps(workdir, (3,))
+    shutil.rmtree(workdir / "checkpoints" / "2")
+    params, step = checkpoints._read_params(manager, 2, follow_latest=True)
+    assert step == 3
+    np.testing.assert_array_equal(params["w"], np.full((4, 3), 3.0))
+
+
+def test_a_chosen_step_deleted_while_read_is_named_so(tmp_path):
+    workdir = _workdir_with_steps(tmp_path, (1, 2))
+    manager = checkpoints.checkpoint_manager(workdir, async_save=False)
+    shutil.rmtree(workdir / "checkpoints" / "2")
+    deleted = r"step 2 .* was deleted while it was read .*--step \(\[1\]\)"
+    with pytest.raises(OSError, match=deleted):
+        checkpoints._read_params(manager, 2, follow_latest=False)
+
+
+def test_a_damaged_latest_step_still_on_disk_is_not_skipped(tmp_path):
+    """Following the latest must not hide damage: step 2 is there, its arrays are not."""
+    workdir = _workdir_with_steps(tmp_path, (1, 2))
+    for data in [d for d in (workdir / "checkpoints" / "2").rglob("d") if d.is_dir()]:
+        shutil.rmtree(data)
+    with pytest.raises(OSError, match=r"step 2 .* cannot be read, its files are damaged"):
+        checkpoints.load_params(workdir)
+
+
+def test_a_latest_step_half_deleted_when_a_newer_one_exists_gives_way(tmp_path):
+    """Orbax deletes a dropped step file by file: mid-way it is still listed, unreadable."""
+    workdir = _workdir_with_steps(tmp_path, (1, 2))
+    manager = checkpoints.checkpoint_manager(workdir, async_save=False)
+    _workdir_with_steps(workdir, (3,))
+    for data in [d for d in (workdir / "checkpoints" / "2").rglob("d") if d.is_dir()]:
+        shutil.rmtree(data)
+    _, step = checkpoints._read_params(manager, 2, follow_latest=True)
+    assert step == 3
