@@ -9,10 +9,13 @@ on another machine (docs/runs.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,62 @@ def checkpoint_manager(workdir: str | Path, keep: int = 3, async_save: bool = Tr
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-    manager.save(step, args=ocp.args.StandardSave(state))
+    """Starts writing `state` as `step` (waiting for the previous save first); a Ctrl-C
+    meanwhile is raised once the call returns (`_interrupt_deferred`)."""
+    with _interrupt_deferred():
+        manager.save(step, args=ocp.args.StandardSave(state))
+
+
+@contextlib.contextmanager
+def saves_finished(manager: ocp.CheckpointManager):
+    """The checkpoints saved in the block are whole when it ends, normally or not; on a
+    Ctrl-C, it logs which step a rerun resumes from. A Ctrl-C while waiting is raised after.
+
+    Without the wait, a KeyboardInterrupt exits while the background save runs: the
+    interpreter shuts its executors down, and it fails in ~450 lines of tracebacks and leaves
+    the step unfinished.
+    """
+    interrupted = False
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        with _interrupt_deferred():
+            manager.wait_until_finished()
+        if interrupted and manager.latest_step() is not None:
+            log.warning(
+                "interrupted; the latest checkpoint, step %d, is whole: rerun to resume there",
+                manager.latest_step(),
+            )
+
+
+@contextlib.contextmanager
+def _interrupt_deferred():
+    """Holds a Ctrl-C (SIGINT) back until the block ends, then raises KeyboardInterrupt; a
+    second one raises at once. Interrupted inside, orbax logs a traceback and drops the step
+    being finalised. Does nothing off the main thread, or where SIGINT is not Python's
+    KeyboardInterrupt (ignored, as in a background job, or handled by the caller)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pressed = []
+
+    def hold(signum, frame) -> None:
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+        log.warning("interrupted: finishing the checkpoint being written (Ctrl-C again: stop now)")
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None):

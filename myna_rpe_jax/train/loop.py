@@ -177,26 +177,26 @@ def train(
     last_saved = manager.latest_step()
     history, accumulated, tick = [], None, time.perf_counter()
     batches = sampler.iterate(start, config.data.prefetch, config.data.read_threads)
-    for step in range(start + 1, last_step + 1):
-        batch = distributed.global_batch_from_local(next(batches), mesh)
-        state, step_metrics = step_fn(state, batch, root_rng)
-        accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
-        report(step)
-        is_last = step == last_step
-        should_save = step % config.checkpoint_every == 0 or is_last
-        if step % config.log_every == 0 or should_save:
-            summary = {k: float(v) for k, v in accumulated.compute().items()}
-            _check_finite(summary, step, last_saved, workdir)
-            now = time.perf_counter()
-            steps_done = step - (history[-1]["step"] if history else start)
-            summary["examples_per_sec"] = config.batch_size * steps_done / (now - tick)
-            writer.write_scalars(step, summary)
-            history.append({"step": step, **summary})
-            accumulated, tick = None, now
-        if should_save or manager.reached_preemption(step):
-            checkpoints.save(manager, step, state)
-            last_saved = step
-        evaluate(step)
-    manager.wait_until_finished()
+    with checkpoints.saves_finished(manager):
+        for step in range(start + 1, last_step + 1):
+            batch = distributed.global_batch_from_local(next(batches), mesh)
+            state, step_metrics = step_fn(state, batch, root_rng)
+            accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
+            report(step)
+            is_last = step == last_step
+            should_save = step % config.checkpoint_every == 0 or is_last
+            if step % config.log_every == 0 or should_save:
+                summary = {k: float(v) for k, v in accumulated.compute().items()}
+                _check_finite(summary, step, last_saved, workdir)
+                now = time.perf_counter()
+                steps_done = step - (history[-1]["step"] if history else start)
+                summary["examples_per_sec"] = config.batch_size * steps_done / (now - tick)
+                writer.write_scalars(step, summary)
+                history.append({"step": step, **summary})
+                accumulated, tick = None, now
+            if should_save or manager.reached_preemption(step):
+                checkpoints.save(manager, step, state)
+                last_saved = step
+            evaluate(step)
     writer.flush()
     return history

@@ -1,7 +1,10 @@
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -116,6 +119,31 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_config, tmp_path
     params, step = checkpoints.load_params(tmp_path)
     assert step == 2
     assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_finishes_it_and_says_so_in_two_lines(
+    tiny_config, tmp_path
+):
+    """A checkpoint every step keeps a background save in flight when Ctrl-C comes. Before,
+    the interpreter shut the save's executors down on the way out: ~450 lines of orbax
+    tracebacks around `error: interrupted`, and the step left as a tmp folder."""
+    workdir, log = tmp_path / "run", tmp_path / "train.log"
+    args = [f"--workdir={workdir}", "--config.total_steps=5000", "--config.checkpoint_every=1"]
+    with log.open("w") as out:
+        proc = run_train([*args, *overrides(tiny_config)], devices=1, output=out)
+        deadline = time.monotonic() + 240
+        while "[4] contrastive_accuracy=" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    text = log.read_text()
+    assert code == 130, text
+    assert "Traceback" not in text and "error: interrupted" in text, text
+    whole = re.search(r"interrupted; the latest checkpoint, step (\d+), is whole", text)
+    assert whole, text
+    assert not list((workdir / "checkpoints").glob("*tmp*"))
+    assert checkpoints.checkpoint_manager(workdir).latest_step() == int(whole[1])
 
 
 def test_loss_falls_on_the_demo_set(tiny_config, tmp_path):
