@@ -61,23 +61,23 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _wait(fd: int, path: Path) -> None:
+def _wait(fd: int, path: Path, doing: str) -> None:
     """Blocks until `fd` is locked, saying once whom it waits for."""
     said, start = False, time.monotonic()
     while not _try_lock(fd):
         holder = read_holder(path)
         if not said and (holder or time.monotonic() - start > _NAME_WAIT_S):
-            log.warning("waiting for %s, being prepared by %s", path, holder or "another process")
+            log.warning("waiting for %s, %s by %s", path, doing, holder or "another process")
             said = True
         time.sleep(_POLL_S)
 
 
 @contextlib.contextmanager
-def build_lock(path: str | os.PathLike) -> Iterator[None]:
+def build_lock(path: str | os.PathLike, doing: str = "being prepared") -> Iterator[None]:
     """Holds the exclusive build lock of `path` for the `with` block (waiting for it first).
 
-    Creates the parent folder. Not re-entrant: a process that locks the same path twice
-    waits for itself.
+    A waiter says "waiting for PATH, <doing> by pid N (host)". Creates the parent folder.
+    Not re-entrant: a process that locks the same path twice waits for itself.
     """
     path = Path(path)
     file = lock_path(path)
@@ -85,7 +85,7 @@ def build_lock(path: str | os.PathLike) -> Iterator[None]:
     fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if not _try_lock(fd):
-            _wait(fd, path)
+            _wait(fd, path, doing)
         previous = read_holder(path)
         if previous:
             log.warning("taking over %s from %s, which stopped before finishing", path, previous)

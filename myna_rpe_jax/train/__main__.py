@@ -79,7 +79,7 @@ def _one_trainer(workdir: str) -> contextlib.AbstractContextManager:
     when the first finished). A multi-host run's processes share the workdir by design."""
     if jax.process_count() > 1:
         return contextlib.nullcontext()
-    return build_lock(Path(workdir).absolute() / "checkpoints")
+    return build_lock(Path(workdir).absolute() / "checkpoints", doing="being trained into")
 
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -149,6 +149,8 @@ def train(
 
     start = int(state.step)
     last_step = num_steps if stop_after is None else min(stop_after, num_steps)
+    if start >= last_step:
+        logging.info("the run is at step %d of %d already: nothing left to train", start, num_steps)
     evaluator = evals.evaluator_from_config(config, encoder, state.params, mel)
     evaluated, run_start = evals.logged_steps(workdir), time.perf_counter()
 

@@ -64,9 +64,10 @@ def test_two_trainings_started_on_one_workdir_both_succeed(tiny_config, tmp_path
     procs = [run_train(args, devices=1) for _ in range(2)]
     outs = [proc.communicate(timeout=300)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outs
-    waited = [out for out in outs if "waiting for" in out and "being prepared by pid" in out]
+    waited = [out for out in outs if "waiting for" in out and "being trained into by pid" in out]
     assert len(waited) == 1, outs
     assert "Resumed from step 3" in waited[0]
+    assert "at step 3 of 3 already: nothing left to train" in waited[0]
     assert checkpoints.checkpoint_manager(tmp_path).latest_step() == 3
 
 
