@@ -30,6 +30,7 @@ from myna_rpe_jax import files
 from myna_rpe_jax.data import locations
 from myna_rpe_jax.data.datasets import common as datasets_common
 from myna_rpe_jax.data.datasets import dataset_tasks
+from myna_rpe_jax.data.lock import build_lock
 from myna_rpe_jax.embed import embedder as embedder_lib
 from myna_rpe_jax.embed.collection import dataset_embeddings, run_meta
 from myna_rpe_jax.embed.file import Embeddings, load_npz, save_npz
@@ -377,7 +378,17 @@ def run(
         )
     run_info.pop("random_embedder", None)
     results["table"], results["intervals"] = table_rows(results)
-    files.write_text(out_dir / "results.json", json.dumps(results, indent=2))
-    write_markdown(out_dir / "results.md", results)
-    write_plot(out_dir / "results.png", results)
+    write_reports(out_dir, results)
     return results
+
+
+def write_reports(out_dir: Path, results: dict) -> None:
+    """Writes out_dir/results.json, .md and .png from `results`, each replaced whole.
+
+    Holds the lock of out_dir/results (out_dir/results.lock) for all three, so that two probes
+    sharing out_dir leave the three files of one run (the last one's), never a mix.
+    """
+    with build_lock(out_dir / "results", doing="being written"):
+        files.write_text(out_dir / "results.json", json.dumps(results, indent=2))
+        write_markdown(out_dir / "results.md", results)
+        write_plot(out_dir / "results.png", results)

@@ -4,7 +4,9 @@ tiny checkpoint (shared with test_embed through the session's temporary folder).
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from sklearn.metrics import r2_score
 from myna_rpe_jax.data.datasets import TaskSpec, dataset_tasks
 from myna_rpe_jax.data.demo.music import DEMO_GENRES
 from myna_rpe_jax.data.keys import KEY_NAMES
+from myna_rpe_jax.data.lock import build_lock
 from myna_rpe_jax.embed.file import load_npz
 from myna_rpe_jax.probe import __main__ as probe_cli
 from myna_rpe_jax.probe import evaluate, tasks
@@ -187,6 +190,25 @@ def test_unknown_baseline_is_a_usage_error(demo_probe, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         probe_cli.main(argv)
     assert exit_info.value.code == 2
+
+
+def test_reports_wait_while_another_probe_writes_into_the_same_output(demo_probe, tmp_path, caplog):
+    """results.json, .md and .png are written under one lock: a second probe's three files
+    never interleave with the first's."""
+    _, _, results = demo_probe
+    results = {**results, "step": 12345}
+    writer = threading.Thread(target=evaluate.write_reports, args=(tmp_path, results))
+    with caplog.at_level(logging.WARNING), build_lock(tmp_path / "results"):  # the other probe
+        writer.start()
+        writer.join(timeout=2.0)
+        assert writer.is_alive()
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["results.lock"]
+    writer.join(timeout=120)
+    assert not writer.is_alive()
+    assert "results, being written by pid" in caplog.text
+    assert json.loads((tmp_path / "results.json").read_text())["step"] == 12345
+    assert ", step 12345" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").stat().st_size > 0
 
 
 def test_cached_embeddings_are_reused(demo_probe, caplog):
