@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 from tensorflow_datasets.core.utils.shard_utils import ShardConfig
 
@@ -316,6 +317,17 @@ def test_a_source_where_nothing_decodes_fails_in_one_line_leaving_nothing_stale(
         ]
         assert read_holder(result) == ""
     assert "taking over" not in caplog.text
+
+
+def test_the_builder_used_alone_on_a_folder_where_nothing_decodes_says_so(tmp_path):
+    """tfds' own download_and_prepare (no `prepare` around it) stops with the same message."""
+    source = tmp_path / "music"
+    _corrupt_folder(source, 2)
+    builder = make_builder("folder", tmp_path / "data", make_config("folder", MEL))
+    config = tfds.download.DownloadConfig(manual_dir=str(source))
+    with pytest.raises(NothingPreparedError, match=r"none of its 3 file\(s\) could be decoded"):
+        builder.download_and_prepare(download_config=config)
+    assert not builder.data_path.exists()
 
 
 def test_a_failed_build_keeps_the_log_mels_another_build_cached(tmp_path):
