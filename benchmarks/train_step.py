@@ -3,7 +3,7 @@
 python benchmarks/train_step.py [--variant S/16] [--batch 1024] [--posemb alibi2d] [--steps 5]
                                 [--frames 256] [--dtype float32] [--no-plain] [--small]
 
-Times the real jitted, data-parallel `loop.train_step` on random spectrograms (no data
+Times the real jitted, data-parallel `train.step.train_step` on random spectrograms (no data
 loading), after one compile step. In the same run it measures the device's matmul peak (a
 jitted fp32 `a @ a`, `machine.matmul_peak`, before and after the steps; the larger counts) and
 times a plain reference step written here as plainly as possible (flax
@@ -19,6 +19,8 @@ rest. It also prints what
 XLA's cost analysis counts for all three compiled steps and how many HLO instructions of each
 kind they hold, to see where ours differs.
 --small: a tiny model on a few examples (seconds; the test suite runs it).
+It imports `train.step`, not `train.loop`, whose imports (clu's writers, tfds) pull in
+TensorFlow, which a bare JAX GPU image lacks (device_report.py imports this module).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import optax  # noqa: E402
 from configs import common  # noqa: E402
 from myna_rpe_jax import distributed  # noqa: E402
 from myna_rpe_jax.model import patching, vit  # noqa: E402
-from myna_rpe_jax.train import loop  # noqa: E402
+from myna_rpe_jax.train.step import init_state, make_optimizer, train_step  # noqa: E402
 
 _HLO_KINDS = ("dot", "convolution", "gather", "scatter", "while", "convert", "fusion")
 
@@ -79,22 +81,22 @@ def hlo_profile(step_fn, *args) -> dict:
 
 
 def _our_parts(variant, posemb, frames, dtype, shardings=None):
-    """(encoder, optimizer, LR schedule, fresh TrainState) as `loop.train` makes them."""
+    """(encoder, optimizer, LR schedule, fresh TrainState) as `train.loop.train` makes them."""
     config = common.get_config(posemb=tuple(posemb.split(",")))
     config.model.update(variant=variant, dtype=dtype)
     encoder = vit.encoder_from_config(config.model)
-    tx, schedule = loop.make_optimizer(config.optim, total_steps=1000)
-    init = jax.jit(functools.partial(loop.init_state, encoder, tx), out_shardings=shardings)
+    tx, schedule = make_optimizer(config.optim, total_steps=1000)
+    init = jax.jit(functools.partial(init_state, encoder, tx), out_shardings=shardings)
     return encoder, tx, schedule, init(jax.random.key(0), jnp.zeros((1, 128, frames)))
 
 
 def build_ours(variant, batch, posemb, frames, dtype) -> dict:
-    """Our step as `loop.train` jits it: replicated state (donated), batch sharded over devices."""
+    """Our step as `train.loop.train` jits it: state replicated (donated), batch sharded."""
     mesh = distributed.data_mesh()
     repl = distributed.replicated(mesh)
     encoder, tx, schedule, state = _our_parts(variant, posemb, frames, dtype, repl)
     step_fn = jax.jit(
-        functools.partial(loop.train_step, encoder=encoder, tx=tx, schedule=schedule),
+        functools.partial(train_step, encoder=encoder, tx=tx, schedule=schedule),
         in_shardings=(repl, distributed.batch_sharded(mesh), repl),
         out_shardings=(repl, repl),
         donate_argnums=0,

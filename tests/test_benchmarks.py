@@ -83,3 +83,62 @@ def test_bootstrap_small_prints_vectorised_beside_the_loop_that_agrees():
     assert len(rows) == 3, out
     for line in rows:
         assert float(line.strip("|").split("|")[-1]) < 1e-9, line  # same scores as the loop
+
+
+# ---- the device report on a bare JAX GPU image (docs/benchmarks.md) -------------------------
+
+# What such an image lacks and cannot be carried to it as a few small wheels: TensorFlow alone
+# is over 500 MB. The report and the GPU-only tests must run without them.
+NOT_ON_A_JAX_IMAGE = ("tensorflow", "tensorflow_datasets", "keras", "spotipy", "array_record")
+
+
+def _imported_by(code: str) -> list[str]:
+    probe = f"import sys; {code}; print(sorted({{m.split('.')[0] for m in sys.modules}}))"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=f"{ROOT}:{ROOT / 'benchmarks'}")
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [name for name in eval(out.stdout) if name in NOT_ON_A_JAX_IMAGE]
+
+
+def test_device_report_and_gpu_tests_import_nothing_a_bare_jax_image_lacks():
+    assert _imported_by("import device_report") == []
+    files = [f.removesuffix(".py").replace("/", ".") for f in _device_report().gpu_test_files(ROOT)]
+    assert files == ["tests.model.test_gpu"]
+    assert _imported_by("; ".join(f"import {name}" for name in ["tests.conftest", *files])) == []
+
+
+def _device_report():
+    sys.path[:0] = [str(ROOT / "benchmarks")]
+    try:
+        import device_report
+    finally:
+        del sys.path[0]
+    return device_report
+
+
+def test_gpu_tests_run_on_the_device_the_report_runs_on():
+    """tests/conftest.py pins JAX to the CPU unless JAX_PLATFORMS is set: the report's child
+    must not be pinned, or every GPU test would skip on the GPU and the section say 'exit 0'."""
+    environ = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env = _device_report().gpu_tests_env(environ)
+    probe = "import tests.conftest, jax; print(repr(jax.config.jax_platforms))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() in ("''", "None"), out.stdout
+    assert (
+        _device_report().gpu_tests_env(dict(environ, JAX_PLATFORMS="cuda"))["JAX_PLATFORMS"]
+        == "cuda"
+    )
+
+
+def test_gpu_tests_that_skip_on_a_gpu_fail_the_report():
+    failure = _device_report().gpu_tests_failure
+    assert failure(0, "7 skipped in 1.31s", "gpu") == "GPU-only tests skipped on a GPU"
+    assert failure(0, "5 passed, 2 skipped in 9.0s", "gpu") == "GPU-only tests skipped on a GPU"
+    assert failure(0, "7 passed in 9.0s", "gpu") is None
+    assert failure(0, "7 skipped in 1.31s", "cpu") is None  # no GPU: skipping is right
+    assert failure(1, "1 failed, 6 passed in 9.0s", "gpu") == "pytest exited 1"
