@@ -53,8 +53,8 @@ from myna_rpe_jax.model import (  # noqa: E402
 )
 
 FULL = dict(
-    variants=("S/16", "B/16"), batch=1024, frames=256, steps=3, clips=256, track_minutes=10.0,
-    tokens=(257, 1025, 4097, 16385), peak_n=4096, threshold=1024,
+    variants=("S/16", "B/16"), batch=1024, frames=256, steps=3, clips=64, track_minutes=10.0,
+    tokens=(257, 1025, 4097, 16385), peak_n=8192, threshold=1024,
 )  # fmt: skip
 SMALL = dict(
     variants=("tiny",), batch=4, frames=96, steps=1, clips=2, track_minutes=0.1,
@@ -66,6 +66,11 @@ DTYPES = ("bfloat16", "float32")
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _progress(text: str) -> None:
+    """One finished row on stderr at once: a report cut by a time limit still shows it."""
+    print(f"  {text}", file=sys.stderr, flush=True)
 
 
 def _best_seconds(fn, repeats: int = 3) -> float:
@@ -106,7 +111,7 @@ def train_section(sizes: dict, peaks: dict) -> str:
                 [variant, dtype, f"{r['compile_s']:.1f}", f"{r['step_s']:.3f}"]
                 + [f"{sizes['batch'] / r['step_s']:.0f}", f"{mfu:.0f}%"]
             )
-            print(f"  train {variant} {dtype}: {r['step_s']:.3f} s", file=sys.stderr, flush=True)
+            _progress(f"train {variant} {dtype}: {r['step_s']:.3f} s/step")
     header = ["model", "dtype", "compile s", "step s", "examples/s", "MFU"]
     title = f"Train step: batch {sizes['batch']} pairs of {sizes['frames']} frames, 10% patchout"
     return f"{title}\n\n" + _markdown(header, rows)
@@ -130,10 +135,12 @@ def embed_section(sizes: dict) -> str:
             for _ in range(sizes["clips"])
         ]
         for mode in ("full", "chunks"):
+            # The untimed first call compiles each batch shape (seconds each on a GPU).
             seconds = _best_seconds(
-                lambda e=embedder, m=mels, mode=mode: e.embed(m, mode), repeats=2
+                lambda e=embedder, m=mels, mode=mode: e.embed(m, mode), repeats=1
             )
             rows.append([variant, mode, f"{sizes['clips'] / seconds:.1f}"])
+            _progress(f"embed {variant} {mode}: {sizes['clips'] / seconds:.1f} clips/s")
     header = ["model", "mode", "30 s clips/s"]
     return f"Embedding, {sizes['clips']} clips of 30 s, random parameters\n\n" + _markdown(
         header, rows
@@ -155,6 +162,7 @@ def track_section(sizes: dict) -> str:
                 lambda k=kernel, s=skip: _track_row(variant, k, s, frames, sizes), name
             )
             rows.append(row or [variant, name, "-", "-", "failed (stderr)", "-", "-", "-"])
+            _progress(f"track {name}: {row[5] if row else 'failed'} s")
     header = ["model", "kernel", "audio", "tokens", "compile s", "time s", "XLA temp GB"]
     header.append("process peak device GB")
     title = "One track in one pass (2-D ALiBi; xla: blockwise, pallas: fused_alibi)"
