@@ -303,8 +303,9 @@ def add_embedder_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attention-kernel",
         choices=KERNELS,
-        help="attention over long tracks: xla (blockwise) or pallas (one fused GPU kernel);"
-        " default: the run's config.model.attention_kernel. The embeddings are the same",
+        help="attention over long tracks: xla (blockwise), pallas (one fused GPU kernel) or auto"
+        " (pallas for ALiBi models on a GPU, else xla); default: the run's"
+        " config.model.attention_kernel. The embeddings are the same",
     )
     parser.add_argument(
         "--tile-skip",

@@ -176,7 +176,9 @@ class Encoder(nn.Module):
     # Attention over more tokens than this (a whole track) runs blockwise, in linear memory.
     attention_block_size: int = blockwise.DEFAULT_BLOCK_SIZE
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
-    attention_kernel: str = "xla"  # "pallas": fused ALiBi kernel past the threshold (GPU)
+    # Past the threshold: "xla" (blockwise), "pallas" (the fused ALiBi GPU kernel) or "auto"
+    # (pallas when an ALiBi model embeds on a GPU, else xla: `attention.resolve_kernel`).
+    attention_kernel: str = "auto"
 
     @nn.compact
     def __call__(
@@ -227,6 +229,12 @@ class Encoder(nn.Module):
 
         bias = self._alibi(all_coords, is_patch)
         rope_coords = all_coords if "rope" in self.posemb else None
+        kernel = attention.resolve_kernel(
+            self.attention_kernel,
+            alibi=bias is not None,
+            head_dim=self.width // self.num_heads,
+            train=train,
+        )
         logit_scale = None
         if self.length_scaling:
             real = x.shape[1] if key_mask is None else key_mask.sum(axis=1)
@@ -239,7 +247,7 @@ class Encoder(nn.Module):
                 self.dtype,
                 self.attention_block_size,
                 self.blockwise_threshold,
-                self.attention_kernel,
+                kernel,
                 name=f"block_{i}",
             )(x, bias, rope_coords, is_patch, key_mask, logit_scale)
         x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
@@ -297,8 +305,8 @@ def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
     training); n_mels; max_time_patches (the learned table's length); alibi_metric; alibi_tile_skip;
     length_scaling (log-length logit scaling past the training token count); rope_theta; dtype
     ("float32" or "bfloat16" compute); attention_block_size and blockwise_threshold (attention
-    over more tokens than the threshold runs blockwise); attention_kernel ("xla", or "pallas" for
-    the fused ALiBi kernel past the threshold).
+    over more tokens than the threshold runs blockwise); attention_kernel ("auto", "xla", or
+    "pallas" for the fused ALiBi kernel past the threshold; `attention.resolve_kernel`).
     """
     cfg = (
         model_cfg.to_dict() if isinstance(model_cfg, ml_collections.ConfigDict) else dict(model_cfg)
@@ -324,7 +332,7 @@ def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
             f"model.alibi_metric must be one of {positional.DISTANCE_METRICS},"
             f" got {cfg['alibi_metric']!r}"
         )
-    kernel = cfg.get("attention_kernel", "xla")
+    kernel = cfg.get("attention_kernel", "auto")
     if kernel not in attention.KERNELS:
         raise ValueError(
             f"model.attention_kernel must be one of {attention.KERNELS}, got {kernel!r}"

@@ -117,6 +117,9 @@ def test_encoder_with_the_pallas_kernel_embeds_a_long_track_as_before():
     )
     assert "pallas_call" in str(jax.make_jaxpr(run("pallas"))(spec))
     assert "pallas_call" not in str(jax.make_jaxpr(run("xla"))(spec))
+    # The default, "auto", is blockwise off GPU: interpret mode would be far slower.
+    assert vit.encoder_from_config(cfg).attention_kernel == "auto"
+    assert "pallas_call" not in str(jax.make_jaxpr(run("auto"))(spec))
     np.testing.assert_allclose(run("pallas")(spec), run("xla")(spec), atol=2e-5)
 
 
@@ -130,5 +133,33 @@ def test_bad_settings_say_what_to_use_instead():
         vit.encoder_from_config(
             dict(variant="tiny", num_heads=4, width=48, attention_kernel="pallas")
         )
+    with pytest.raises(ValueError, match="attention kernel must be 'xla' or 'pallas'"):
+        attention.attention(q, k, v, bias, kernel="auto")  # resolved by the encoder first
     with pytest.raises(ValueError, match="attention kernel must be one of"):
-        attention.attention(q, k, v, bias, kernel="triton")
+        attention.resolve_kernel("triton", alibi=True, head_dim=64, train=False)
+
+
+@pytest.mark.parametrize(
+    "backend,alibi,head_dim,train,expected",
+    [
+        ("gpu", True, 64, False, "pallas"),  # an ALiBi model embedding on a GPU
+        ("gpu", True, 64, True, "xla"),  # training: jit cannot partition the custom call
+        ("gpu", False, 64, False, "xla"),  # no ALiBi bias to fuse (cuDNN may take it)
+        ("gpu", True, 48, False, "xla"),  # a head dimension the kernel does not take
+        ("cpu", True, 64, False, "xla"),  # interpret mode would be far slower
+    ],
+)
+def test_auto_kernel_is_pallas_only_for_alibi_inference_on_gpu(
+    backend, alibi, head_dim, train, expected
+):
+    got = attention.resolve_kernel(
+        "auto", alibi=alibi, head_dim=head_dim, train=train, backend=backend
+    )
+    assert got == expected
+    for chosen in ("xla", "pallas"):  # a kernel named explicitly is kept
+        assert (
+            attention.resolve_kernel(
+                chosen, alibi=alibi, head_dim=head_dim, train=train, backend=backend
+            )
+            == chosen
+        )

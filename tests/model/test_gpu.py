@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from myna_rpe_jax.model import attention, fused_alibi
+from myna_rpe_jax.model import attention, fused_alibi, vit
 from tests.model.test_attention import make_case, reference_attention, skip_case
 
 pytestmark = [
@@ -46,3 +46,16 @@ def test_cudnn_attention_equals_reference():
     out = jax.jit(attention.fused_attention)(q, k, v)
     expected = reference_attention(*(t.astype(jnp.float32) for t in (q, k, v)))
     np.testing.assert_allclose(out.astype(jnp.float32), expected, atol=3e-2)
+
+
+def test_auto_kernel_embeds_an_alibi_model_with_the_fused_kernel():
+    cfg = dict(variant="tiny", posemb=("alibi2d",), blockwise_threshold=50)  # 89 tokens: past it
+    spec = jax.random.uniform(jax.random.key(0), (1, 128, 181), minval=-80.0, maxval=0.0)
+    params = vit.encoder_from_config(cfg).init({"params": jax.random.key(1)}, spec, train=False)
+    run = lambda kernel: jax.jit(
+        lambda s: vit.encoder_from_config(dict(cfg, attention_kernel=kernel)).apply(
+            params, s, train=False
+        )[0]
+    )
+    assert "pallas_call" in str(jax.make_jaxpr(run("auto"))(spec))
+    np.testing.assert_allclose(run("auto")(spec), run("xla")(spec), atol=2e-3)
