@@ -11,9 +11,9 @@ diagonal key tile and branches past every key tile whose score bound makes all i
 exactly 0 (`tile_skip`; results unchanged); the backward pass skips as blockwise does.
 
 On a backend other than GPU the kernel runs in Pallas interpret mode: the same program, slowly,
-which is how the CPU tests compare it with `dense_attention`. It is opt-in
-(`config.model.attention_kernel="pallas"`) and has not yet run on a GPU: `device_report.py`
-times it beside `blockwise` when a GPU is at hand.
+which is how the CPU tests compare it with `dense_attention`. ALiBi models embed through it on
+a GPU by default (`config.model.attention_kernel="auto"`, `attention.resolve_kernel`): on an
+H200 it ran a 10-minute track 7x faster than `blockwise` (`device_report.py`).
 """
 
 from __future__ import annotations
