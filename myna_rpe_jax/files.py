@@ -55,3 +55,26 @@ def output_problem(path: str | Path, kind: str = "file") -> str | None:
                 return f"cannot write {path}: {parent} is a file, not a folder"
             break
     return None
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether `a` and `b` name one file: the same path once resolved, or (both existing)
+    one file reached by two names (a link, a bind mount, a case-insensitive disk)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def overwrite_problem(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> str | None:
+    """`--out: why` when an output flag names the file an input flag reads, or None. The
+    result is renamed onto its path only after the input was read, so no error would ever
+    tell; the input would simply be gone."""
+    for out_flag, out_path in outputs.items():
+        for in_flag, in_path in inputs.items():
+            if out_path and in_path and os.path.isfile(in_path) and same_file(out_path, in_path):
+                return (
+                    f"{out_flag} {out_path} is the {in_flag} file: writing it would replace the"
+                    f" input; name another {out_flag}"
+                )
+    return None

@@ -190,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, path in (("--out", args.out), ("--plot", plot_path)):
         if problem := files.output_problem(path):
             parser.error(f"{flag}: {problem}")
+    inputs = {"--embeddings": args.embeddings, "--playlist": args.playlist, "--to": args.to}
+    if problem := files.overwrite_problem({"--out": args.out, "--plot": plot_path}, inputs):
+        parser.error(problem)
     if os.path.isdir(args.embeddings):
         raise errors.UserError(
             f"--embeddings {args.embeddings} is a folder, not an .npz file: pass the .npz that"

@@ -211,17 +211,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# The files a command reads, by flag, and the argparse names they are stored under.
+INPUT_FLAGS = {"--tracks": "tracks", "--from": "source", "--matches": "matches"}
+
+
 def output_problem(args: argparse.Namespace) -> str | None:
     """`--flag: why` for the first file the command would write that cannot be written (a
-    folder by that name, or a file among its parents), or None: found before any login,
-    request or scan, not after them as `[Errno 17] File exists`."""
+    folder by that name, or a file among its parents, or one of its own inputs), or None:
+    found before any login, request or scan, not after them as `[Errno 17] File exists`."""
     outputs = {"--out": getattr(args, "out", None), "--unmatched": getattr(args, "unmatched", None)}
     if getattr(args, "auth", None) == "user":  # login saves it; the others refresh it
         outputs["--token-cache"] = args.token_cache
     for flag, path in outputs.items():
         if path and (problem := files.output_problem(path)):
             return f"{flag}: {problem}"
-    return None
+    if outputs["--out"] and outputs["--unmatched"]:
+        if files.same_file(outputs["--out"], outputs["--unmatched"]):
+            return "--unmatched names the --out file: the two lists would overwrite each other"
+    inputs = {flag: getattr(args, name, None) for flag, name in INPUT_FLAGS.items()}
+    return files.overwrite_problem(outputs, inputs)
 
 
 def explain(error: Exception, args: argparse.Namespace) -> str:

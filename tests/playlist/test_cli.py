@@ -134,6 +134,25 @@ def test_unwritable_outputs_are_found_before_the_work(tmp_path, emb_path, capsys
         assert not (tmp_path / "gen.csv").exists()  # nothing was written first
 
 
+def test_an_output_that_is_one_of_the_inputs_is_refused(tmp_path, emb_path, capsys):
+    """`--out seed.csv --playlist seed.csv` would replace the user's playlist with the picks
+    (exit 0, nothing said); same file by another name too (a symlink)."""
+    seed = tmp_path / "seed.csv"
+    seed.write_text("track_id\nartist/t0\nartist/t1\n", encoding="utf-8")
+    (tmp_path / "link.csv").symlink_to(seed)
+    for out in (seed, tmp_path / "link.csv", tmp_path / "." / "seed.csv"):
+        err = usage_error(capsys, emb_path, "--playlist", str(seed), "--out", str(out))
+        assert f"error: --out {out} is the --playlist file: writing it would replace" in err
+    other = tmp_path / "other.csv"
+    other.write_text("track_id\nartist/t2\nartist/t3\n", encoding="utf-8")
+    args = ["--playlist", str(seed), "--to", str(other), "--out", str(other)]
+    with pytest.raises(SystemExit) as raised:
+        playlist_cli.main(["--embeddings", str(emb_path), "--strategy", "interpolate", *args])
+    assert raised.value.code == 2
+    assert f"error: --out {other} is the --to file" in capsys.readouterr().err
+    assert seed.read_text(encoding="utf-8") == "track_id\nartist/t0\nartist/t1\n"
+
+
 @pytest.mark.parametrize(
     "flag, value, message",
     [

@@ -585,6 +585,27 @@ def test_create_playlist_from_generated_tracks(cli, server, tmp_path):
     assert made["uris"] == [f"spotify:track:{i}" for i in want] and made["adds"] == 2
 
 
+def test_an_output_that_is_an_input_is_a_usage_error(cli, tmp_path, capsys):
+    """`match --tracks sp.csv --out sp.csv` would replace the export with the matches, and
+    --unmatched on --out would overwrite one list with the other: refused before the scan."""
+    (tmp_path / "music").mkdir()
+    tracks = tmp_path / "sp.csv"
+    spotify_cli.write_csv(str(tracks), spotify_cli.TRACK_FIELDS, [])
+    before = tracks.read_bytes()
+    match = ["match", "--tracks", str(tracks), "--audio", str(tmp_path / "music")]
+    other = str(tmp_path / "m.csv")
+    for argv, message in [
+        ([*match, "--out", str(tracks)], f"--out {tracks} is the --tracks file"),
+        ([*match, "--out", other, "--unmatched", str(tracks)], "--unmatched " + str(tracks)),
+        ([*match, "--out", other, "--unmatched", other], "--unmatched names the --out file"),
+    ]:
+        with pytest.raises(SystemExit) as usage:
+            spotify_cli.main(argv)
+        assert usage.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert tracks.read_bytes() == before and not (tmp_path / "m.csv").exists()
+
+
 def test_unwritable_outputs_are_usage_errors_before_any_request(server, tmp_path, capsys):
     """Every file a subcommand writes is checked first: no login, request or scan, nothing
     written (match used to write --out, then fail on --unmatched with `[Errno 17]`)."""
