@@ -114,10 +114,21 @@ def trained(tmp_path_factory):
 
 
 def test_probe_with_no_task_probed_exits_non_zero(trained, tmp_path):
+    """Exit 1, the --data-dir named as missing; a first run writes its 'Not probed' report, a
+    later one keeps the results already there (a typo must not replace scores with dashes)."""
     args = ["--workdir", str(trained.workdir), "--tasks", "gtzan", "--output", str(tmp_path)]
     proc = run_cli("myna_rpe_jax.probe", *args, "--data-dir", str(tmp_path / "none"))
     assert_error(proc, 1, "error: none of the tasks gtzan could be probed")
+    assert f"the folder {tmp_path / 'none'} does not exist" in proc.stderr
     assert "## Not probed" in (tmp_path / "results.md").read_text()
+
+    earlier = {name: f"earlier {name}" for name in ("results.json", "results.md", "results.png")}
+    for name, text in earlier.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("myna_rpe_jax.probe", *args, "--data-dir", str(tmp_path / "empty"))
+    assert_error(proc, 1, "could be probed: not prepared in", f"{tmp_path} keeps its earlier")
+    assert {name: (tmp_path / name).read_text() for name in earlier} == earlier
 
 
 def test_embed_of_a_folder_that_is_no_workdir(tmp_path):

@@ -79,6 +79,8 @@ def _probe(args: argparse.Namespace, modes: list[str], kinds: list[str]) -> int:
     """Probes and writes the results; 1 when no task could be probed. Raises on a missing
     workdir or checkpoint, an unknown task."""
     console_logging()
+    out = Path(args.output)
+    had_results = (out / "results.json").exists()  # kept when nothing could be probed
     results = run(
         args.workdir,
         [name for name in args.tasks.split(",") if name],
@@ -91,17 +93,19 @@ def _probe(args: argparse.Namespace, modes: list[str], kinds: list[str]) -> int:
         length_scaling=None if args.length_scaling is None else args.length_scaling == "on",
         **embedder_settings(args),
     )
-    out = Path(args.output)
     # What this run wrote, not the file: another probe into the same --output may replace it.
     log.info("\n%s", markdown(results))
-    log.info("wrote %s, %s, %s", out / "results.json", out / "results.md", out / "results.png")
     missing = not_probed(results)
+    if len(missing) < len(results["tasks"]) or not had_results:
+        log.info("wrote %s, %s, %s", out / "results.json", out / "results.md", out / "results.png")
     if len(missing) == len(results["tasks"]):
+        where = "the build commands above" if had_results else f"'Not probed' in {out}/results.md"
         log.error(
-            "error: none of the tasks %s could be probed: %s (see 'Not probed' in %s)",
+            "error: none of the tasks %s could be probed: %s (see %s)%s",
             ",".join(missing),
             "; ".join(entry["reason"] for entry in missing.values()),
-            out / "results.md",
+            where,
+            f"; {out} keeps its earlier results" if had_results else "",
         )
         return 1
     return 0

@@ -36,7 +36,13 @@ from myna_rpe_jax.embed.collection import dataset_embeddings, run_meta
 from myna_rpe_jax.embed.file import Embeddings, load_npz, save_npz
 from myna_rpe_jax.model import positional
 from myna_rpe_jax.probe import baselines, bootstrap
-from myna_rpe_jax.probe.report import model_label, table_rows, write_markdown, write_plot
+from myna_rpe_jax.probe.report import (
+    model_label,
+    not_probed,
+    table_rows,
+    write_markdown,
+    write_plot,
+)
 from myna_rpe_jax.probe.tasks import REG_GRID, run_probe, standardize
 
 log = logging.getLogger("myna_rpe_jax.probe")
@@ -75,6 +81,10 @@ def missing_reason(name: str, data_dir: Path) -> str | None:
     """Why dataset `name` cannot be probed from data_dir, or None when it can."""
     from myna_rpe_jax.data import datasets  # imports TensorFlow Datasets
 
+    if not data_dir.exists():  # a mistyped --data-dir, rather than a dataset left to build
+        return f"the folder {data_dir} does not exist"
+    if not data_dir.is_dir():
+        return f"{data_dir} is a file, not a folder of prepared datasets"
     try:
         splits = datasets.available_splits(name, data_dir)
     except datasets.DatasetNotPreparedError:
@@ -378,7 +388,11 @@ def run(
         )
     run_info.pop("random_embedder", None)
     results["table"], results["intervals"] = table_rows(results)
-    write_reports(out_dir, results)
+    if len(not_probed(results)) == len(tasks) and (out_dir / "results.json").exists():
+        # A mistyped --data-dir must not replace an earlier run's scores with dashes.
+        log.warning("nothing was probed: %s keeps the results it had", out_dir / "results.json")
+    else:
+        write_reports(out_dir, results)
     return results
 
 
