@@ -327,8 +327,13 @@ def load_embedder(
     and the step loaded. Its mel_config is the run's recorded features (`read_features`).
     length_scaling, attention_kernel and alibi_tile_skip, when given, replace the run's
     config.model fields (in the returned config too); the kernel and tile skipping change
-    only the speed, not the embeddings."""
-    config = checkpoints.read_config(workdir)
+    only the speed, not the embeddings. The config is the one the loaded step was trained
+    with (`checkpoints.config_file`: a resume with a changed config archived the old one)."""
+    checkpoints.read_config(workdir)  # first: "not a training workdir" beats "no checkpoint"
+    params, step = checkpoints.load_params(workdir, step)
+    config = checkpoints.read_config(workdir, step)
+    if (source := checkpoints.config_file(workdir, step)).name != checkpoints.CONFIG_FILE:
+        log.info("step %d was trained with %s (the run resumed with another config)", step, source)
     overrides = dict(
         length_scaling=length_scaling,
         attention_kernel=attention_kernel,
@@ -339,7 +344,6 @@ def load_embedder(
             if value is not None:
                 config.model[name] = value
     mel_config, mel_source = checkpoints.read_features(workdir)
-    params, step = checkpoints.load_params(workdir, step)
     encoder = vit.encoder_from_config(config.model)
     chunk_frames = int(max(config.data.chunk_frames))
     if mel_config.n_mels != encoder.n_mels:

@@ -142,8 +142,26 @@ def write_config(
     return changes
 
 
-def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    path = Path(workdir) / CONFIG_FILE
+def config_file(workdir: str | Path, step: int | None = None) -> Path:
+    """The config that checkpoint `step` was trained with: the earliest archive
+    `config.until_step<N>.json` with N >= step (the config in force up to N), else
+    config.json (the current one; also for step None, the latest)."""
+    workdir = Path(workdir)
+    if step is not None:
+        archives = {}
+        for archive in workdir.glob("config.until_step*.json"):
+            number = archive.name.removeprefix("config.until_step").removesuffix(".json")
+            if number.isdigit():
+                archives[int(number)] = archive
+        later = [n for n in archives if n >= step]
+        if later:
+            return archives[min(later)]
+    return workdir / CONFIG_FILE
+
+
+def read_config(workdir: str | Path, step: int | None = None) -> ml_collections.ConfigDict:
+    """The run's config (`config_file`: the one checkpoint `step` was trained with)."""
+    path = config_file(workdir, step)
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found: {workdir} is not a training workdir (train writes config.json"

@@ -282,6 +282,28 @@ def test_embed_cli_rejects_bad_flags_and_outputs_before_any_work(tiny_run, tmp_p
         assert exit_info.value.code == 2, extra
 
 
+def test_a_step_embeds_with_the_config_it_was_trained_with(tiny_run, tmp_path):
+    """A resume with another config.model.alibi_metric (same parameters, other embeddings)
+    archives the old config: the checkpoints before it must still embed as they did."""
+    import shutil
+
+    from myna_rpe_jax.run import checkpoints
+
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run.workdir, workdir)
+    before, config, step = embedder_lib.load_embedder(workdir)
+    changed = config.copy_and_resolve_references()
+    assert config.model.alibi_metric == "manhattan"
+    changed.model.alibi_metric = "euclidean"
+    checkpoints.write_config(workdir, changed, step)  # what the resume at `step` writes
+    assert (workdir / f"config.until_step{step}.json").exists()
+    for asked in (None, step):
+        after, loaded, _ = embedder_lib.load_embedder(workdir, asked)
+        assert loaded.model.alibi_metric == config.model.alibi_metric
+        spec = random_mel(300, seed=3)
+        np.testing.assert_array_equal(after.embed([spec]), before.embed([spec]))
+
+
 def test_damaged_run_files_are_named_with_what_to_do(tiny_run, tmp_path):
     """A config.json that is not JSON, and a checkpoint whose array files are gone: one
     message naming the file or step, not a JSON or tensorstore traceback."""

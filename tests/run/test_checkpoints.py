@@ -1,5 +1,5 @@
-"""Loading an encoder from a workdir that a run is still training into: its keep_checkpoints
-can delete the latest step between the listing and the read."""
+"""Loading an encoder from a workdir: a run still training into it (its keep_checkpoints can
+delete the latest step between the listing and the read), a run resumed with changed configs."""
 
 from __future__ import annotations
 
@@ -58,3 +58,14 @@ def test_a_latest_step_half_deleted_when_a_newer_one_exists_gives_way(tmp_path):
         shutil.rmtree(data)
     _, step = checkpoints._read_params(manager, 2, follow_latest=True)
     assert step == 3
+
+
+def test_each_step_reads_the_config_it_was_trained_with(tmp_path):
+    """Resumes at steps 10 and 30 with changed configs archived what ran up to each."""
+    for name, value in [("config.until_step10.json", 1), ("config.until_step30.json", 2)]:
+        (tmp_path / name).write_text(f'{{"v": {value}}}')
+    (tmp_path / "config.json").write_text('{"v": 3}')
+    (tmp_path / "config.until_stepX.json").write_text("not an archive: no step number")
+    steps = (None, 1, 10, 11, 30, 31, 1000)
+    assert [checkpoints.read_config(tmp_path, step).v for step in steps] == [3, 1, 1, 2, 2, 3, 3]
+    assert checkpoints.config_file(tmp_path, 20) == tmp_path / "config.until_step30.json"

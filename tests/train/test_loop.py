@@ -103,6 +103,8 @@ def test_resume_with_a_changed_config_keeps_the_old_one_and_says_what_changed(
     assert checkpoints.read_config(tmp_path).total_steps == 4
     old = json.loads((tmp_path / "config.until_step2.json").read_text())
     assert old["total_steps"] == 6
+    # What each checkpoint was trained with: steps up to 2 the archive, later ones config.json.
+    assert [checkpoints.read_config(tmp_path, step).total_steps for step in (1, 2, 3)] == [6, 6, 4]
     # A second resume at step 2 (as if the last run had crashed before its next checkpoint):
     # the archive of what steps 1-2 ran with stays.
     tiny_config.total_steps = 8
