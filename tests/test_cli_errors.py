@@ -57,6 +57,35 @@ def test_missing_config_file_is_named(tmp_path, overrides):
     assert "No such file or directory" in proc.stderr and "configs/alibi2d.py" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def get_config(:\n", "bad.py: line 1: invalid syntax: the file is not valid Python"),
+        ("CONFIG = 1\n", "bad.py has no get_config() function"),
+        ("def get_config():\n    return 3\n", "get_config() returned a value of type int"),
+        ("def get_config():\n    return {'seed': 0}\n", "returned a value of type dict"),
+    ],
+)
+def test_a_config_file_that_is_no_config_is_named(tmp_path, source, message):
+    """Not a traceback, nor ml_collections' "has no field 'config_config'" for a missing
+    get_config; nothing is made before the message."""
+    (tmp_path / "bad.py").write_text(source)
+    proc = train(tmp_path, config=str(tmp_path / "bad.py"))
+    assert_error(proc, 2, f"error: --config={tmp_path}/", message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.py"]
+
+
+def test_an_empty_workdir_is_refused_not_the_current_folder(tmp_path):
+    proc = run_cli(
+        "myna_rpe_jax.train",
+        "--config=configs/tiny.py",
+        "--workdir=",
+        env={"MYNA_RPE_CACHE": str(tmp_path / "cache")},
+    )
+    assert_error(proc, 2, "error: --workdir is empty: name the run's folder")
+    assert not (REPO / "checkpoints").exists() and not (REPO / "config.json").exists()
+
+
 def test_batch_that_does_not_split_over_the_devices(tmp_path):
     proc = train(tmp_path, "--config.batch_size=6")  # 4 fake devices (conftest)
     assert_error(proc, 2, "config.batch_size=6 is not divisible by the 4 devices")

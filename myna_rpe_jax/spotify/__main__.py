@@ -225,9 +225,9 @@ def output_problem(args: argparse.Namespace) -> str | None:
     for flag, path in outputs.items():
         if path and (problem := files.output_problem(path)):
             return f"{flag}: {problem}"
-    if outputs["--out"] and outputs["--unmatched"]:
-        if files.same_file(outputs["--out"], outputs["--unmatched"]):
-            return "--unmatched names the --out file: the two lists would overwrite each other"
+    out, unmatched = outputs["--out"], outputs["--unmatched"]
+    if out and unmatched and files.same_file(out, unmatched):
+        return "--unmatched names the --out file: the two lists would overwrite each other"
     inputs = {flag: getattr(args, name, None) for flag, name in INPUT_FLAGS.items()}
     return files.overwrite_problem(outputs, inputs)
 

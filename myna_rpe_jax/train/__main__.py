@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -59,6 +60,16 @@ def main(argv: list[str]) -> None:
         config.get("seed")  # a config file that failed to load raises on first access
     except OSError as err:
         raise _config_file_error(err, sys.argv) from err
+    except AttributeError:  # get_config() returned no dict at all: said just below
+        pass
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"--config={_config_path(sys.argv)}: get_config() returned a"
+            f" value of type {type(config).__name__}, not an ml_collections.ConfigDict: return"
+            " configs.common.get_config(...) with your changes, as configs/alibi2d.py does"
+        )
+    if not _WORKDIR.value.strip():  # "--workdir=" would train into the current folder
+        raise ConfigError("--workdir is empty: name the run's folder, e.g. --workdir=runs/alibi2d")
     distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     with failures.stop_together():  # one process failing stops all, with its message
         with failures.all_or_none("checking the config"):  # in seconds, before heavy imports
@@ -106,10 +117,30 @@ def _flag_values(argv: list[str], prefix: str) -> list[str]:
     return [arg for arg in argv if arg.lstrip("-").startswith(prefix)]
 
 
+def _config_path(argv: list[str]) -> str:
+    """The --config=PATH the user gave (the last one), or "?"."""
+    given = [arg.split("=", 1)[-1] for arg in _flag_values(argv, "config=")]
+    return given[-1] if given else "?"
+
+
+def _config_code_error(err: Exception, argv: list[str]) -> ConfigError | None:
+    """A config file that Python cannot compile, or one without get_config(), as a
+    ConfigError; None for other errors."""
+    path = _config_path(argv)
+    if isinstance(err, SyntaxError):
+        where = f"line {err.lineno}: " if err.lineno else ""
+        return ConfigError(f"--config={path}: {where}{err.msg}: the file is not valid Python")
+    if isinstance(err, AttributeError) and "has no attribute 'get_config'" in str(err):
+        return ConfigError(
+            f"--config={path} has no get_config() function: a config file defines"
+            " get_config() returning an ml_collections.ConfigDict (see configs/alibi2d.py)"
+        )
+    return None
+
+
 def _config_file_error(err: OSError, argv: list[str]) -> ConfigError:
     """ml_collections' "failed loading config file" (first access or an override), reworded."""
-    given = [arg.split("=", 1)[-1] for arg in _flag_values(argv, "config=")]
-    path = given[-1] if given else "?"
+    path = _config_path(argv)
     while err.__cause__ is not None:  # the innermost reason: "[Errno 2] No such file ..."
         err = err.__cause__
     reason = str(err).strip().splitlines()[-1].strip()
@@ -151,10 +182,10 @@ def _run(argv: list[str]) -> int:
         app.run(main, argv)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
-    except (AttributeError, KeyError) as err:
+    except (AttributeError, KeyError, SyntaxError) as err:
         if flags.FLAGS.is_parsed():  # raised by the run, not by an override: a bug
             raise
-        return errors.report(_unknown_field_error(err, argv))
+        return errors.report(_config_code_error(err, argv) or _unknown_field_error(err, argv))
     except OSError as err:  # a missing config file; in the run: data or workdir not found
         return errors.report(err if flags.FLAGS.is_parsed() else _config_file_error(err, argv))
     except (errors.UserError, ValueError) as err:  # config, data, checkpoint, NaN stop
