@@ -77,7 +77,7 @@ def load_npz(path: str | Path, *, strict: bool = True) -> Embeddings:
         raise FileNotFoundError(f"embeddings file {path} does not exist")
     try:
         f = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as err:  # numpy's words: unpickle it
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # EOF: an empty file
         raise ValueError(f"not an embedding file (.npz from {_WRITER}): {path}") from err
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ValueError(f"not an embedding file (.npz from {_WRITER}): {path} holds one array")

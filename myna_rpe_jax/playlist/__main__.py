@@ -86,6 +86,27 @@ def parse_playlist(spec: str, ids: np.ndarray, flag: str = "--playlist") -> np.n
     return rows
 
 
+def finite_rows(path: str, ids: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tracks whose embedding is finite: a NaN or inf one has no place in the geometry
+    (it would be written as a NaN distance, then break the picture's PCA). Warns naming them;
+    UserError when none is left."""
+    finite = np.isfinite(emb).all(axis=1)
+    if finite.all():
+        return ids, emb
+    bad = ids[~finite]
+    if not finite.any():
+        raise errors.UserError(
+            f"every embedding in {path} is NaN or inf: re-embed the tracks with"
+            " `python -m myna_rpe_jax.embed` (a diverged checkpoint gives such embeddings)"
+        )
+    print(
+        f"warning: {len(bad)} of {len(ids)} embeddings in {path} are NaN or inf and are left"
+        f" out, e.g. {list(bad[:3])}",
+        file=sys.stderr,
+    )
+    return ids[finite], emb[finite]
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1."""
     try:
@@ -202,7 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = load_npz(args.embeddings, strict=False)  # any .npz with track_ids, embeddings
     except (OSError, ValueError) as err:
         raise errors.UserError(str(err)) from err
-    ids, emb = np.asarray(found.track_ids, dtype=str), found.embeddings
+    ids, emb = finite_rows(
+        args.embeddings, np.asarray(found.track_ids, dtype=str), found.embeddings
+    )
     rows_a = parse_playlist(args.playlist, ids)
     groups = {"playlist": rows_a}
     if args.strategy == "interpolate":

@@ -114,6 +114,9 @@ def test_a_name_without_npz_is_written_as_given_and_a_truncated_file_is_named(tm
     truncated.write_bytes(path.read_bytes()[:300])
     with pytest.raises(ValueError, match="not an embedding file .*truncated.npz"):
         load_npz(truncated)
+    (tmp_path / "empty.npz").write_bytes(b"")  # a copy that never started: numpy's EOFError
+    with pytest.raises(ValueError, match="not an embedding file .*empty.npz"):
+        load_npz(tmp_path / "empty.npz")
 
 
 def test_save_parquet_replaces_the_file_whole(tmp_path):

@@ -99,6 +99,23 @@ def test_a_playlist_or_embeddings_folder_is_named_as_a_folder(tmp_path, emb_path
     )
 
 
+def test_nan_embeddings_are_left_out_with_a_warning(tmp_path, emb_path, capsys):
+    """A NaN row (a diverged checkpoint, a broken file) was written as a NaN distance, then
+    broke the picture's PCA with a traceback."""
+    found = np.load(emb_path)
+    vectors = found["embeddings"].copy()
+    vectors[3] = np.nan
+    np.savez(emb_path, track_ids=found["track_ids"], embeddings=vectors)
+    out = tmp_path / "gen.csv"
+    assert run(emb_path, "--playlist", "artist/t0,artist/t1", "-n", "3", "--out", str(out)) == 0
+    assert "1 of 5 embeddings in" in capsys.readouterr().err
+    assert sorted(picks(out)) == ["artist/t2", "other/t4"]  # t3 is left out
+    assert (tmp_path / "gen.png").stat().st_size > 0
+    np.savez(emb_path, track_ids=found["track_ids"], embeddings=np.full_like(vectors, np.inf))
+    with pytest.raises(errors.UserError, match="every embedding in .* is NaN or inf"):
+        run(emb_path, "--playlist", "artist/t0,artist/t1", "--out", str(out))
+
+
 @pytest.mark.parametrize("name", ["gen.png", "gen", "gen.tsv"])
 def test_an_out_that_is_not_a_csv_is_a_usage_error(tmp_path, emb_path, capsys, name):
     out = tmp_path / name
