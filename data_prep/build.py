@@ -15,7 +15,7 @@ import argparse
 import sys
 import warnings
 
-from myna_rpe_jax import errors
+from myna_rpe_jax import errors, files
 from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.data.datasets import DATASET_NAMES, LayoutError
 from myna_rpe_jax.data.datasets.cache import UnexpectedDecodeError, usable_cores
@@ -63,6 +63,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What makes these flags unusable, found before any work (exit 2), or None."""
+    if args.workers < 1:
+        return f"--workers must be >= 1, got {args.workers}"
+    if not 0 <= args.min_seconds < float("inf"):  # also NaN
+        return f"--min-seconds must be >= 0 seconds, got {args.min_seconds}"
+    modes = DATASETS[args.dataset].split_modes
+    if args.split_mode is not None and args.split_mode not in modes:
+        return (
+            f"--split-mode {args.split_mode!r} is not one of {args.dataset}'s: {', '.join(modes)}"
+        )
+    if problem := files.output_problem(args.data_dir, "folder"):
+        return f"--data-dir: {problem}"
+    return None
+
+
 def _build(args: argparse.Namespace, mel: MelConfig) -> int:
     from myna_rpe_jax.data.datasets import prepare  # imports TensorFlow Datasets: after --help
 
@@ -93,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     a --source that is not the dataset's layout (LayoutError); 1 for anything else that stops
     a build (a --data-dir inside the source, nothing decodable, a failure that is not a
     file's, a folder that cannot be written). Each is one `error:` line (errors.run_cli)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if problem := usage_problem(args):
+        parser.error(problem)
     try:
         mel = MelConfig(
             sample_rate=args.sample_rate,
@@ -103,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             n_mels=args.n_mels,
         )
     except ValueError as err:  # e.g. --win-length above --n-fft: a usage error (status 2)
-        _parser().error(str(err))
+        parser.error(str(err))
     expected = (LayoutError, ValueError, UnexpectedDecodeError, OSError)
     return errors.run_cli(lambda: _build(args, mel), expected)
 

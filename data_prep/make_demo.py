@@ -12,8 +12,11 @@ import collections
 import sys
 import time
 
-from myna_rpe_jax import errors
+from myna_rpe_jax import errors, files
 from myna_rpe_jax.data.demo import music
+
+# One track is generated in memory whole: an hour at 16 kHz is 230 MB of float32.
+MAX_SECONDS = 3600
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,10 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"wav sample rate in Hz (default {music.SAMPLE_RATE})",
     )
     args = parser.parse_args(argv)
+    if problem := files.output_problem(args.out, "folder"):
+        parser.error(f"--out: {problem}")
     if args.tracks < 1:
         parser.error(f"--tracks must be >= 1, got {args.tracks}")
-    if args.seconds <= 0:
-        parser.error(f"--seconds must be > 0, got {args.seconds}")
+    if not 0 < args.seconds <= MAX_SECONDS:  # also NaN; longer ones would not fit in memory
+        parser.error(f"--seconds must be > 0 and at most {MAX_SECONDS}, got {args.seconds}")
     if args.sample_rate < 8000:
         parser.error(f"--sample-rate must be >= 8000 Hz, got {args.sample_rate}")
     return args

@@ -371,3 +371,28 @@ def test_shard_plans_cover_the_split_in_order_with_tfds_shard_counts():
         assert [job.first_key for job in jobs] == [0, *np.cumsum([len(j.items) for j in jobs])[:-1]]
         assert jobs[-1].path == name(expected - 1, expected)
     assert len(plan_shards(items[:2], [10, 10], 32, name, ShardConfig(num_shards=5))) == 2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--workers", "-3"], "--workers must be >= 1, got -3"),
+        (["--min-seconds", "-1"], "--min-seconds must be >= 0 seconds, got -1.0"),
+        (["--min-seconds", "nan"], "--min-seconds must be >= 0 seconds, got nan"),
+        (["--split-mode", "foo"], "--split-mode 'foo' is not one of gtzan's: "),
+        (["--data-dir", "A_FILE"], "--data-dir: A_FILE is a file; name a folder to write into"),
+    ],
+)
+def test_flags_that_cannot_work_are_usage_errors_before_any_work(tmp_path, capsys, flags, message):
+    """Exit 2 at once: no worker pool of zero, no listing of the source, nothing written."""
+    (tmp_path / "A_FILE").write_text("x")
+    (tmp_path / "src").mkdir()
+    flags = [flag.replace("A_FILE", str(tmp_path / "A_FILE")) for flag in flags]
+    base = ["--dataset", "gtzan", "--source", str(tmp_path / "src")]
+    data_dir = [] if "--data-dir" in flags else ["--data-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as usage:
+        build.main([*base, *data_dir, *flags])
+    assert usage.value.code == 2
+    assert message.replace("A_FILE", str(tmp_path / "A_FILE")) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A_FILE", "src"]

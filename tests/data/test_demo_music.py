@@ -183,5 +183,17 @@ def test_make_demo_cli(tmp_path, capsys):
     assert len(rows) == 7
     info = sf.info(out / rows[6]["path"])
     assert (info.samplerate, info.frames) == (16000, 24000)
-    with pytest.raises(SystemExit):
-        make_demo.main(["--out", str(out), "--tracks", "0"])
+    (tmp_path / "a_file").write_text("x")
+    for flags, message in [
+        (["--tracks", "0"], "--tracks must be >= 1, got 0"),
+        (["--seconds", "nan"], "--seconds must be > 0 and at most 3600, got nan"),
+        (["--seconds", "1e9"], "--seconds must be > 0 and at most 3600, got 1000000000.0"),
+        (["--seconds", "-2"], "--seconds must be > 0"),
+    ]:
+        with pytest.raises(SystemExit) as usage:
+            make_demo.main(["--out", str(out), *flags])
+        assert usage.value.code == 2 and message in capsys.readouterr().err, flags
+    with pytest.raises(SystemExit) as usage:
+        make_demo.main(["--out", str(tmp_path / "a_file" / "demo")])
+    assert usage.value.code == 2
+    assert f"--out: cannot write {tmp_path / 'a_file' / 'demo'}: " in capsys.readouterr().err
