@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dataset needs --data-dir (where it was prepared)")
     if args.audio and args.splits:
         parser.error("--splits selects splits of a --dataset; --audio embeds every file given")
+    if args.audio and args.data_dir:  # said, not ignored: the user may have meant --dataset
+        parser.error("--data-dir is where a --dataset was prepared; --audio reads its own path")
     if problem := files.output_problem(args.output):
         parser.error(f"--output: {problem}")
     if args.workers < 1:

@@ -12,10 +12,12 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -322,6 +324,13 @@ def check_embedder_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
     if not 0.0 <= args.max_padding < 1.0:
         parser.error(f"--max-padding must be in [0, 1), got {args.max_padding}")
+    if args.attention_kernel == "pallas" and jax.default_backend() != "gpu":
+        print(
+            f"note: --attention-kernel pallas on {jax.default_backend()} runs the fused kernel in"
+            " Pallas interpret mode: the same embeddings, many times slower (auto takes xla"
+            " here)",
+            file=sys.stderr,
+        )
 
 
 def embedder_settings(args: argparse.Namespace) -> dict[str, Any]:

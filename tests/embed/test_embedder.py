@@ -276,10 +276,24 @@ def test_embed_cli_rejects_bad_flags_and_outputs_before_any_work(tiny_run, tmp_p
         ["--output", str(tmp_path / "x.npz"), "--max-tokens", "0"],
         ["--output", str(tmp_path / "x.npz"), "--workers", "0"],
         ["--output", str(tmp_path / "x.npz"), "--splits", "train"],  # only with --dataset
+        ["--output", str(tmp_path / "x.npz"), "--data-dir", str(tmp_path)],  # likewise
     ):
         with pytest.raises(SystemExit) as exit_info:
             embed_cli.main([*base, *extra])
         assert exit_info.value.code == 2, extra
+
+
+def test_the_fused_kernel_asked_for_off_a_gpu_says_it_is_interpreted(capsys):
+    import argparse
+
+    from myna_rpe_jax.embed import collection
+
+    parser = argparse.ArgumentParser()
+    collection.add_embedder_flags(parser)
+    off_gpu = jax.default_backend() != "gpu"
+    for kernel, noted in (("pallas", off_gpu), ("auto", False), ("xla", False)):
+        collection.check_embedder_flags(parser, parser.parse_args(["--attention-kernel", kernel]))
+        assert ("Pallas interpret mode" in capsys.readouterr().err) == noted, kernel
 
 
 def test_a_step_embeds_with_the_config_it_was_trained_with(tiny_run, tmp_path):
