@@ -128,7 +128,8 @@ def test_demo_probe_beats_chance_in_both_modes(demo_probe):
 def test_missing_dataset_is_reported_with_its_build_command(demo_probe):
     _, out, results = demo_probe
     gtzan = results["tasks"]["gtzan"]
-    assert gtzan["status"] == "missing" and "not prepared" in gtzan["reason"]
+    assert gtzan["status"] == "missing"
+    assert gtzan["reason"] == f"the folder {out / 'nothing'} does not exist"  # its --data-dir
     assert gtzan["build_command"].startswith("python -m data_prep.build --dataset gtzan")
     assert "GTZAN Acc" in results["table"]["alibi2d tiny (full)"]
     assert results["table"]["alibi2d tiny (full)"]["GTZAN Acc"] is None
