@@ -329,11 +329,12 @@ def load_embedder(
     config.model fields (in the returned config too); the kernel and tile skipping change
     only the speed, not the embeddings. The config is the one the loaded step was trained
     with (`checkpoints.config_file`: a resume with a changed config archived the old one)."""
-    checkpoints.read_config(workdir)  # first: "not a training workdir" beats "no checkpoint"
+    # Read first: "not a training workdir" says more than "no checkpoint".
+    config = checkpoints.read_config(workdir)
     params, step = checkpoints.load_params(workdir, step)
-    config = checkpoints.read_config(workdir, step)
     if (source := checkpoints.config_file(workdir, step)).name != checkpoints.CONFIG_FILE:
         log.info("step %d was trained with %s (the run resumed with another config)", step, source)
+        config = checkpoints.read_config(workdir, step)
     overrides = dict(
         length_scaling=length_scaling,
         attention_kernel=attention_kernel,

@@ -79,12 +79,12 @@ def resolve_data_dir(name: str, data_dir: str | None, config: ml_collections.Con
 
 def missing_reason(name: str, data_dir: Path) -> str | None:
     """Why dataset `name` cannot be probed from data_dir, or None when it can."""
-    from myna_rpe_jax.data import datasets  # imports TensorFlow Datasets
-
     if not data_dir.exists():  # a mistyped --data-dir, rather than a dataset left to build
         return f"the folder {data_dir} does not exist"
     if not data_dir.is_dir():
         return f"{data_dir} is a file, not a folder of prepared datasets"
+    from myna_rpe_jax.data import datasets  # imports TensorFlow Datasets
+
     try:
         splits = datasets.available_splits(name, data_dir)
     except datasets.DatasetNotPreparedError:
