@@ -58,6 +58,26 @@ def test_missing_config_file_is_named(tmp_path, overrides):
 
 
 @pytest.mark.parametrize(
+    "config_args, named",
+    [
+        (["--config", "configs/nope.py"], "--config=configs/nope.py: cannot load"),
+        # absl loads each --config as it parses and applies an override to the first one
+        # loaded: that one failed, the last one is fine.
+        (
+            ["--config=configs/nope.py", "--config", "configs/tiny.py", "--config.total_steps=1"],
+            "--config=configs/nope.py: cannot load",
+        ),
+        (["--config", "configs/tiny.py", "--config.batch_sise=8"], ": configs/tiny.py has no"),
+    ],
+)
+def test_config_given_with_a_space_or_twice_is_named(tmp_path, config_args, named):
+    """`--config PATH` is absl's other spelling; the message names the file it read, not "?"."""
+    workdir = f"--workdir={tmp_path / 'run'}"
+    proc = run_cli("myna_rpe_jax.train", *config_args, workdir)
+    assert_error(proc, 2, named)
+
+
+@pytest.mark.parametrize(
     "source, message",
     [
         ("def get_config(:\n", "bad.py: line 1: invalid syntax: the file is not valid Python"),

@@ -118,9 +118,14 @@ def _flag_values(argv: list[str], prefix: str) -> list[str]:
 
 
 def _config_path(argv: list[str]) -> str:
-    """The --config=PATH the user gave (the last one), or "?"."""
-    given = [arg.split("=", 1)[-1] for arg in _flag_values(argv, "config=")]
-    return given[-1] if given else "?"
+    """The config file the user gave, as absl reads it (the last of `--config=PATH` and
+    `--config PATH`), or "?"."""
+    given = "?"
+    for arg, following in zip(argv, [*argv[1:], None], strict=True):
+        name, has_value, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name == "config":
+            given = value if has_value else following or "?"
+    return given
 
 
 def _config_code_error(err: Exception, argv: list[str]) -> ConfigError | None:
@@ -140,10 +145,13 @@ def _config_code_error(err: Exception, argv: list[str]) -> ConfigError | None:
 
 def _config_file_error(err: OSError, argv: list[str]) -> ConfigError:
     """ml_collections' "failed loading config file" (first access or an override), reworded."""
-    path = _config_path(argv)
     while err.__cause__ is not None:  # the innermost reason: "[Errno 2] No such file ..."
         err = err.__cause__
     reason = str(err).strip().splitlines()[-1].strip()
+    # The file that failed, as the reason names it: with --config given twice, absl loads
+    # each one as it parses, so the first can fail while the last is fine.
+    named = re.search(r"No such file or directory: '(.+)'$", reason)
+    path = named.group(1) if named else _config_path(argv)
     return ConfigError(
         f"--config={path}: cannot load the config file ({reason}). Expected a Python file"
         " with get_config(), relative to the current folder, e.g. --config=configs/alibi2d.py"
@@ -156,11 +164,11 @@ def _unknown_field_error(err: Exception, argv: list[str]) -> ConfigError:
     names = re.findall(r"'(\w+)'", text)
     hint = re.search(r"Did you mean \"(\w+)\"", text)
     name = names[0] if names else "?"
-    flag = next((arg for arg in _flag_values(argv, "config.") if name in arg), f"--config...{name}")
-    config = next((arg.split("=", 1)[-1] for arg in _flag_values(argv, "config=")), "the config")
+    overrides = [arg.split("=", 1)[0] for arg in _flag_values(argv, "config.")]
+    flag = next((o for o in overrides if name in o.split(".")), f"--config...{name}")
     suggestion = f' Did you mean "{hint.group(1)}"?' if hint else ""
     return ConfigError(
-        f"{flag.split('=', 1)[0]}: {config} has no field {name!r}.{suggestion} Fields are"
+        f"{flag}: {_config_path(argv)} has no field {name!r}.{suggestion} Fields are"
         " named as in the config file (configs/common.py lists them all)."
     )
 
