@@ -8,7 +8,9 @@ Prints a markdown table per section, headed by the device and its measured matmu
 jitted n x n `a @ a` in each dtype, `machine.matmul_peak`; MFU is against it):
 
 - train step (`benchmarks/train_step.py`'s real step): S/16 and B/16, bfloat16 and float32,
-  batch 1024 pairs of 256 frames, 10% patchout: compile s, step s, examples/s, MFU;
+  batch 1024 pairs of 256 frames, 10% patchout: compile s, step s, examples/s, MFU; then
+  where the S/16 bfloat16 step's time went under the JAX profiler (`step_profile.py`: the
+  device's busy share of the step, kernels per step, matmuls against the rest, top kernels);
 - embedding throughput: 30 s clips per second through `embed.embedder.Embedder` (random
   parameters), full and chunk mode;
 - one 10-minute track in one pass (S/16, 2-D ALiBi), blockwise and with the fused Pallas
@@ -40,6 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 import machine  # noqa: E402  benchmarks/machine.py
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+import step_profile  # noqa: E402  benchmarks/step_profile.py
 import train_step  # noqa: E402  benchmarks/train_step.py
 
 from myna_rpe_jax.embed.embedder import Embedder  # noqa: E402
@@ -99,13 +102,15 @@ def _or_failure(fn, what: str):
 
 def train_section(sizes: dict, peaks: dict) -> str:
     keep = 0.1
-    rows = []
+    rows, profiled = [], None
     for variant in sizes["variants"]:
         flops = train_step.step_flops(variant, sizes["batch"], sizes["frames"], keep)
         for dtype in DTYPES:
+            first = (variant, dtype) == (sizes["variants"][0], DTYPES[0])
             r = train_step.measure_ours(
-                variant, sizes["batch"], "alibi2d", sizes["steps"], sizes["frames"], dtype
+                variant, sizes["batch"], "alibi2d", sizes["steps"], sizes["frames"], dtype, first
             )
+            profiled = profiled or r.get("profile")
             mfu = 100 * flops / r["step_s"] / peaks[dtype]
             rows.append(
                 [variant, dtype, f"{r['compile_s']:.1f}", f"{r['step_s']:.3f}"]
@@ -114,7 +119,8 @@ def train_section(sizes: dict, peaks: dict) -> str:
             _progress(f"train {variant} {dtype}: {r['step_s']:.3f} s/step")
     header = ["model", "dtype", "compile s", "step s", "examples/s", "MFU"]
     title = f"Train step: batch {sizes['batch']} pairs of {sizes['frames']} frames, 10% patchout"
-    return f"{title}\n\n" + _markdown(header, rows)
+    where = f"{sizes['variants'][0]} {DTYPES[0]} step under the JAX profiler"
+    return f"{title}\n\n{_markdown(header, rows)}\n\n{where}:\n\n{step_profile.table(profiled)}"
 
 
 def _random_encoder(variant: str, **fields):

@@ -1,7 +1,8 @@
 """Train-step throughput of the encoder, beside a plain Flax ViT step, against the matmul peak.
 
 python benchmarks/train_step.py [--variant S/16] [--batch 1024] [--posemb alibi2d] [--steps 5]
-                                [--frames 256] [--dtype float32] [--no-plain] [--small]
+                                [--frames 256] [--dtype float32] [--no-plain] [--profile]
+                                [--small]
 
 Times the real jitted, data-parallel `train.step.train_step` on random spectrograms (no data
 loading), after one compile step. In the same run it measures the device's matmul peak (a
@@ -18,6 +19,8 @@ optimizer's update (`build_optimizer`), and the step's time is split into the tw
 rest. It also prints what
 XLA's cost analysis counts for all three compiled steps and how many HLO instructions of each
 kind they hold, to see where ours differs.
+--profile: then traces a few of our steps with the JAX profiler and prints where they went
+(`step_profile.py`: device busy time against wall time, matmuls against the rest, top ops).
 --small: a tiny model on a few examples (seconds; the test suite runs it).
 It imports `train.step`, not `train.loop`, whose imports (clu's writers, tfds) pull in
 TensorFlow, which a bare JAX GPU image lacks (device_report.py imports this module).
@@ -30,6 +33,7 @@ import collections
 import functools
 import os
 import re
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,6 +44,7 @@ import jax.numpy as jnp  # noqa: E402
 import machine  # noqa: E402  benchmarks/machine.py
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import step_profile  # noqa: E402  benchmarks/step_profile.py
 
 from configs import common  # noqa: E402
 from myna_rpe_jax import distributed  # noqa: E402
@@ -126,13 +131,17 @@ def build_optimizer(variant, posemb, frames, dtype) -> dict:
     return dict(fn=jax.jit(step, donate_argnums=0), state=state, args=(grads,), flops=0)
 
 
-def measure_ours(variant, batch, posemb, steps, frames, dtype) -> dict:
-    """Our step alone (`device_report.py`): compile time, XLA's counts and the mean step time."""
+def measure_ours(variant, batch, posemb, steps, frames, dtype, profile=False) -> dict:
+    """Our step alone (`device_report.py`): compile time, XLA's counts and the mean step time;
+    with `profile`, also "profile": a `step_profile.StepProfile` of a few more steps."""
     run = build_ours(variant, batch, posemb, frames, dtype)
-    profile = hlo_profile(run["fn"], run["state"], *run["args"])
-    run["fn"] = profile.pop("fn")
+    counts = hlo_profile(run["fn"], run["state"], *run["args"])
+    run["fn"] = counts.pop("fn")
     (times,) = time_alternating([run], steps)
-    return dict(step_s=float(np.mean(times)), **profile)
+    if profile:
+        with tempfile.TemporaryDirectory() as logdir:
+            counts["profile"] = step_profile.profile_steps(run, steps, logdir)
+    return dict(step_s=float(np.mean(times)), **counts)
 
 
 # ---- the plain reference step: no tuning, written as a first ViT would be ------------------
@@ -286,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--no-plain", action="store_true", help="do not time the plain step")
+    parser.add_argument("--profile", action="store_true", help="profile our step afterwards")
     parser.add_argument("--small", action="store_true", help="tiny model, batch 4: seconds")
     args = parser.parse_args(argv)
     if args.small:
@@ -352,6 +362,10 @@ def main(argv: list[str] | None = None) -> None:
         " (attention softmax and its small per-head products, GELU, LayerNorm, patchout"
         " gathers, the loss, dispatch)."
     )
+    if args.profile:
+        with tempfile.TemporaryDirectory() as logdir:
+            profile = step_profile.profile_steps(runs[0], min(args.steps, 3), logdir)
+        print(f"\nOur step under the JAX profiler:\n\n{step_profile.table(profile)}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def test_device_report_small_prints_every_section():
     for title in ("Train step:", "Embedding,", "One track in one pass", "Attention forward"):
         assert title in out
     assert "| tiny | bfloat16 |" in out and "| tiny | float32 |" in out
+    assert "tiny bfloat16 step under the JAX profiler" in out and "| matmul |" in out
     assert "| tiny | chunks |" in out and "| tiny | pallas |" in out
     assert "fused ALiBi (Pallas)" in out and "failed (stderr)" not in out
     # No GPU here: the GPU-only tests are found, skip, and pytest exits 0.
@@ -40,7 +41,7 @@ def test_device_report_small_prints_every_section():
 
 @pytest.mark.slow
 def test_train_step_small_prints_ours_beside_plain_with_mfu():
-    out = run_small("train_step.py")
+    out = run_small("train_step.py", "--profile")
     assert "matmul peak:" in out and "| ours |" in out and "| plain |" in out
     assert "ours / plain step time:" in out
     # The GEMMs-only row counts its FLOPs by hand: XLA's cost analysis must count the same.
@@ -48,6 +49,7 @@ def test_train_step_small_prints_ours_beside_plain_with_mfu():
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert float(cells[4]) == pytest.approx(float(cells[6]), rel=0.02), row
     assert "| its optimizer update alone |" in out and "s of everything else" in out
+    assert "Our step under the JAX profiler" in out and "device busy" in out
 
 
 @pytest.mark.slow
