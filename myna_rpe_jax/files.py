@@ -4,9 +4,46 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _host() -> str:
+    """This machine's name as it can stand in a file name."""
+    return re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_dead_partials(path: str | Path) -> list[Path]:
+    """Deletes the temporary files that writers of `path` on this machine left when they were
+    killed outright (SIGKILL, out of memory, a power cut), which `atomic_path` cannot clean up
+    itself: a killed embed of a large collection leaves a file as large as its result. A
+    partial of a writer that is still running, or of another machine (a shared disk), is
+    kept. Returns what was deleted."""
+    path = Path(path)
+    pattern = re.compile(
+        rf"{re.escape(path.stem)}\.{re.escape(_host())}-(\d+)-[0-9a-f]+\.partial"
+        rf"{re.escape(path.suffix)}"
+    )
+    swept = []
+    for candidate in path.parent.iterdir():
+        found = pattern.fullmatch(candidate.name)
+        if found and not _alive(int(found.group(1))):
+            candidate.unlink(missing_ok=True)
+            swept.append(candidate)
+    return swept
 
 
 @contextlib.contextmanager
@@ -17,15 +54,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     A reader of `path` sees the old file or the new one, never half of one; a killed writer
     leaves no truncated result; two processes writing one path (two probes into one
     --output) cannot write into each other's file, and the last to finish wins, whole. The
-    temporary name is unique and keeps the suffix (`results.<id>.partial.png`), so writers
-    that choose a format by extension (matplotlib, numpy) still do.
+    temporary name is unique and keeps the suffix
+    (`results.<host>-<pid>-<id>.partial.png`), so writers that choose a format by extension
+    (matplotlib, numpy) still do; the host and pid let the next writer of the path delete
+    what a writer killed outright left (`sweep_dead_partials`).
 
         with atomic_path(out / "results.json") as tmp:
             tmp.write_text(text)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{uuid.uuid4().hex[:12]}.partial{path.suffix}")
+    sweep_dead_partials(path)
+    unique = f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    partial = path.with_name(f"{path.stem}.{unique}.partial{path.suffix}")
     try:
         yield partial
         os.replace(partial, path)

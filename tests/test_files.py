@@ -1,4 +1,9 @@
+import os
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +74,44 @@ def test_output_problems_are_found_before_any_work(tmp_path):
         problem
         == f"cannot write {tmp_path}/a_file/x/out.npz: {tmp_path}/a_file is a file, not a folder"
     )
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and was reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_the_next_writer_deletes_what_a_killed_writer_left_and_nothing_else(tmp_path):
+    """A writer killed outright (SIGKILL, out of memory) cannot delete its partial file; the
+    next writer of the same path does, unless that writer still runs or is on another host."""
+    path = tmp_path / "music.npz"
+    host = files._host()
+    dead = tmp_path / f"music.{host}-{_dead_pid()}-0123456789ab.partial.npz"
+    running = tmp_path / f"music.{host}-{os.getpid()}-0123456789ab.partial.npz"
+    elsewhere = tmp_path / f"music.other-host-{_dead_pid()}-0123456789ab.partial.npz"
+    other_output = tmp_path / f"songs.{host}-{_dead_pid()}-0123456789ab.partial.npz"
+    for leftover in (dead, running, elsewhere, other_output):
+        leftover.write_bytes(b"half of a result")
+    files.write_text(path, "whole")
+    assert not dead.exists()
+    assert running.exists() and elsewhere.exists() and other_output.exists()
+    assert path.read_text() == "whole"
+
+
+def test_a_killed_writer_process_leaves_a_partial_that_the_next_write_removes(tmp_path):
+    """The real thing: a child writing through atomic_path, SIGKILLed mid-write."""
+    path = tmp_path / "results.json"
+    code = (
+        "import sys, time; from myna_rpe_jax import files\n"
+        f"with files.atomic_path({str(path)!r}) as tmp:\n"
+        "    tmp.write_text('half'); print(tmp, flush=True); time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    partial = Path(child.stdout.readline().strip())
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert partial.exists() and not path.exists()  # what SIGKILL leaves
+    files.write_text(path, "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
