@@ -7,14 +7,13 @@ back and cut into busy time, idle time and the ops that took it.
 Device ops are the events on the accelerator's own timelines: on a GPU the "Stream" lines of
 the "/device:GPU:N" processes (one event per kernel; XProf's derived "XLA Ops" line when no
 stream line is there), on a CPU the events of the threads XLA runs its thunks on (GEMMs and
-fusions; the runtime's own spans left out). Busy time is the union of
-their intervals, since ops on two streams or threads overlap (op time, their sum, can exceed
-it). Busy / wall says how much of a
-step the device computed at all: the rest is kernel-launch and dispatch gaps, host work and
-waiting. A launch-bound step (many short kernels) shows a small busy share and a short median
-op. A table follows, by kind of op: matrix products (`MATMUL`, by kernel name: XLA's dots and
-GEMM fusions, cuBLAS/cuDNN/CUTLASS kernels, YNNPACK on CPU) and everything else, and the
-ops that took the most time.
+fusions; the runtime's own spans left out). Busy time is the union of their intervals,
+since ops on two streams or threads overlap (op time, their sum, can exceed it). Busy / wall
+says how much of a step the device computed at all: the rest is kernel-launch and dispatch
+gaps, host work and waiting. A launch-bound step (many short kernels) shows a small busy
+share and a short median op. A table follows, by kind of op: matrix products (`MATMUL`, by
+kernel name: XLA's dots and GEMM fusions, cuBLAS/cuDNN/CUTLASS kernels, YNNPACK on CPU) and
+everything else, and the ops that took the most time.
 """
 
 from __future__ import annotations
@@ -138,7 +137,10 @@ def profile_steps(run: dict, steps: int, logdir: str) -> StepProfile:
             run["state"], out = run["fn"](run["state"], *run["args"])
         jax.block_until_ready((run["state"], out))
         wall = time.perf_counter() - start
-    (path,) = glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True)
+    paths = glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True)
+    if len(paths) != 1:
+        raise RuntimeError(f"expected one *.trace.json.gz under {logdir}, found {paths}")
+    (path,) = paths
     with gzip.open(path) as f:
         events = json.load(f)["traceEvents"]
     return summarise(*device_ops(events), steps, wall)

@@ -131,17 +131,20 @@ def build_optimizer(variant, posemb, frames, dtype) -> dict:
     return dict(fn=jax.jit(step, donate_argnums=0), state=state, args=(grads,), flops=0)
 
 
-def measure_ours(variant, batch, posemb, steps, frames, dtype, profile=False) -> dict:
-    """Our step alone (`device_report.py`): compile time, XLA's counts and the mean step time;
-    with `profile`, also "profile": a `step_profile.StepProfile` of a few more steps."""
+def measure_ours(variant, batch, posemb, steps, frames, dtype) -> dict:
+    """Our step alone (`device_report.py`): compile time, XLA's counts, the mean step time,
+    and "run", the compiled step ready to run again (to profile it without compiling again)."""
     run = build_ours(variant, batch, posemb, frames, dtype)
     counts = hlo_profile(run["fn"], run["state"], *run["args"])
     run["fn"] = counts.pop("fn")
     (times,) = time_alternating([run], steps)
-    if profile:
-        with tempfile.TemporaryDirectory() as logdir:
-            counts["profile"] = step_profile.profile_steps(run, steps, logdir)
-    return dict(step_s=float(np.mean(times)), **counts)
+    return dict(step_s=float(np.mean(times)), run=run, **counts)
+
+
+def profile_run(run: dict, steps: int) -> step_profile.StepProfile:
+    """`step_profile.profile_steps` of a warm run, its trace in a temporary folder."""
+    with tempfile.TemporaryDirectory() as logdir:
+        return step_profile.profile_steps(run, steps, logdir)
 
 
 # ---- the plain reference step: no tuning, written as a first ViT would be ------------------
@@ -363,8 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         " gathers, the loss, dispatch)."
     )
     if args.profile:
-        with tempfile.TemporaryDirectory() as logdir:
-            profile = step_profile.profile_steps(runs[0], min(args.steps, 3), logdir)
+        profile = profile_run(runs[0], min(args.steps, 3))
         print(f"\nOur step under the JAX profiler:\n\n{step_profile.table(profile)}")
 
 
