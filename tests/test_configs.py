@@ -1,12 +1,15 @@
 """Every shipped config builds its model and runs on its default data as it stands."""
 
 import collections
+import dataclasses
 import importlib
 import math
 import pkgutil
 
 import pytest
 import scipy.stats
+from absl import flags
+from ml_collections import config_flags
 
 import configs
 from myna_rpe_jax.data.demo import music
@@ -32,6 +35,28 @@ def test_config_builds_its_encoder_and_fits_its_batch_in_the_demo_train_split(na
     )
     # A batch never holds a track twice, so the train split must hold a whole batch.
     assert splits["train"] >= config.batch_size, (name, dict(splits), config.batch_size)
+
+
+# ml_collections loads a config file with importlib's deprecated load_module().
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+def test_every_model_setting_is_a_field_of_the_config_and_overridable_from_the_command_line():
+    """configs/common.py lists every encoder setting (an override of a field it lacks is an
+    error: `--config.model.alibi_tile_skip=True` was one), each takes a command-line value,
+    and the encoder receives it."""
+    from configs import common
+
+    derived = {"parent", "name", "max_time_patches", "patch_size", *vit.VARIANTS["S"]}
+    settings = {f.name for f in dataclasses.fields(vit.Encoder)} - derived
+    assert settings <= set(common.get_config().model), settings - set(common.get_config().model)
+    overrides = ["--config.model.alibi_tile_skip=True", "--config.model.length_scaling=True"]
+    argv = ["train", f"--config={configs.__path__[0]}/tiny.py", *overrides]
+    flag_values = flags.FlagValues()  # config_flags finds the overrides in argv, as absl's app
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    encoder = vit.encoder_from_config(flag_values.config.model)
+    assert encoder.alibi_tile_skip is True and encoder.length_scaling is True
+    default = vit.encoder_from_config(common.get_config().model)
+    assert default.alibi_tile_skip is None and default.length_scaling is False
 
 
 def test_the_default_demo_has_enough_test_tracks_to_read_key_and_genre_accuracy():

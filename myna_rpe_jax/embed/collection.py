@@ -313,8 +313,8 @@ def add_embedder_flags(parser: argparse.ArgumentParser) -> None:
         "--tile-skip",
         choices=("on", "off"),
         help="exact ALiBi tile skipping in long tracks' attention (default: the run's"
-        " config.model.alibi_tile_skip): the same embeddings, faster on long tracks on some"
-        " machines (docs/benchmarks.md)",
+        " config.model.alibi_tile_skip; unset there, the fused kernel skips and blockwise does"
+        " not): the same embeddings, another speed (docs/benchmarks.md)",
     )
 
 

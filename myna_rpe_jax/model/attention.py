@@ -16,13 +16,14 @@ ALiBi model embeds on a GPU: 7x faster than blockwise on a 10-minute track on an
 Every implementation takes an optional `key_mask` [B, N]: keys where it is False get exactly
 zero weight, so a batch of tracks padded to one length attends as each track alone would.
 
-With an ALiBi bias whose `tile_skip` is on (off by default), blockwise attention skips, per tile
-and head (the fused kernel per tile and program), the work where the bias provably makes
-every weight exactly 0 in float32 (`tile_skip` states the criterion): far-apart tiles of a
-long track, for the steep heads. The result is unchanged (bit-identical per tile; tokens,
-heads and key tiles are visited in another order, so equal to the unskipped kernel within
-float32 rounding). On the 2-core CPU the branching costs about what the skipped tiles save
-(docs/benchmarks.md), hence off by default.
+With an ALiBi bias whose `tile_skip` is on, blockwise attention skips, per tile and head (the
+fused kernel per tile and program), the work where the bias provably makes every weight
+exactly 0 in float32 (`tile_skip` states the criterion): far-apart tiles of a long track, for
+the steep heads. The result is unchanged (bit-identical per tile; tokens, heads and key tiles
+are visited in another order, so equal to the unskipped kernel within float32 rounding). By
+default (`resolve_tile_skip`) the fused kernel skips, which made it 15-32% faster on an H200,
+and blockwise does not: there the branching cost more than it saved, on the GPU and, for
+tracks of a few minutes, on the 2-core CPU (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def resolve_kernel(
     on_gpu = (backend or jax.default_backend()) == "gpu"
     fused = on_gpu and alibi and not train and takes_head_dim(head_dim)
     return "pallas" if fused else "xla"
+
+
+def resolve_tile_skip(tile_skip: bool | None, kernel: str) -> bool:
+    """Whether ALiBi tile skipping is on for attention run by `kernel` ("xla" or "pallas",
+    resolved): as set, or when unset (None, the default) with the fused kernel only. On an
+    H200 skipping made the fused kernel 32% faster on a 10-minute track and 15% at 16,385
+    tokens, level below; it made blockwise 36-43% slower there, and on the 2-core CPU it
+    ranges from 19% slower (1 minute) to 20% faster (10 minutes): docs/benchmarks.md."""
+    return kernel == "pallas" if tile_skip is None else tile_skip
 
 
 def dense_attention(

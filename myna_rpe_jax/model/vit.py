@@ -169,7 +169,9 @@ class Encoder(nn.Module):
     patchout_keep: float = 0.1
     max_time_patches: int = 16
     alibi_metric: str = "manhattan"
-    alibi_tile_skip: bool = False  # blockwise attention skips tiles ALiBi makes exactly 0
+    # Skip the attention tiles ALiBi makes exactly 0; None: with the fused kernel only
+    # (`attention.resolve_tile_skip`).
+    alibi_tile_skip: bool | None = None
     length_scaling: bool = False  # logits x log N / log N_train past the training token count
     rope_theta: float = 100.0
     dtype: Any = jnp.float32
@@ -227,14 +229,15 @@ class Encoder(nn.Module):
             aux["valid"] = valid
             key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
 
-        bias = self._alibi(all_coords, is_patch)
-        rope_coords = all_coords if "rope" in self.posemb else None
         kernel = attention.resolve_kernel(
             self.attention_kernel,
-            alibi=bias is not None,
+            alibi=any(name in self.posemb for name in ("alibi1d", "alibi2d")),
             head_dim=self.width // self.num_heads,
             train=train,
         )
+        tile_skip = attention.resolve_tile_skip(self.alibi_tile_skip, kernel)
+        bias = self._alibi(all_coords, is_patch, tile_skip)
+        rope_coords = all_coords if "rope" in self.posemb else None
         logit_scale = None
         if self.length_scaling:
             real = x.shape[1] if key_mask is None else key_mask.sum(axis=1)
@@ -264,7 +267,9 @@ class Encoder(nn.Module):
         )
         return keep + 1
 
-    def _alibi(self, coords: jax.Array, is_patch: jax.Array) -> positional.AlibiBias | None:
+    def _alibi(
+        self, coords: jax.Array, is_patch: jax.Array, tile_skip: bool
+    ) -> positional.AlibiBias | None:
         if "alibi2d" in self.posemb:
             spatial, metric = coords, self.alibi_metric
         elif "alibi1d" in self.posemb:
@@ -273,7 +278,7 @@ class Encoder(nn.Module):
             return None
         slopes = jnp.asarray(positional.alibi_slopes(self.num_heads))
         spatial = spatial.astype(jnp.float32)
-        return positional.AlibiBias(spatial, is_patch, slopes, metric, self.alibi_tile_skip)
+        return positional.AlibiBias(spatial, is_patch, slopes, metric, tile_skip)
 
 
 def length_scale(num_tokens: jax.Array, train_tokens: int) -> jax.Array:
@@ -302,8 +307,9 @@ def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
 
     Fields: variant ("tiny", "S/16", "B/16"); optional width / depth / num_heads / mlp_dim
     overriding the variant; posemb (tuple of scheme names); patchout_keep (fraction kept in
-    training); n_mels; max_time_patches (the learned table's length); alibi_metric; alibi_tile_skip;
-    length_scaling (log-length logit scaling past the training token count); rope_theta; dtype
+    training); n_mels; max_time_patches (the learned table's length); alibi_metric;
+    alibi_tile_skip (None: with the fused kernel only); length_scaling (log-length logit
+    scaling past the training token count); rope_theta; dtype
     ("float32" or "bfloat16" compute); attention_block_size and blockwise_threshold (attention
     over more tokens than the threshold runs blockwise); attention_kernel ("auto", "xla", or
     "pallas" for the fused ALiBi kernel past the threshold; `attention.resolve_kernel`).
