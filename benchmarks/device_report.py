@@ -111,7 +111,7 @@ def train_section(sizes: dict, peaks: dict) -> str:
             )
             if (variant, dtype) == (sizes["variants"][0], DTYPES[0]):
                 profiled = _or_failure(
-                    lambda r=r: train_step.profile_run(r["run"], sizes["steps"]), "profile"
+                    lambda r=r: step_profile.profile_steps(r["run"], sizes["steps"]), "profile"
                 )
             del r["run"]  # its state and executable: device memory the next model needs
             mfu = 100 * flops / r["step_s"] / peaks[dtype]

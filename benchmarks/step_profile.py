@@ -1,7 +1,7 @@
 """Where a compiled step's time goes on its device: a `jax.profiler` trace of a few steps, read
 back and cut into busy time, idle time and the ops that took it.
 
-    summary = profile_steps(run, steps=3, logdir=tmp)   # run = dict(fn=, state=, args=)
+    summary = profile_steps(run, steps=3)   # run = dict(fn=, state=, args=), already warm
     print(table(summary))
 
 Device ops are the events on the accelerator's own timelines: on a GPU the "Stream" lines of
@@ -24,6 +24,7 @@ import glob
 import gzip
 import json
 import re
+import tempfile
 import time
 
 import jax
@@ -128,21 +129,22 @@ def summarise(ops: list[Op], lanes: list[str], steps: int, wall_s: float, top: i
     )
 
 
-def profile_steps(run: dict, steps: int, logdir: str) -> StepProfile:
+def profile_steps(run: dict, steps: int) -> StepProfile:
     """Traces `steps` steps of run = dict(fn=step(state, *args) -> (state, out), state, args),
-    fn already warm (compiled and run once), and summarises the trace. Updates run["state"]."""
-    with jax.profiler.trace(logdir, create_perfetto_trace=True):
-        start = time.perf_counter()
-        for _ in range(steps):
-            run["state"], out = run["fn"](run["state"], *run["args"])
-        jax.block_until_ready((run["state"], out))
-        wall = time.perf_counter() - start
-    paths = glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True)
-    if len(paths) != 1:
-        raise RuntimeError(f"expected one *.trace.json.gz under {logdir}, found {paths}")
-    (path,) = paths
-    with gzip.open(path) as f:
-        events = json.load(f)["traceEvents"]
+    fn already warm (compiled and run once), into a temporary folder, and summarises the
+    trace. Updates run["state"]."""
+    with tempfile.TemporaryDirectory() as logdir:
+        with jax.profiler.trace(logdir, create_perfetto_trace=True):
+            start = time.perf_counter()
+            for _ in range(steps):
+                run["state"], out = run["fn"](run["state"], *run["args"])
+            jax.block_until_ready((run["state"], out))
+            wall = time.perf_counter() - start
+        paths = glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True)
+        if len(paths) != 1:
+            raise RuntimeError(f"expected one *.trace.json.gz under {logdir}, found {paths}")
+        with gzip.open(paths[0]) as f:
+            events = json.load(f)["traceEvents"]
     return summarise(*device_ops(events), steps, wall)
 
 

@@ -33,7 +33,6 @@ import collections
 import functools
 import os
 import re
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -139,12 +138,6 @@ def measure_ours(variant, batch, posemb, steps, frames, dtype) -> dict:
     run["fn"] = counts.pop("fn")
     (times,) = time_alternating([run], steps)
     return dict(step_s=float(np.mean(times)), run=run, **counts)
-
-
-def profile_run(run: dict, steps: int) -> step_profile.StepProfile:
-    """`step_profile.profile_steps` of a warm run, its trace in a temporary folder."""
-    with tempfile.TemporaryDirectory() as logdir:
-        return step_profile.profile_steps(run, steps, logdir)
 
 
 # ---- the plain reference step: no tuning, written as a first ViT would be ------------------
@@ -366,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         " gathers, the loss, dispatch)."
     )
     if args.profile:
-        profile = profile_run(runs[0], min(args.steps, 3))
+        profile = step_profile.profile_steps(runs[0], min(args.steps, 3))
         print(f"\nOur step under the JAX profiler:\n\n{step_profile.table(profile)}")
 
 

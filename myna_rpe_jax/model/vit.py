@@ -229,15 +229,17 @@ class Encoder(nn.Module):
             aux["valid"] = valid
             key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
 
+        bias = self._alibi(all_coords, is_patch)
+        rope_coords = all_coords if "rope" in self.posemb else None
         kernel = attention.resolve_kernel(
             self.attention_kernel,
-            alibi=any(name in self.posemb for name in ("alibi1d", "alibi2d")),
+            alibi=bias is not None,
             head_dim=self.width // self.num_heads,
             train=train,
         )
-        tile_skip = attention.resolve_tile_skip(self.alibi_tile_skip, kernel)
-        bias = self._alibi(all_coords, is_patch, tile_skip)
-        rope_coords = all_coords if "rope" in self.posemb else None
+        if bias is not None:
+            skip = attention.resolve_tile_skip(self.alibi_tile_skip, kernel)
+            bias = bias.replace(tile_skip=skip)
         logit_scale = None
         if self.length_scaling:
             real = x.shape[1] if key_mask is None else key_mask.sum(axis=1)
@@ -267,9 +269,7 @@ class Encoder(nn.Module):
         )
         return keep + 1
 
-    def _alibi(
-        self, coords: jax.Array, is_patch: jax.Array, tile_skip: bool
-    ) -> positional.AlibiBias | None:
+    def _alibi(self, coords: jax.Array, is_patch: jax.Array) -> positional.AlibiBias | None:
         if "alibi2d" in self.posemb:
             spatial, metric = coords, self.alibi_metric
         elif "alibi1d" in self.posemb:
@@ -278,7 +278,7 @@ class Encoder(nn.Module):
             return None
         slopes = jnp.asarray(positional.alibi_slopes(self.num_heads))
         spatial = spatial.astype(jnp.float32)
-        return positional.AlibiBias(spatial, is_patch, slopes, metric, tile_skip)
+        return positional.AlibiBias(spatial, is_patch, slopes, metric)
 
 
 def length_scale(num_tokens: jax.Array, train_tokens: int) -> jax.Array:
