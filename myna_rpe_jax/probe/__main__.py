@@ -80,7 +80,6 @@ def _probe(args: argparse.Namespace, modes: list[str], kinds: list[str]) -> int:
     workdir or checkpoint, an unknown task."""
     console_logging()
     out = Path(args.output)
-    had_results = (out / "results.json").exists()  # kept when nothing could be probed
     results = run(
         args.workdir,
         [name for name in args.tasks.split(",") if name],
@@ -96,16 +95,17 @@ def _probe(args: argparse.Namespace, modes: list[str], kinds: list[str]) -> int:
     # What this run wrote, not the file: another probe into the same --output may replace it.
     log.info("\n%s", markdown(results))
     missing = not_probed(results)
-    if len(missing) < len(results["tasks"]) or not had_results:
+    kept = not results["written"]  # nothing probed, and out had results.json: kept
+    if not kept:
         log.info("wrote %s, %s, %s", out / "results.json", out / "results.md", out / "results.png")
     if len(missing) == len(results["tasks"]):
-        where = "the build commands above" if had_results else f"'Not probed' in {out}/results.md"
+        where = "the build commands above" if kept else f"'Not probed' in {out}/results.md"
         log.error(
             "error: none of the tasks %s could be probed: %s (see %s)%s",
             ",".join(missing),
             "; ".join(entry["reason"] for entry in missing.values()),
             where,
-            f"; {out} keeps its earlier results" if had_results else "",
+            f"; {out} keeps its earlier results" if kept else "",
         )
         return 1
     return 0

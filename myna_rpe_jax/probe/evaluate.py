@@ -334,10 +334,11 @@ def run(
     length_scaling: bool | None = None,
     intervals: bool = True,
     attention_kernel: str | None = None,
-    alibi_tile_skip: bool | None = None,
+    alibi_tile_skip: bool | str | None = None,
 ) -> dict:
     """Probes checkpoint `step` (latest if None) of `workdir` on `tasks`; writes the reports
-    to out_dir and returns the results dict (the content of results.json).
+    to out_dir and returns the results dict (the content of results.json, and `written`:
+    False when no task could be probed and out_dir kept the results.json it had).
 
     baseline_kinds: any of BASELINES: "random" adds the random-init rows (one more embedding
     pass per mode), "features" the hand-made feature rows (`baselines`). length_scaling, when
@@ -388,21 +389,27 @@ def run(
         )
     run_info.pop("random_embedder", None)
     results["table"], results["intervals"] = table_rows(results)
-    if len(not_probed(results)) == len(tasks) and (out_dir / "results.json").exists():
-        # A mistyped --data-dir must not replace an earlier run's scores with dashes.
+    # A mistyped --data-dir must not replace an earlier run's scores with dashes.
+    nothing_probed = len(not_probed(results)) == len(tasks)
+    results["written"] = write_reports(out_dir, results, keep_earlier=nothing_probed)
+    if not results["written"]:
         log.warning("nothing was probed: %s keeps the results it had", out_dir / "results.json")
-    else:
-        write_reports(out_dir, results)
     return results
 
 
-def write_reports(out_dir: Path, results: dict) -> None:
-    """Writes out_dir/results.json, .md and .png from `results`, each replaced whole.
+def write_reports(out_dir: Path, results: dict, keep_earlier: bool = False) -> bool:
+    """Writes out_dir/results.json, .md and .png from `results`, each replaced whole; with
+    `keep_earlier`, only when out_dir has no results.json yet. Returns whether it wrote.
 
-    Holds the lock of out_dir/results (out_dir/results.lock) for all three, so that two probes
-    sharing out_dir leave the three files of one run (the last one's), never a mix.
+    Holds the lock of out_dir/results (out_dir/results.lock) for the check and all three
+    writes, so that two probes sharing out_dir leave the three files of one run (the last
+    one's), never a mix, and a probe that found nothing never replaces results another wrote
+    while it ran.
     """
     with build_lock(out_dir / "results", doing="being written"):
+        if keep_earlier and (out_dir / "results.json").exists():
+            return False
         files.write_text(out_dir / "results.json", json.dumps(results, indent=2))
         write_markdown(out_dir / "results.md", results)
         write_plot(out_dir / "results.png", results)
+    return True

@@ -212,6 +212,30 @@ def test_reports_wait_while_another_probe_writes_into_the_same_output(demo_probe
     assert (tmp_path / "results.png").stat().st_size > 0
 
 
+def test_probe_that_found_nothing_keeps_results_written_while_it_waited(demo_probe, tmp_path):
+    """A probe with no task probed writes its 'Not probed' report only into an output with no
+    results yet, decided under the lock: results another probe wrote while this one waited for
+    the lock are kept, not replaced with dashes."""
+    _, _, results = demo_probe
+    missing = {"status": "missing", "reason": "not prepared", "build_command": "build it"}
+    empty = {**results, "tasks": {"demo": missing}}
+    outcome = []
+    writer = threading.Thread(
+        target=lambda: outcome.append(evaluate.write_reports(tmp_path, empty, keep_earlier=True))
+    )
+    with build_lock(tmp_path / "results"):  # another probe, writing its scores
+        writer.start()
+        writer.join(timeout=2.0)
+        assert writer.is_alive()
+        (tmp_path / "results.json").write_text('{"step": "the other probe"}')
+    writer.join(timeout=120)
+    assert outcome == [False]
+    assert json.loads((tmp_path / "results.json").read_text()) == {"step": "the other probe"}
+    assert not (tmp_path / "results.md").exists()
+    assert evaluate.write_reports(tmp_path / "fresh", empty, keep_earlier=True)  # none yet
+    assert "## Not probed" in (tmp_path / "fresh" / "results.md").read_text()
+
+
 def test_cached_embeddings_are_reused(demo_probe, caplog):
     run, out, first = demo_probe
     cache = [out / "embeddings" / f"demo-step{first['step']}-{m}.npz" for m in first["modes"]]
