@@ -311,10 +311,10 @@ def add_embedder_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tile-skip",
-        choices=("on", "off"),
-        help="exact ALiBi tile skipping in long tracks' attention (default: the run's"
-        " config.model.alibi_tile_skip; unset there, the fused kernel skips and blockwise does"
-        " not): the same embeddings, another speed (docs/benchmarks.md)",
+        choices=("on", "off", "auto"),
+        help="exact ALiBi tile skipping in long tracks' attention: on, off, or auto (the fused"
+        " kernel skips, blockwise does not); default: the run's config.model.alibi_tile_skip,"
+        " auto where unset. The same embeddings, another speed (docs/benchmarks.md)",
     )
 
 
@@ -339,5 +339,5 @@ def embedder_settings(args: argparse.Namespace) -> dict[str, Any]:
         max_tokens=args.max_tokens,
         max_padding=args.max_padding,
         attention_kernel=args.attention_kernel,
-        alibi_tile_skip=None if args.tile_skip is None else args.tile_skip == "on",
+        alibi_tile_skip={None: None, "auto": "auto", "on": True, "off": False}[args.tile_skip],
     )

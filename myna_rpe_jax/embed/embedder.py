@@ -321,13 +321,14 @@ def load_embedder(
     max_padding: float = DEFAULT_MAX_PADDING,
     length_scaling: bool | None = None,
     attention_kernel: str | None = None,
-    alibi_tile_skip: bool | None = None,
+    alibi_tile_skip: bool | str | None = None,
 ) -> tuple[Embedder, ml_collections.ConfigDict, int]:
     """The Embedder of a training workdir's checkpoint (latest if step is None), its config,
     and the step loaded. Its mel_config is the run's recorded features (`read_features`).
     length_scaling, attention_kernel and alibi_tile_skip, when given, replace the run's
-    config.model fields (in the returned config too); the kernel and tile skipping change
-    only the speed, not the embeddings. The config is the one the loaded step was trained
+    config.model fields (in the returned config too; alibi_tile_skip="auto" unsets the field:
+    `attention.resolve_tile_skip`); the kernel and tile skipping change only the speed, not
+    the embeddings. The config is the one the loaded step was trained
     with (`checkpoints.config_file`: a resume with a changed config archived the old one)."""
     # Read first: "not a training workdir" says more than "no checkpoint".
     config = checkpoints.read_config(workdir)
@@ -343,7 +344,7 @@ def load_embedder(
     with config.unlocked():
         for name, value in overrides.items():
             if value is not None:
-                config.model[name] = value
+                config.model[name] = None if (name, value) == ("alibi_tile_skip", "auto") else value
     mel_config, mel_source = checkpoints.read_features(workdir)
     encoder = vit.encoder_from_config(config.model)
     chunk_frames = int(max(config.data.chunk_frames))

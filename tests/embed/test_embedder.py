@@ -296,6 +296,28 @@ def test_the_fused_kernel_asked_for_off_a_gpu_says_it_is_interpreted(capsys):
         assert ("Pallas interpret mode" in capsys.readouterr().err) == noted, kernel
 
 
+def test_tile_skip_auto_unsets_what_the_run_set(tiny_run, tmp_path):
+    """A run trained with alibi_tile_skip=False goes back to the default (skip with the fused
+    kernel only) with --tile-skip auto; on and off set it; no flag keeps the run's."""
+    import argparse
+    import shutil
+
+    from myna_rpe_jax.embed import collection
+
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run.workdir, workdir)
+    stored = json.loads((workdir / "config.json").read_text())
+    stored["model"]["alibi_tile_skip"] = False
+    (workdir / "config.json").write_text(json.dumps(stored))
+    parser = argparse.ArgumentParser()
+    collection.add_embedder_flags(parser)
+    for flags, expected in (([], False), (["auto"], None), (["on"], True), (["off"], False)):
+        args = parser.parse_args(["--tile-skip", *flags] if flags else [])
+        settings = collection.embedder_settings(args)
+        _, config, _ = embedder_lib.load_embedder(workdir, **settings)
+        assert config.model.alibi_tile_skip is expected, flags
+
+
 def test_a_step_embeds_with_the_config_it_was_trained_with(tiny_run, tmp_path):
     """A resume with another config.model.alibi_metric (same parameters, other embeddings)
     archives the old config: the checkpoints before it must still embed as they did."""
