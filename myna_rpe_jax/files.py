@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import re
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 
+@functools.cache
 def _host() -> str:
-    """This machine's name as it can stand in a file name."""
-    return re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
+    """Who can see this process's pid, as it can stand in a file name: the machine's name
+    and, on Linux, a digest of this boot and this pid namespace. Two containers given one
+    hostname on one shared volume cannot see each other's pids; the digest tells them apart,
+    so that neither takes the other's running writer for dead."""
+    name = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux: the hostname alone
+        return name
+    return f"{name}-{hashlib.sha256(f'{boot}/{namespace}'.encode()).hexdigest()[:8]}"
 
 
 def _alive(pid: int) -> bool:
@@ -83,18 +96,38 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def output_problem(path: str | Path, kind: str = "file") -> str | None:
     """Why `path` cannot be written as an output `kind` ("file" or "folder"), or None: it
-    exists as the other kind, or one of its parents is a file. Checked before the work, so
-    that a long job does not end on `[Errno 17] File exists`."""
+    exists as the other kind, one of its parents is a file, or the folder that would take
+    the output's first new entry refuses one (read-only, not yours, or /proc). Checked before
+    the work, so that a long job does not end on `[Errno 17] File exists`."""
     path = Path(path)
     if kind == "file" and path.is_dir():
         return f"{path} is a folder; name the file to write"
     if kind == "folder" and path.exists() and not path.is_dir():
         return f"{path} is a file; name a folder to write into"
+    # The folder that would take the first new entry: the output folder itself, else the
+    # nearest existing parent.
+    host = path if kind == "folder" and path.is_dir() else None
     for parent in path.parents:
-        if parent.exists():
+        if host is None and parent.exists():
             if not parent.is_dir():
                 return f"cannot write {path}: {parent} is a file, not a folder"
-            break
+            host = parent
+    if host is not None and (refusal := _refuses_new_files(host)):
+        where = f"into {path}" if host == path else f"{path}: {host} takes no new files"
+        return f"cannot write {where} ({refusal}); name a place you can write"
+    return None
+
+
+def _refuses_new_files(folder: Path) -> str | None:
+    """Why a new file cannot be made in `folder` (the OS's reason), or None. Tried, not
+    inferred from permissions: root passes every permission check yet cannot write /proc or
+    a read-only mount."""
+    try:
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+    except OSError as error:
+        return error.strerror or str(error)
+    os.close(handle)
+    os.unlink(name)
     return None
 
 

@@ -76,6 +76,30 @@ def test_output_problems_are_found_before_any_work(tmp_path):
     )
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_place_that_takes_no_new_files_is_found_before_any_work(tmp_path):
+    """/proc refuses new entries even to root, who passes every permission check: the check
+    tries a file there. It leaves nothing behind where writing works."""
+    assert files.output_problem("/proc/x/out.npz") == (
+        "cannot write /proc/x/out.npz: /proc takes no new files (No such file or directory);"
+        " name a place you can write"
+    )
+    assert files.output_problem("/proc", "folder").startswith("cannot write into /proc (")
+    assert files.output_problem(tmp_path, "folder") is None
+    assert files.output_problem(tmp_path / "new" / "out.npz") is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_demo_names_an_out_folder_it_cannot_create():
+    proc = subprocess.run(
+        [sys.executable, "-m", "data_prep.make_demo", "--out", "/proc/demo"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "error: --out: cannot write /proc/demo: /proc takes no new files" in proc.stderr
+
+
 def _dead_pid() -> int:
     """The pid of a process that has exited (and was reaped)."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -98,6 +122,33 @@ def test_the_next_writer_deletes_what_a_killed_writer_left_and_nothing_else(tmp_
     assert not dead.exists()
     assert running.exists() and elsewhere.exists() and other_output.exists()
     assert path.read_text() == "whole"
+
+
+def test_a_partial_of_another_pid_namespace_with_this_hostname_is_kept(tmp_path):
+    """Containers that share a hostname and a volume see none of each other's pids: the name
+    of a partial says whose pids it counts in, and only this namespace's dead ones go."""
+    unshared = subprocess.run(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            sys.executable,
+            "-c",
+            "from myna_rpe_jax import files\nprint(files._host())",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if unshared.returncode != 0:
+        pytest.skip(f"cannot make a pid namespace here: {unshared.stderr.strip()[-200:]}")
+    other, host = unshared.stdout.strip(), files._host()
+    assert other != host and other.rsplit("-", 1)[0] == host.rsplit("-", 1)[0]  # one hostname
+    pid = _dead_pid()  # dead here, maybe alive there
+    theirs = tmp_path / f"music.{other}-{pid}-0123456789ab.partial.npz"
+    ours = tmp_path / f"music.{host}-{pid}-0123456789ab.partial.npz"
+    theirs.write_bytes(b"half"), ours.write_bytes(b"half")
+    assert files.sweep_dead_partials(tmp_path / "music.npz") == [ours]
+    assert theirs.exists()
 
 
 def test_a_killed_writer_process_leaves_a_partial_that_the_next_write_removes(tmp_path):
