@@ -8,6 +8,7 @@ blocks whose attention takes an ALiBi bias and/or RoPE coordinates -> LayerNorm 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -300,6 +301,18 @@ def parse_variant(variant: str) -> tuple[dict, int]:
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def absent_field_values() -> dict[str, Any]:
+    """model config field -> the value `encoder_from_config` takes when the field is absent
+    (a run's config.json written before the field existed), as JSON would store it."""
+    values = {
+        field.name: field.default
+        for field in dataclasses.fields(Encoder)
+        if field.default is not dataclasses.MISSING
+        and field.name not in ("parent", "name", "patch_size", "dtype")  # set as below
+    }
+    return json.loads(json.dumps({**values, "variant": "S/16", "dtype": "float32"}))
 
 
 def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:

@@ -111,30 +111,40 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
 
 
-def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    """Dotted field name -> (old value, new value) for every field that differs (None: absent)."""
-    old, new = _flatten(old), _flatten(new)
+def config_changes(
+    old: dict, new: dict, absent: dict[str, Any] | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """Dotted field name -> (old value, new value) for every field that differs (None: absent).
+    `absent` (dotted name -> value) says what the code took for a field missing from `old`
+    (a config written before the field existed); where `new` has that value, it is no change.
+    """
+    old = {key.rstrip("."): value for key, value in _flatten(old).items()}
+    new = {key.rstrip("."): value for key, value in _flatten(new).items()}
+    old |= {key: value for key, value in (absent or {}).items() if key in new.keys() - old}
     return {
-        key.rstrip("."): (old.get(key), new.get(key))
+        key: (old.get(key), new.get(key))
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key)
     }
 
 
 def write_config(
-    workdir: str | Path, config: ml_collections.ConfigDict, step: int = 0
+    workdir: str | Path,
+    config: ml_collections.ConfigDict,
+    step: int = 0,
+    absent: dict[str, Any] | None = None,
 ) -> dict[str, tuple[Any, Any]]:
     """Writes `config.json`; returns what changed from the one already there (see
-    `config_changes`). On a resume at `step` > 0 with a changed config the old file is first
-    kept as `config.until_step<step>.json`, unless that exists: then a resume at the same
-    step already archived the config the steps up to it ran with (the file being replaced
-    ran no checkpointed step), and it is kept."""
+    `config_changes`, with `absent`). On a resume at `step` > 0 with a changed config the old
+    file is first kept as `config.until_step<step>.json`, unless that exists: then a resume
+    at the same step already archived the config the steps up to it ran with (the file being
+    replaced ran no checkpointed step), and it is kept."""
     path = Path(workdir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     changes = {}
     if path.exists():
-        changes = config_changes(json.loads(path.read_text()), json.loads(text))
+        changes = config_changes(json.loads(path.read_text()), json.loads(text), absent)
         archive = path.with_name(f"config.until_step{step}.json")
         if changes and step > 0 and not archive.exists():
             path.replace(archive)

@@ -120,7 +120,10 @@ def train(
     else:
         state = init(root_rng, sample)
     if jax.process_index() == 0:
-        changes = checkpoints.write_config(workdir, config, int(state.step))
+        # A field added to the code since the run started is no change where it keeps the
+        # value the run had without it.
+        absent = {f"model.{name}": value for name, value in vit.absent_field_values().items()}
+        changes = checkpoints.write_config(workdir, config, int(state.step), absent)
         if changes and int(state.step) > 0:
             listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
             logging.warning(

@@ -113,6 +113,27 @@ def test_resume_with_a_changed_config_keeps_the_old_one_and_says_what_changed(
     assert checkpoints.read_config(tmp_path).total_steps == 8
 
 
+def test_resuming_a_run_from_before_a_field_existed_is_no_config_change(
+    tiny_config, tmp_path, caplog
+):
+    """A config.json written before a model field was added lacks it; the run had the value
+    the code takes for an absent field. A resume that keeps that value changes nothing (no
+    warning, no archive); one that sets another value is a change, from that value."""
+    loop.train(tiny_config, str(tmp_path), stop_after=1)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["model"]["length_scaling"] is False
+    del stored["model"]["length_scaling"], stored["model"]["alibi_tile_skip"]  # an older run
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with caplog.at_level("WARNING"):
+        loop.train(tiny_config, str(tmp_path), stop_after=2)
+    assert "changed config" not in caplog.text
+    assert sorted(p.name for p in tmp_path.glob("config*.json")) == ["config.json"]
+    tiny_config.model.length_scaling = True
+    with caplog.at_level("WARNING"):
+        loop.train(tiny_config, str(tmp_path), stop_after=3)
+    assert "changed config (model.length_scaling: False -> True)" in caplog.text
+
+
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
     tiny_config.checkpoint_every = 1
     loop.train(tiny_config, str(tmp_path), stop_after=2)
