@@ -231,7 +231,7 @@ def test_spotify_login_without_a_terminal(tmp_path):
 
 def test_data_prep_commands_name_the_folder(tmp_path):
     proc = run_cli("data_prep.make_demo", "--out", "/proc/not-here", "--tracks", "1")
-    assert_error(proc, 1, "error: [Errno 2] No such file or directory: '/proc/not-here'")
+    assert_error(proc, 2, "--out: cannot write /proc/not-here: /proc takes no new files")
     args = ["--dataset", "gtzan", "--source", str(tmp_path / "nosrc"), "--data-dir", str(tmp_path)]
     proc = run_cli("data_prep.build", *args)
     assert_error(proc, 2, "error:", str(tmp_path / "nosrc"))
