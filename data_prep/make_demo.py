@@ -72,4 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(errors.run_cli(main, (OSError,)))  # e.g. an --out folder that cannot be written
+    sys.exit(
+        errors.run_cli(
+            main,
+            (OSError,),  # e.g. an --out folder that cannot be written
+            interrupted="the set is incomplete (metadata.csv is written last): rerun the command",
+        )
+    )

@@ -1,9 +1,9 @@
 """Errors a user can fix, and how every command line reports them: one line, no traceback.
 
 A command's `main` runs under `run_cli` (argparse commands) or `report` (the absl train
-command): an expected error prints `error: <message>` to stderr and exits non-zero; the
-traceback is shown only with MYNA_RPE_DEBUG=1 (docs/troubleshooting.md). An unexpected
-exception (a bug) keeps its traceback.
+command): an expected error prints `error: <message>` to stderr and exits non-zero (Ctrl-C:
+`error: interrupted`, 130); the traceback is shown only with MYNA_RPE_DEBUG=1
+(docs/troubleshooting.md). An unexpected exception (a bug) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -45,10 +45,21 @@ def report(error: BaseException) -> int:
     return getattr(error, "exit_code", 1)
 
 
-def run_cli(main: Callable[[], int | None], expected: tuple[type[BaseException], ...] = ()) -> int:
+def run_cli(
+    main: Callable[[], int | None],
+    expected: tuple[type[BaseException], ...] = (),
+    interrupted: str = "",
+) -> int:
     """Runs a command's `main()`; a UserError or an `expected` exception becomes one line on
-    stderr and a non-zero status instead of a traceback. Returns the exit status."""
+    stderr and a non-zero status instead of a traceback. Ctrl-C is `error: interrupted`
+    (then `interrupted`, what was kept and how to go on), status 130 as a shell gives.
+    Returns the exit status."""
     try:
         return main() or 0
     except (UserError, *expected) as error:
         return report(error)
+    except KeyboardInterrupt:
+        if debug():
+            raise
+        print(f"error: interrupted{'; ' if interrupted else ''}{interrupted}", file=sys.stderr)
+        return 130

@@ -2,6 +2,7 @@
 a non-zero exit and no traceback (MYNA_RPE_DEBUG=1 shows it). The real CLIs, as subprocesses."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,32 @@ def test_data_prep_commands_name_the_folder(tmp_path):
     args = ["--dataset", "gtzan", "--source", str(tmp_path / "nosrc"), "--data-dir", str(tmp_path)]
     proc = run_cli("data_prep.build", *args)
     assert_error(proc, 2, "error:", str(tmp_path / "nosrc"))
+
+
+def test_ctrl_c_is_one_line_saying_what_was_kept(tmp_path):
+    """Ctrl-C in an argparse command: `error: interrupted` and what to do, status 130, no
+    KeyboardInterrupt traceback; the demo set's metadata.csv (its 'done' mark) is absent."""
+    import signal
+
+    args = ["--out", str(tmp_path / "demo"), "--tracks", "400", "--seconds", "10"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_prep.make_demo", *args],
+        cwd=REPO,
+        env={**os.environ, "MYNA_RPE_DEBUG": ""},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = ""
+    while not re.search(r" [1-9]\d*/400 ", seen):  # tqdm's bar: some tracks are written
+        seen += proc.stderr.read(1)
+        assert proc.poll() is None, f"make_demo ended before it was interrupted: {seen}"
+    proc.send_signal(signal.SIGINT)
+    stderr = seen + proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.rstrip().endswith(
+        "error: interrupted; the set is incomplete (metadata.csv is written last): rerun the"
+        " command"
+    ), stderr[-500:]
+    assert any((tmp_path / "demo" / "audio").iterdir())
+    assert not (tmp_path / "demo" / "metadata.csv").exists()

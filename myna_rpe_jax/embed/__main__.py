@@ -102,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     check_embedder_flags(parser, args)
-    return errors.run_cli(lambda: _embed(args), (OSError, ValueError))
+    return errors.run_cli(
+        lambda: _embed(args),
+        (OSError, ValueError),
+        interrupted=f"nothing was written to {args.output} (it is written whole at the end)",
+    )
 
 
 if __name__ == "__main__":

@@ -128,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     if problem := files.output_problem(args.output, "folder"):
         parser.error(f"--output: {problem}")
     check_embedder_flags(parser, args)
-    return errors.run_cli(lambda: _probe(args, modes, kinds), (OSError, ValueError))
+    return errors.run_cli(
+        lambda: _probe(args, modes, kinds),
+        (OSError, ValueError),
+        interrupted=f"the embeddings finished so far are cached in {args.output}/embeddings:"
+        " rerun the same command to go on from them",
+    )
 
 
 if __name__ == "__main__":

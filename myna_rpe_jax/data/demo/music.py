@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 
@@ -28,6 +29,7 @@ import numpy as np
 import soundfile as sf
 import tqdm
 
+from myna_rpe_jax import files
 from myna_rpe_jax.data.demo.synth import BASS, TIMBRES, Voice, drum_kit, fade_and_normalise, mix_in
 from myna_rpe_jax.data.keys import KEY_NAMES
 
@@ -376,8 +378,10 @@ def generate_demo(
                 "tags": "|".join(spec.tags),
             }
         )
-    with open(os.path.join(out_dir, "metadata.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METADATA_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    # Whole or absent: a set interrupted while its metadata is written is not taken for done.
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=METADATA_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    files.write_text(os.path.join(out_dir, "metadata.csv"), text.getvalue())
     return rows
