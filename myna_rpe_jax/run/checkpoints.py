@@ -178,8 +178,11 @@ def read_config(workdir: str | Path, step: int | None = None) -> ml_collections.
             " and checkpoints/ there: python -m myna_rpe_jax.train --workdir=...)"
         )
     try:
-        return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+            raise ValueError("no 'model' section")
+        return ml_collections.ConfigDict(config)
+    except (ValueError, UnicodeDecodeError, IsADirectoryError) as err:  # JSONDecodeError too
         raise ValueError(
             f"{path} is not the JSON config train writes ({err}): restore it from a copy of"
             " the run, or retrain into a new --workdir"

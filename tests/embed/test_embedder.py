@@ -349,9 +349,15 @@ def test_damaged_run_files_are_named_with_what_to_do(tiny_run, tmp_path):
 
     broken = tmp_path / "run"
     shutil.copytree(tiny_run.workdir, broken)
-    (broken / "config.json").write_text("{bad")
+    for text in ("{bad", "[1, 2]", "{}", '{"model": 3}'):  # not JSON; JSON of another shape
+        (broken / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=r"config.json is not the JSON config train writes"):
+            checkpoints.read_config(broken)
+    (broken / "config.json").unlink()
+    (broken / "config.json").mkdir()
     with pytest.raises(ValueError, match=r"config.json is not the JSON config train writes"):
         checkpoints.read_config(broken)
+    (broken / "config.json").rmdir()
     shutil.copy(tiny_run.workdir / "config.json", broken / "config.json")
     for data in (broken / "checkpoints" / str(TRAIN_STEPS)).rglob("d"):
         shutil.rmtree(data)

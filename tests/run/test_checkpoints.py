@@ -63,8 +63,8 @@ def test_a_latest_step_half_deleted_when_a_newer_one_exists_gives_way(tmp_path):
 def test_each_step_reads_the_config_it_was_trained_with(tmp_path):
     """Resumes at steps 10 and 30 with changed configs archived what ran up to each."""
     for name, value in [("config.until_step10.json", 1), ("config.until_step30.json", 2)]:
-        (tmp_path / name).write_text(f'{{"v": {value}}}')
-    (tmp_path / "config.json").write_text('{"v": 3}')
+        (tmp_path / name).write_text(f'{{"v": {value}, "model": {{}}}}')
+    (tmp_path / "config.json").write_text('{"v": 3, "model": {}}')
     (tmp_path / "config.until_stepX.json").write_text("not an archive: no step number")
     steps = (None, 1, 10, 11, 30, 31, 1000)
     assert [checkpoints.read_config(tmp_path, step).v for step in steps] == [3, 1, 1, 2, 2, 3, 3]
