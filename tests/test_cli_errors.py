@@ -128,6 +128,12 @@ def test_a_workdir_that_is_or_lies_under_a_file_fails_before_any_data_work(tmp_p
     assert not (tmp_path / "cache").exists()
 
 
+def test_a_workdir_where_no_folder_can_be_made_fails_before_any_data_work(tmp_path):
+    proc = train(tmp_path, "--workdir=/proc/run")
+    assert_error(proc, 2, "error: --workdir=/proc/run: cannot write /proc/run: /proc takes no")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_debug_switch_shows_the_traceback(tmp_path):
     proc = train(tmp_path, "--config.model.posemb=('alibi3d',)", env={"MYNA_RPE_DEBUG": "1"})
     assert proc.returncode != 0
@@ -153,7 +159,8 @@ def test_dataset_not_prepared_says_how_to_build_it(tmp_path):
 def test_nan_stop_is_one_message(tmp_path, tiny_config):
     from tests.train.test_loop import overrides
 
-    flags = [*overrides(tiny_config), "--config.total_steps=2", "--config.optim.learning_rate=nan"]
+    # A finite rate that overflows float32 parameters (a NaN rate is a config error now).
+    flags = [*overrides(tiny_config), "--config.total_steps=2", "--config.optim.learning_rate=1e38"]
     proc = train(tmp_path, *flags)
     assert_error(proc, 1, "became NaN/inf", "no checkpoint had been saved yet")
 

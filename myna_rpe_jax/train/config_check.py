@@ -12,6 +12,7 @@ embedding.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import jax
@@ -134,8 +135,8 @@ def _check_batch(config: ml_collections.ConfigDict) -> None:
 
 
 # Each field of config.optim (train/step.py's make_optimizer): when it is wrong, and what is
-# valid. Written as what is refused, so a NaN learning rate passes (tests make runs diverge
-# with it: the NaN stop of train/loop.py).
+# valid. NaN and infinities are refused for all (`_check_optim`): a NaN learning rate used to
+# pass and stop the run only after its data work and first eval.
 _OPTIM_FIELDS = (
     ("learning_rate", lambda v: v <= 0, "> 0 (the peak of the schedule)"),
     ("weight_decay", lambda v: v < 0, ">= 0 (0: none)"),
@@ -146,10 +147,28 @@ _OPTIM_FIELDS = (
 )
 
 
+def _check_seeds(config: ml_collections.ConfigDict) -> None:
+    """numpy seeds the data order and the demo set from them: it takes whole numbers >= 0."""
+    seeds = {
+        "config.seed": config.get("seed"),
+        "config.data.demo_seed": config.data.get("demo_seed"),
+    }
+    for name, value in seeds.items():
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise ConfigError(f"{name}={value!r} must be a whole number >= 0")
+
+
 def _check_optim(optim: ml_collections.ConfigDict) -> None:
     for field, wrong, valid in _OPTIM_FIELDS:
         value = optim.get(field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or wrong(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or wrong(value)
+        ):
             raise ConfigError(f"config.optim.{field}={value!r} must be {valid}")
 
 
@@ -251,6 +270,7 @@ def checked_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     _check_data(config.data)
     _check_model(config.model)
     _check_batch(config)
+    _check_seeds(config)
     _check_optim(config.optim)
     _check_evals(config)
     try:
