@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if problem := files.output_problem(args.out, "folder"):
         parser.error(f"--out: {problem}")
+    if args.seed < 0:  # numpy's generators take none
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.tracks < 1:
         parser.error(f"--tracks must be >= 1, got {args.tracks}")
     if not 0 < args.seconds <= MAX_SECONDS:  # also NaN; longer ones would not fit in memory

@@ -99,6 +99,8 @@ def output_problem(path: str | Path, kind: str = "file") -> str | None:
     exists as the other kind, one of its parents is a file, or the folder that would take
     the output's first new entry refuses one (read-only, not yours, or /proc). Checked before
     the work, so that a long job does not end on `[Errno 17] File exists`."""
+    if not str(path).strip():  # Path("") is the current folder: never what was meant
+        return f"the path is empty; name the {kind} to write"
     path = Path(path)
     if kind == "file" and path.is_dir():
         return f"{path} is a folder; name the file to write"

@@ -67,6 +67,8 @@ def test_output_problems_are_found_before_any_work(tmp_path):
     (tmp_path / "a_folder").mkdir()
     assert files.output_problem(tmp_path / "new" / "deeper" / "out.npz") is None
     assert files.output_problem(tmp_path / "a_folder", "folder") is None
+    assert files.output_problem("", "folder") == "the path is empty; name the folder to write"
+    assert files.output_problem(" ") == "the path is empty; name the file to write"
     assert "is a folder" in files.output_problem(tmp_path / "a_folder")
     assert "is a file" in files.output_problem(tmp_path / "a_file", "folder")
     problem = files.output_problem(tmp_path / "a_file" / "x" / "out.npz")

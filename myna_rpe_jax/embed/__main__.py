@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dataset needs --data-dir (where it was prepared)")
     if args.audio and args.splits:
         parser.error("--splits selects splits of a --dataset; --audio embeds every file given")
+    if args.splits and len(set(names := args.splits.split(","))) < len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        parser.error(
+            f"--splits names {', '.join(twice)} more than once: each track is embedded once"
+        )
     if args.audio and args.data_dir:  # said, not ignored: the user may have meant --dataset
         parser.error("--data-dir is where a --dataset was prepared; --audio reads its own path")
     if problem := files.output_problem(args.output):
