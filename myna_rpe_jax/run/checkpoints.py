@@ -102,7 +102,23 @@ def _interrupt_deferred():
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None):
     """Restores into the structure, shapes and shardings of `abstract_state`."""
     step = manager.latest_step() if step is None else step
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _dropping_closed_loop_callbacks(previous_hook)  # as in _read_params
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    sys.unraisablehook = previous_hook
+    return restored
+
+
+def damage(workdir: str | Path, step: int) -> str | None:
+    """Why checkpoint `step` of `workdir` cannot be read at all (its files damaged or
+    incomplete), or None when it reads: told apart from a checkpoint that reads but does
+    not fit a train state (another model), which only a structured restore finds."""
+    manager = checkpoint_manager(workdir, async_save=False)
+    try:
+        _read_params(manager, step, follow_latest=False)
+    except OSError as err:
+        return error_gist(err.__cause__ or err)
+    return None
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

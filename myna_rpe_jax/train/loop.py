@@ -108,7 +108,18 @@ def train(
         )
         try:
             state = checkpoints.restore(manager, abstract)
-        except ValueError as e:
+        except Exception as e:  # orbax raises bare Exceptions for damaged files
+            step, folder = manager.latest_step(), Path(workdir) / "checkpoints"
+            if problem := checkpoints.damage(workdir, step):
+                earlier = [n for n in manager.all_steps() if n < step]
+                fix = f"to resume from step {max(earlier)}" if earlier else "to start afresh"
+                raise ValueError(
+                    f"the checkpoint at step {step} in {folder} cannot be read, its files are"
+                    f" damaged or incomplete ({problem}). Move {folder / str(step)} out of"
+                    f" {folder} {fix}, or train in a fresh --workdir"
+                ) from e
+            if not isinstance(e, ValueError):
+                raise
             raise ValueError(
                 f"the checkpoint at step {manager.latest_step()} in {workdir}/checkpoints does not"
                 f" fit the train state of this config ({checkpoints.error_gist(e)}). Resume with"

@@ -134,6 +134,38 @@ def test_resuming_a_run_from_before_a_field_existed_is_no_config_change(
     assert "changed config (model.length_scaling: False -> True)" in caplog.text
 
 
+@pytest.mark.parametrize("damage", ["truncated", "arrays gone"])
+def test_resuming_from_a_damaged_checkpoint_says_so_and_how_to_go_back_one(
+    tiny_config, tmp_path, damage, capsys
+):
+    """A damaged latest checkpoint used to be reported as one that 'does not fit the train
+    state of this config', sending the user after a config that was fine."""
+    import shutil
+
+    tiny_config.checkpoint_every = 1
+    loop.train(tiny_config, str(tmp_path), stop_after=2)
+    folder = tmp_path / "checkpoints"
+    for path in (folder / "2").rglob("*"):
+        if damage == "truncated" and path.is_file():
+            path.write_bytes(path.read_bytes()[:100])
+        elif damage == "arrays gone" and path.name == "d" and path.is_dir():
+            shutil.rmtree(path)
+    capsys.readouterr()
+    with pytest.raises(ValueError) as raised:
+        loop.train(tiny_config, str(tmp_path), stop_after=3)
+    message = str(raised.value)
+    assert message.startswith(
+        f"the checkpoint at step 2 in {folder} cannot be read, its files are damaged"
+    ), message
+    assert message.endswith(
+        f"Move {folder / '2'} out of {folder} to resume from step 1, or train in a fresh --workdir"
+    )
+    assert "Event loop is closed" not in capsys.readouterr().err
+    shutil.move(folder / "2", tmp_path / "2.damaged")
+    history = loop.train(tiny_config, str(tmp_path), stop_after=3)
+    assert history[-1]["step"] == 3 and checkpoints.load_params(tmp_path)[1] == 3
+
+
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
     tiny_config.checkpoint_every = 1
     loop.train(tiny_config, str(tmp_path), stop_after=2)
