@@ -25,15 +25,17 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from myna_rpe_jax import files
 from myna_rpe_jax.data.audio import AudioError, MelConfig, audio_to_mel
 from myna_rpe_jax.data.datasets import dataset_tasks
+from myna_rpe_jax.data.datasets.common import LayoutError
 from myna_rpe_jax.data.datasets.common import build_command as datasets_build_command
 from myna_rpe_jax.data.datasets.parsers.folder import list_tracks as list_folder
-from myna_rpe_jax.data.formats import track_ids
+from myna_rpe_jax.data.formats import AUDIO_EXTENSIONS, track_ids
 from myna_rpe_jax.embed.embedder import (
     DEFAULT_MAX_PADDING,
     DEFAULT_MAX_TOKENS,
     Embedder,
 )
 from myna_rpe_jax.embed.file import Embeddings
+from myna_rpe_jax.errors import UserError
 from myna_rpe_jax.model.attention import KERNELS
 from myna_rpe_jax.run.checkpoints import describe_differences, mel_differences
 
@@ -99,7 +101,14 @@ def list_audio(path: str | Path) -> tuple[list[tuple[str, Path]], list[str]]:
         return [(path.stem, path)], []
     if not path.exists():
         raise FileNotFoundError(f"--audio {path}: no such file or folder")
-    listing = list_folder(path, "all-train", 0)
+    try:
+        listing = list_folder(path, "all-train", 0)
+    except LayoutError as err:  # its message explains a build's --source layout
+        problem = str(err).split("\n", 1)[0].rsplit(": ", 1)[-1].rstrip(".")
+        raise UserError(
+            f"--audio {path}: {problem}; pass an audio file, or a folder with audio files"
+            f" anywhere under it ({' '.join(sorted(AUDIO_EXTENSIONS))})"
+        ) from err
     paths = [track.path for track in listing.tracks]
     files = list(zip(track_ids(path, paths), paths, strict=True))
     return files, [f"{file}: {reason}" for file, reason in listing.skipped]
@@ -264,6 +273,11 @@ def audio_embeddings(
     """Embeds an audio file or every audio file under a folder (split "", no labels), with
     mels computed as the model's training data was."""
     files, ignored = list_audio(path)
+    if ignored and not files:
+        raise UserError(
+            f"--audio {path}: no audio file under it, only {len(ignored)} other file(s), e.g."
+            f" {ignored[0]}; audio files end in {' '.join(sorted(AUDIO_EXTENSIONS))}"
+        )
     if ignored:
         log.info("ignored %d non-audio file(s), e.g. %s", len(ignored), ignored[0])
     tracks = decode_audio(files, embedder.mel_config, workers)

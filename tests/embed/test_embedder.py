@@ -259,10 +259,22 @@ def test_embed_cli_on_a_prepared_dataset(tiny_run, tmp_path):
     assert result.meta["labels"]["genre"]["class_names"] == list(tasks["genre"].class_names)
 
 
-def test_embed_cli_reports_missing_inputs(tiny_run, tmp_path):
+def test_embed_cli_reports_missing_inputs(tiny_run, tmp_path, capsys):
     argv = ["--workdir", str(tiny_run.workdir), "--output", str(tmp_path / "x.npz")]
     assert embed_cli.main([*argv, "--audio", str(tmp_path / "nowhere")]) == 1
     assert embed_cli.main([*argv, "--dataset", "gtzan", "--data-dir", str(tmp_path)]) == 1
+    # Folders with nothing to embed: said in embed's terms, not a build's --source layout.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("no audio")
+    capsys.readouterr()
+    assert embed_cli.main([*argv, "--audio", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: --audio {tmp_path / 'empty'}: it holds no files; pass an audio file" in err
+    assert "<source>" not in err and "skipped.tsv" not in err
+    assert embed_cli.main([*argv, "--audio", str(tmp_path / "notes")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: --audio {tmp_path / 'notes'}: no audio file under it, only 1 other" in err
     assert not (tmp_path / "x.npz").exists()
 
 
