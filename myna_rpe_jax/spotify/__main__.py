@@ -274,6 +274,8 @@ def explain(error: Exception, args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if not 0 <= args.max_wait < float("inf"):  # NaN too: it would lift the cap
+        parser.error(f"--max-wait must be a number of seconds >= 0, got {args.max_wait}")
     if problem := output_problem(args):
         parser.error(problem)
     REDACTOR.install(

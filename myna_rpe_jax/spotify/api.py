@@ -88,7 +88,10 @@ class Redactor(logging.Filter):
 
     def redact(self, text: str) -> str:
         for secret in sorted(self.secrets, key=len, reverse=True):
-            text = text.replace(secret, "[redacted]")
+            # Whole tokens only: a placeholder id such as "x" must not eat every letter x.
+            text = re.sub(
+                rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "[redacted]", text
+            )
         return self._TOKENS.sub(r"\1[redacted]", text)
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -642,3 +642,23 @@ def test_unwritable_outputs_are_usage_errors_before_any_request(server, tmp_path
         "token.json",
         "tracks.csv",
     ]
+
+
+def test_redaction_replaces_whole_secrets_not_letters_of_words():
+    """A placeholder client id such as "x" used to turn every x of a message into
+    [redacted] ('e[redacted]pected', 'myna_rpe_ja[redacted]')."""
+    redactor = api.Redactor()
+    redactor.install("x", CLIENT_SECRET)
+    text = f"expected x in myna_rpe_jax.spotify (id=x, secret {CLIENT_SECRET}, 'x')"
+    assert redactor.redact(text) == (
+        "expected [redacted] in myna_rpe_jax.spotify (id=[redacted], secret [redacted],"
+        " '[redacted]')"
+    )
+
+
+@pytest.mark.parametrize("wait", ["nan", "-5", "inf"])
+def test_max_wait_must_be_a_number_of_seconds(wait, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        spotify_cli.main(["--max-wait", wait, "login", "--no-browser"])
+    assert exit_info.value.code == 2
+    assert "--max-wait must be a number of seconds >= 0" in capsys.readouterr().err
