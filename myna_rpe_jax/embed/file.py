@@ -62,6 +62,19 @@ def save_npz(path: str | Path, result: Embeddings) -> Path:
 _WRITER = "`python -m myna_rpe_jax.embed`"
 
 
+def _field(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """npz[key], or a ValueError naming the file and the field when it holds Python objects
+    (which only pickle, never loaded here, could read)."""
+    try:
+        return npz[key]
+    except ValueError as err:
+        raise ValueError(
+            f"{path}: field {key!r} holds Python objects (an array of dtype object), which are"
+            " not read (that would need pickle); save it as numbers or strings, e.g."
+            " np.asarray(track_ids, dtype=str)"
+        ) from err
+
+
 def load_npz(path: str | Path, *, strict: bool = True) -> Embeddings:
     """Reads an embedding file (no pickle).
 
@@ -89,11 +102,12 @@ def load_npz(path: str | Path, *, strict: bool = True) -> Embeddings:
             if not set(missing) & set(MINIMAL_FIELDS):
                 fix += "; load_npz(path, strict=False) reads one without split and meta"
             raise ValueError(f"{path} lacks {missing}: {fix}")
-        ids = [str(t) for t in f["track_ids"]]
-        emb = np.asarray(f["embeddings"], np.float32)
-        split = [str(s) for s in f["split"]] if "split" in f.files else [""] * len(ids)
-        meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
-        labels = {key[len("label_") :]: f[key] for key in f.files if key.startswith("label_")}
+        arrays = {key: _field(f, key, path) for key in f.files}
+        ids = [str(t) for t in arrays["track_ids"]]
+        emb = np.asarray(arrays["embeddings"], np.float32)
+        split = [str(s) for s in arrays["split"]] if "split" in f.files else [""] * len(ids)
+        meta = json.loads(str(arrays["meta"])) if "meta" in f.files else {}
+        labels = {key[len("label_") :]: arrays[key] for key in f.files if key.startswith("label_")}
     if emb.ndim != 2 or len(emb) != len(ids) or len(split) != len(ids):
         raise ValueError(
             f"{path}: embeddings {emb.shape} and split ({len(split)}) do not match "

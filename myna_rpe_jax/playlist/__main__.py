@@ -206,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.strategy == "interpolate" and not args.to:
         parser.error("--strategy interpolate needs --to with a second playlist")
+    if args.to and args.strategy != "interpolate":  # said, not ignored
+        parser.error(
+            f"--to is the second playlist of --strategy interpolate; {args.strategy} takes one"
+        )
     # Before the work (minutes on a big library), not after it with `[Errno 17] File exists`.
     plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
     for flag, path in (("--out", args.out), ("--plot", plot_path)):

@@ -186,3 +186,24 @@ def test_meaningless_numbers_are_usage_errors(tmp_path, emb_path, capsys, flag, 
     args = ["--playlist", "artist/t0,artist/t1", "--out", str(out), flag, value]
     assert message in usage_error(capsys, emb_path, *args)
     assert not out.exists()
+
+
+def test_a_second_playlist_for_a_one_playlist_strategy_is_a_usage_error(tmp_path, emb_path, capsys):
+    """--to used to be ignored silently by fill and expand."""
+    out = tmp_path / "gen.csv"
+    args = ["--playlist", "artist/t0,artist/t1", "--to", "artist/t2,artist/t3", "--out", str(out)]
+    err = usage_error(capsys, emb_path, *args)
+    assert "--to is the second playlist of --strategy interpolate; fill takes one" in err
+    assert not out.exists()
+
+
+def test_embeddings_stored_as_python_objects_are_named(tmp_path, emb_path, capsys):
+    """An .npz whose ids were saved as an object array (a list of mixed types)."""
+    found = np.load(emb_path)
+    np.savez(
+        emb_path,
+        track_ids=np.asarray(list(found["track_ids"]), dtype=object),
+        embeddings=found["embeddings"],
+    )
+    with pytest.raises(errors.UserError, match=rf"{emb_path}: field .track_ids. holds Python"):
+        run(emb_path, "--playlist", "artist/t0,artist/t1", "--out", str(tmp_path / "gen.csv"))
