@@ -44,8 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--tracks must be >= 1, got {args.tracks}")
     if not 0 < args.seconds <= MAX_SECONDS:  # also NaN; longer ones would not fit in memory
         parser.error(f"--seconds must be > 0 and at most {MAX_SECONDS}, got {args.seconds}")
-    if args.sample_rate < 8000:
-        parser.error(f"--sample-rate must be >= 8000 Hz, got {args.sample_rate}")
+    if not 8000 <= args.sample_rate <= 192000:  # what audio files are written at
+        parser.error(f"--sample-rate must be 8000 to 192000 Hz, got {args.sample_rate}")
     return args
 
 

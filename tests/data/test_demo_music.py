@@ -74,6 +74,16 @@ def test_deterministic_for_a_seed_and_stable_in_num_tracks(tmp_path):
     assert [r["tempo_bpm"] for r in rows_a] != [r["tempo_bpm"] for r in rows_d]
 
 
+def test_a_smaller_set_generated_over_a_larger_one_leaves_no_stray_tracks(tmp_path):
+    """The build reads every audio file of the folder: tracks left by the earlier, larger set
+    would join the new one without labels. Files that are not demo tracks are kept."""
+    music.generate_demo(tmp_path, 5, seconds=1.0)
+    (tmp_path / "audio" / "mine.wav").write_bytes(b"not ours")
+    rows = music.generate_demo(tmp_path, 2, seconds=1.0)
+    names = sorted(path.name for path in (tmp_path / "audio").iterdir())
+    assert names == sorted([f"{row['track_id']}.wav" for row in rows] + ["mine.wav"])
+
+
 def test_splits_by_artist_with_every_genre_and_tag():
     specs = [music.track_spec(i) for i in range(168)]
     split_of_artist = collections.defaultdict(set)

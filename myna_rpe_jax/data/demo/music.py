@@ -24,6 +24,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 
 import numpy as np
 import soundfile as sf
@@ -384,4 +385,9 @@ def generate_demo(
     writer.writeheader()
     writer.writerows(rows)
     files.write_text(os.path.join(out_dir, "metadata.csv"), text.getvalue())
+    # A larger set generated here before would leave tracks that no row lists.
+    written = {f"{row['track_id']}.wav" for row in rows}
+    for name in os.listdir(audio_dir):
+        if re.fullmatch(r"demo\d{5,}\.wav", name) and name not in written:
+            os.remove(os.path.join(audio_dir, name))
     return rows
