@@ -53,17 +53,19 @@ def median_ms(fn, args, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="S/16")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--tokens", default="129,257,513,1025,2049,4097")
-    parser.add_argument("--block-sizes", default="256,512")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variant", type=machine.variant, default="S/16")
+    parser.add_argument("--batch", type=machine.at_least(1), default=1)
+    parser.add_argument(
+        "--tokens", type=machine.number_list(2), default=[129, 257, 513, 1025, 2049, 4097]
+    )
+    parser.add_argument("--block-sizes", type=machine.number_list(1), default=[256, 512])
+    parser.add_argument("--repeats", type=machine.at_least(1), default=5)
     parser.add_argument("--grad", action="store_true", help="time value and gradient")
     args = parser.parse_args()
 
     sizes, _ = vit.parse_variant(args.variant)
     heads, head_dim = sizes["num_heads"], sizes["width"] // sizes["num_heads"]
-    blocks = [int(b) for b in args.block_sizes.split(",")]
+    blocks = args.block_sizes
     kernels = {"dense": lambda q, k, v, bias: attention.dense_attention(q, k, v, bias)}
     for block in blocks:
         kernels[f"blockwise {block}"] = lambda q, k, v, bias, block=block: (
@@ -77,7 +79,7 @@ def main() -> None:
     )
     print("| tokens | " + " | ".join(kernels) + " | dense / best blockwise |")
     print("|---" * (len(kernels) + 2) + "|")
-    for num_tokens in (int(n) for n in args.tokens.split(",")):
+    for num_tokens in args.tokens:
         q, k, v, bias = case(args.batch, num_tokens, heads, head_dim)
         row = {}
         for name, kernel in kernels.items():

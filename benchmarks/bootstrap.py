@@ -59,11 +59,13 @@ def row(kind: str, n: int, resamples: int, loop_resamples: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tags-n", type=int, default=11000, help="MTG-Jamendo test tracks")
-    parser.add_argument("--keys-n", type=int, default=236, help="GiantSteps test tracks")
-    parser.add_argument("--r2-n", type=int, default=125, help="EmoMusic test clips")
-    parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--loop-resamples", type=int, default=50, help="timed, then scaled")
+    n = machine.at_least(2)  # a resample of one example has no spread
+    parser.add_argument("--tags-n", type=n, default=11000, help="MTG-Jamendo test tracks")
+    parser.add_argument("--keys-n", type=n, default=236, help="GiantSteps test tracks")
+    parser.add_argument("--r2-n", type=n, default=125, help="EmoMusic test clips")
+    parser.add_argument("--resamples", type=machine.at_least(1), default=1000)
+    loop = machine.at_least(1)
+    parser.add_argument("--loop-resamples", type=loop, default=50, help="timed, then scaled")
     parser.add_argument("--small", action="store_true", help="tiny sizes: a smoke run")
     args = parser.parse_args(argv)
     if args.small:

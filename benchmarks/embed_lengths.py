@@ -46,12 +46,19 @@ def timed_pass(embedder: embedder_lib.Embedder, mels: list[np.ndarray]) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="tiny", help="tiny, S/16 or B/16")
-    parser.add_argument("--tracks", type=int, default=48)
-    parser.add_argument("--min-s", type=float, default=20.0, help="shortest track, seconds")
-    parser.add_argument("--max-s", type=float, default=120.0, help="longest track, seconds")
-    parser.add_argument("--max-padding", default="0,0.05,0.125,0.25")
+    parser.add_argument("--variant", type=machine.variant, default="tiny", help="tiny, S/16, B/16")
+    parser.add_argument("--tracks", type=machine.at_least(1), default=48)
+    seconds = machine.at_least(1.0, float)  # a track of at least one patch column
+    parser.add_argument("--min-s", type=seconds, default=20.0, help="shortest track, seconds")
+    parser.add_argument("--max-s", type=seconds, default=120.0, help="longest track, seconds")
+    parser.add_argument(
+        "--max-padding", type=machine.number_list(0.0, float), default=[0, 0.05, 0.125, 0.25]
+    )
     args = parser.parse_args()
+    if args.max_s <= args.min_s:
+        parser.error(f"--max-s ({args.max_s:g}) must exceed --min-s ({args.min_s:g})")
+    if max(args.max_padding) >= 1:
+        parser.error(f"--max-padding values must be below 1, got {args.max_padding}")
 
     encoder = vit.encoder_from_config(ml_collections.ConfigDict(dict(variant=args.variant)))
     params = jax.jit(lambda: encoder.init(jax.random.key(0), np.zeros((1, 128, 64)), train=False))()
@@ -69,7 +76,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     reference = None
-    for max_padding in (float(x) for x in args.max_padding.split(",")):
+    for max_padding in args.max_padding:
         embedder = embedder_lib.Embedder(
             encoder, params["params"], chunk_frames=256, max_padding=max_padding
         )

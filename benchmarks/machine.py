@@ -1,5 +1,6 @@
 """The machine line every benchmark prints, so figures are never quoted without it."""
 
+import argparse
 import os
 import platform
 
@@ -62,3 +63,45 @@ def vit_forward_flops(tokens: int, width: int, depth: int, mlp_dim: int, patch: 
     attention scores and weighted sum (4 N^2 D). Softmax, norms and biases are left out."""
     per_layer = 8 * tokens * width**2 + 4 * tokens * width * mlp_dim + 4 * tokens**2 * width
     return 2 * tokens * patch * patch * width + depth * per_layer
+
+
+# argparse types of the benchmarks' flags: a bad value is a usage error, not a traceback.
+
+
+def at_least(low: float, kind: type = int):
+    """An argparse type: a `kind` number >= `low` (NaN refused)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return parse
+
+
+def number_list(low: float, kind: type = int):
+    """An argparse type: comma-separated `kind` numbers, each >= `low`, at least one."""
+    one = at_least(low, kind)
+
+    def parse(text: str) -> list:
+        values = [one(part) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError("lists no value")
+        return values
+
+    return parse
+
+
+def variant(text: str) -> str:
+    """An argparse type: a ViT variant name the model knows (`vit.parse_variant`)."""
+    from myna_rpe_jax.model import vit
+
+    try:
+        vit.parse_variant(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text

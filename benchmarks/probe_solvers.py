@@ -185,12 +185,15 @@ def benchmark(task: str, args) -> list[tuple]:
 
 def main(argv: list[str] | None = None) -> list[tuple]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-train", type=int, default=1500)
-    parser.add_argument("--n-test", type=int, default=500)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--num-values", type=int, default=8, help="regularisation values")
-    parser.add_argument("--tol", type=float, default=1e-6, help="max |gradient| tolerance")
-    parser.add_argument("--repeats", type=int, default=2, help="compiled timing repeats")
+    # A fit and a score need a few examples of each class (multiclass24: up to 24 classes).
+    parser.add_argument("--n-train", type=machine.at_least(48), default=1500)
+    parser.add_argument("--n-test", type=machine.at_least(24), default=500)
+    parser.add_argument("--dim", type=machine.at_least(1), default=384)
+    nums = machine.at_least(1)
+    parser.add_argument("--num-values", type=nums, default=8, help="regularisation values")
+    tol = machine.at_least(1e-12, float)
+    parser.add_argument("--tol", type=tol, default=1e-6, help="max |gradient| tolerance")
+    parser.add_argument("--repeats", type=nums, default=2, help="compiled timing repeats")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--x64", action="store_true", help="run the JAX solvers in float64")
     parser.add_argument(

@@ -45,6 +45,7 @@ import ml_collections  # noqa: E402
 from absl import logging  # noqa: E402
 
 from configs import tiny  # noqa: E402
+from myna_rpe_jax import files  # noqa: E402
 from myna_rpe_jax.model import positional  # noqa: E402
 from myna_rpe_jax.probe import evaluate  # noqa: E402
 from myna_rpe_jax.train import loop  # noqa: E402
@@ -252,18 +253,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-seconds", type=float, default=6.0)
     parser.add_argument("--data-dir", default=None, help="demo data root (default: the cache)")
     parser.add_argument("--out", default="runs/quality", help="output folder")
-    parser.add_argument("--small", action="store_true", help="seconds: two cells, 4 steps")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="seconds: two cells, 4 steps (in place of --steps, --seeds, --cells, --batch-size"
+        " and the demo sizes)",
+    )
     args = parser.parse_args(argv)
-    if args.small:
+    if args.small:  # the sizes are --small's; the suite's demo set needs these
         args.steps, args.seeds, args.cells = 4, "0", "base,learned"
         # The test suite's demo set (tests/conftest.py), when --data-dir points at it.
         args.demo_tracks, args.demo_seconds, args.batch_size = 24, 4.0, 8
         args.out = args.out if args.out != "runs/quality" else "runs/quality-small"
     cells = [c for c in args.cells.split(",") if c]
     unknown = [c for c in cells if c not in CELLS]
-    if unknown:
-        parser.error(f"unknown cell(s) {unknown}; choose from {list(CELLS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    if unknown or not cells:
+        parser.error(f"unknown cell(s) {unknown or args.cells!r}; choose from {list(CELLS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        parser.error(f"--seeds must list whole numbers >= 0, got {args.seeds!r}")
+    if args.steps < 1 or args.batch_size < 2 or args.demo_tracks < 1 or args.demo_seconds <= 0:
+        parser.error(
+            "--steps, --demo-tracks and --demo-seconds must be positive, --batch-size >= 2"
+        )
+    if problem := files.output_problem(args.out, "folder"):  # before hours of training
+        parser.error(f"--out: {problem}")
     logging.set_verbosity(logging.WARNING)
     std_logging.getLogger("myna_rpe_jax").setLevel(std_logging.WARNING)
 
