@@ -105,9 +105,11 @@ def _build(args: argparse.Namespace, mel: MelConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command; returns its exit status: 2 for log-mel flags that make no MelConfig and
-    a --source that is not the dataset's layout (LayoutError); 1 for anything else that stops
-    a build (a --data-dir inside the source, nothing decodable, a failure that is not a
+    """The command; returns its exit status: 2 for log-mel flags that make no MelConfig, a
+    --source that is not the dataset's layout (LayoutError) and one with other tracks than
+    the dataset already prepared in --data-dir (SourceMismatchError); 1 for anything else
+    that stops a build (a --data-dir inside the source, an annotation file that is not
+    UTF-8, a split a probe needs left empty, nothing decodable, a failure that is not a
     file's, a folder that cannot be written). Each is one `error:` line (errors.run_cli)."""
     parser = _parser()
     args = parser.parse_args(argv)

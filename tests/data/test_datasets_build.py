@@ -5,7 +5,9 @@ mels are checked against audio_to_mel of the same file, labels against the sourc
 """
 
 import csv
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from myna_rpe_jax.data.datasets.cache import (
     ensure_mels,
     load_mel,
 )
-from myna_rpe_jax.data.datasets.common import NothingPreparedError
+from myna_rpe_jax.data.datasets.common import EmptySplitError, NothingPreparedError
 from myna_rpe_jax.data.datasets.registry import get_spec
 from myna_rpe_jax.data.datasets.shards import plan_shards
 from myna_rpe_jax.data.demo.music import DEMO_GENRES, DEMO_TAGS, generate_demo
@@ -141,8 +143,14 @@ def test_missing_annotated_files_are_listed(tmp_path):
     source = tmp_path / "demo"
     generate_demo(source, num_tracks=4, seconds=2.0)
     (source / "audio" / "demo00001.wav").unlink()
-    summary = prepare("demo", source, tmp_path / "data", mel=MEL, progress=False)
+    with pytest.warns(UserWarning, match="demo: no valid track .* generate at least 6 tracks"):
+        summary = prepare("demo", source, tmp_path / "data", mel=MEL, progress=False)
     assert (summary.prepared, summary.skipped) == (3, 1)
+    again = prepare("demo", source, tmp_path / "data", mel=MEL, progress=False)
+    assert again.already_prepared and again.notes == [
+        "it has no valid split, which a probe needs: rebuild it with --overwrite from a source"
+        " that fills every split"
+    ]
     [row] = read_tsv(summary.skipped_tsv)
     assert row["path"] == "audio/demo00001.wav" and row["reason"].startswith("missing")
     ids = {
@@ -341,6 +349,86 @@ def test_a_failed_build_keeps_the_log_mels_another_build_cached(tmp_path):
     assert sorted(os.stat(file).st_ino for file in work.glob("*.npz")) == sorted(cached)
     summary = prepare("folder", good, data_dir, mel=MEL, progress=False)
     assert summary.prepared == 2 and not (data_dir / "_cache").exists()
+
+
+def test_a_prepared_dataset_is_only_found_for_its_own_source(tmp_path, capsys):
+    """A mistyped --source is named as such, not answered with the dataset prepared before;
+    a folder with other tracks stops the build; a copy of the folder is the same dataset."""
+    source, other, data_dir = tmp_path / "music", tmp_path / "other", tmp_path / "data"
+    write_tone(source / "a.wav", freq=300)
+    write_tone(source / "b.wav", freq=500)
+    write_tone(other / "a.wav", freq=300)
+    first = prepare("folder", source, data_dir, mel=MEL, progress=False)
+    argv = ["--dataset", "folder", "--data-dir", str(data_dir), "--no-progress", *MEL_FLAGS]
+    assert build.main([*argv, "--source", str(tmp_path / "typo")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --source {tmp_path / 'typo'} does not")
+    assert build.main([*argv, "--source", str(other)]) == 2
+    config = make_config("folder", MEL).name
+    assert capsys.readouterr().err == (
+        f"error: --data-dir {data_dir} already holds folder (config {config}) prepared from"
+        f" {source} (2 tracks listed), and --source {other} holds other"
+        f" tracks (1 listed): pass --overwrite to rebuild it from {other}, or another --data-dir"
+        " to keep both\n"
+    )
+    copy = shutil.copytree(source, tmp_path / "copy")
+    found = prepare("folder", copy, data_dir, mel=MEL, progress=False)
+    assert found.already_prepared
+    assert found.notes == [f"prepared from {source}; --source {copy} lists the same tracks"]
+
+    # Built before sources were fingerprinted: whether `other` holds its tracks is unknown.
+    metadata_file = first.dataset_dir / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    del metadata["source_fingerprint"], metadata["source_tracks"]
+    metadata_file.write_text(json.dumps(metadata))
+    [note] = prepare("folder", other, data_dir, mel=MEL, progress=False).notes
+    assert note.startswith(f"it was prepared from {source}, not --source {other}, by an older")
+    assert "cannot be told: if not, rebuild with --overwrite" in note
+    del metadata["source"]
+    metadata_file.write_text(json.dumps(metadata))
+    [note] = prepare("folder", other, data_dir, mel=MEL, progress=False).notes
+    assert note.startswith("which folder it was prepared from is not recorded")
+
+    rebuilt = prepare("folder", other, data_dir, mel=MEL, overwrite=True, progress=False)
+    assert (rebuilt.already_prepared, rebuilt.prepared) == (False, 1)
+    assert prepare("folder", other, data_dir, mel=MEL, progress=False).notes == []
+
+
+def _gtzan_of_one_track_per_split(source: Path) -> dict[str, Path]:
+    """A GTZAN source whose filtered lists name one blues track per split: split -> audio."""
+    audio = {}
+    for number, split in enumerate(("train", "valid", "test")):
+        (source / f"{split}_filtered.txt").parent.mkdir(parents=True, exist_ok=True)
+        (source / f"{split}_filtered.txt").write_text(f"blues/blues.{number:05d}.wav\n")
+        audio[split] = write_tone(source / "genres" / "blues" / f"blues.{number:05d}.wav")
+    return audio
+
+
+def test_a_benchmark_build_that_would_leave_a_split_empty_stops(tmp_path, capsys):
+    """A probe needs train, valid and test: a build without a test track stops before tfds
+    writes anything, whether the audio is missing or does not decode, and says why."""
+    source, data_dir = tmp_path / "gtzan", tmp_path / "data"
+    audio = _gtzan_of_one_track_per_split(source)
+    audio["test"].unlink()
+    argv = ["--dataset", "gtzan", "--source", str(source), "--data-dir", str(data_dir)]
+    assert build.main([*argv, "--no-progress", *MEL_FLAGS]) == 1
+    assert capsys.readouterr().err == (
+        f"error: --source {source}: no test track listed (train 1, valid 1, test 0); 1 track(s)"
+        " were left out, e.g. genres/blues/blues.00002.wav: missing: named in the"
+        " *_filtered.txt lists but no such file. A gtzan probe needs tracks in each of train,"
+        " valid, test, so nothing was prepared: check that --source holds the whole dataset"
+        " (audio and annotation files), then run the build again\n"
+    )
+    audio["test"].touch()  # there, but it does not decode
+    with pytest.raises(EmptySplitError, match=r"no test track decoded \(train 1, valid 1, test"):
+        prepare("gtzan", source, data_dir, mel=MEL, progress=False)
+    with pytest.raises(DatasetNotPreparedError):
+        open_split("gtzan", data_dir, "train")
+    # The log-mels stay for the next run; the failure does not, so a replaced file is tried.
+    work = cache_dir(data_dir, "gtzan", make_config("gtzan", MEL).name)
+    assert sorted(path.suffix for path in work.iterdir()) == [".npz", ".npz"]
+    write_tone(audio["test"])
+    summary = prepare("gtzan", source, data_dir, mel=MEL, progress=False)
+    assert summary.split_sizes == {"train": 1, "valid": 1, "test": 1}
 
 
 def test_build_exit_status_is_2_for_flags_and_1_for_an_unusable_data_dir(tmp_path, capsys):

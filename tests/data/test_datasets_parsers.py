@@ -4,6 +4,7 @@ No audio is decoded here: layouts are checked with empty placeholder files, whic
 parsers look at (existence), and the published files come from /work/shared/datasets.
 """
 
+import codecs
 import collections
 import csv
 import gzip
@@ -17,6 +18,7 @@ import pytest
 from myna_rpe_jax.data.datasets import DATASET_NAMES, LayoutError, common, dataset_tasks
 from myna_rpe_jax.data.datasets.parsers import emomusic, giantsteps_key, gtzan, mtg_jamendo
 from myna_rpe_jax.data.datasets.registry import DATASETS
+from myna_rpe_jax.data.demo.music import METADATA_COLUMNS
 from myna_rpe_jax.data.keys import KEY_NAMES
 from tests.conftest import SHARED_DATASETS
 
@@ -403,3 +405,118 @@ def test_gtzan_random_split_when_lists_are_absent(tmp_path):
     assert {t.path.suffix for t in listing.tracks} == {".wav", ".au"}
     with pytest.raises(LayoutError, match="needs the lists"):
         gtzan.list_tracks(tmp_path, "filtered", seed=0)
+
+
+# Each dataset's annotation files (published path -> path in <source>), read in this order,
+# and the folders its layout check wants; the last file is the one made Latin-1.
+_ANNOTATIONS = {
+    "gtzan": (
+        {f"gtzan/{s}_filtered.txt": f"{s}_filtered.txt" for s in ("valid", "test", "train")},
+        ["genres/blues"],
+    ),
+    "mtg_jamendo": (
+        {
+            f"mtg-jamendo/split-0/{n}": f"data/splits/split-0/{n}"
+            for n in mtg_jamendo.SPLIT_FILES.values()
+        },
+        ["audio/00"],
+    ),
+    "giantsteps_key": (
+        {
+            f"giantsteps-mtg-key/annotations/{n}": f"giantsteps-mtg-key/annotations/{n}"
+            for n in ("annotations.txt", "beatport_metadata.txt")
+        },
+        ["giantsteps-mtg-key/audio", "giantsteps-key/audio", "giantsteps-key/annotations/key"],
+    ),
+    "emomusic": (
+        {
+            f"emomusic/{n}_reconstructed.csv": f"annotations/{n}.csv"
+            for n in ("static_annotations", "songs_info")
+        },
+        ["clips_45seconds"],
+    ),
+}
+
+
+def _append_to_line(path: Path, line: int, extra: bytes) -> None:
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] += extra
+    path.write_bytes(b"\n".join(lines))
+
+
+@pytest.mark.parametrize("name", sorted(_ANNOTATIONS))
+def test_an_annotation_file_that_is_not_utf8_is_named_with_its_line(name, tmp_path):
+    """The published files, one with a Latin-1 "é" (an artist's name re-saved by an older
+    editor) on line 3: the error names the file and line, and says to re-save it as UTF-8."""
+    files, folders = _ANNOTATIONS[name]
+    for folder in folders:
+        (tmp_path / folder).mkdir(parents=True)
+    for published, copy in files.items():
+        (tmp_path / copy).parent.mkdir(parents=True, exist_ok=True)
+        head = b"\n".join((SHARED / published).read_bytes().split(b"\n")[:2000])  # fast
+        (tmp_path / copy).write_bytes(codecs.BOM_UTF8 + head)
+    spec = DATASETS[name]
+    spec.list_tracks(tmp_path, spec.split_modes[0], 0)  # a byte-order mark is fine
+    _append_to_line(tmp_path / copy, 3, "é".encode("latin-1"))
+    with pytest.raises(common.NotUtf8Error) as error:
+        spec.list_tracks(tmp_path, spec.split_modes[0], 0)
+    assert str(error.value).startswith(
+        f"{tmp_path / copy}, line 3: not UTF-8 text (byte 0xe9; Latin-1 from an older Excel"
+    )
+    assert "re-save it as UTF-8" in str(error.value)
+
+
+def test_the_demo_metadata_and_a_giantsteps_key_file_that_are_not_utf8(tmp_path):
+    """The demo's metadata.csv stops the listing; one track's .key file is skipped with the
+    reason, like a key label that does not parse."""
+    (tmp_path / "metadata.csv").write_bytes(
+        ",".join(METADATA_COLUMNS).encode() + b"\ndemo0,audio/demo0.wav,train,Beyonc\xe9\n"
+    )
+    with pytest.raises(common.NotUtf8Error, match=r"metadata.csv, line 2: not UTF-8 text"):
+        DATASETS["demo"].list_tracks(tmp_path, "metadata", 0)
+    key_dir = tmp_path / "key"
+    key_dir.mkdir()
+    (key_dir / "1.LOFI.key").write_text("C minor")
+    (key_dir / "2.LOFI.key").write_bytes(b"C minor \xe9")
+    keys, skipped = giantsteps_key.read_test_keys(key_dir)
+    assert keys == [("1", KEY_NAMES.index("C minor"))]
+    assert skipped == [
+        (
+            str(key_dir / "2.LOFI.key"),
+            "line 1: not UTF-8 text (byte 0xe9; Latin-1 from an older Excel or editor?): re-save"
+            " it as UTF-8 (Excel: CSV UTF-8), then run the build again",
+        )
+    ]
+
+
+def test_gtzan_random_split_of_too_few_tracks_says_how_many_it_needs(tmp_path):
+    """3 tracks a genre give no test track (2/1/0 each): a probe could not run on it."""
+    for genre in gtzan.GENRES:
+        for i in range(3):
+            _touch(tmp_path / "genres" / genre / f"{genre}.{i:05d}.wav")
+    with pytest.raises(common.EmptySplitError) as error:
+        gtzan.list_tracks(tmp_path, "random", seed=0)
+    assert str(error.value).startswith(
+        f"--source {tmp_path}: the random 70/15/15 split (--seed 0) of its 30 GTZAN tracks puts"
+        " none in test (train 20, valid 10, test 0), and a probe needs all three. A genre gives"
+        " each split a track from 6 tracks on (the largest here has 3"
+    )
+    for i in range(3, 6):  # one genre of 6 is enough
+        _touch(tmp_path / "genres" / "rock" / f"rock.{i:05d}.wav")
+    counts = collections.Counter(t.split for t in gtzan.list_tracks(tmp_path, "auto", 0).tracks)
+    assert counts == {"train": 22, "valid": 10, "test": 1}
+
+
+@pytest.mark.parametrize(
+    "fractions", [gtzan.RANDOM_FRACTIONS, giantsteps_key.RANDOM_FRACTIONS, {"a": 0.5, "b": 0.5}]
+)
+def test_min_stratum_size_is_where_every_split_starts_getting_a_key(fractions):
+    def all_filled(size: int) -> bool:
+        keys = [str(i) for i in range(size)]
+        return set(common.stratified_split(keys, [""] * size, fractions, 0).values()) == set(
+            fractions
+        )
+
+    smallest = common.min_stratum_size(fractions)
+    assert not any(all_filled(size) for size in range(1, smallest))
+    assert all(all_filled(size) for size in range(smallest, 120))

@@ -25,6 +25,7 @@ _LAZY = {
     "DatasetNotPreparedError": "reader",
     "prepare": "preparation",
     "PrepareSummary": "preparation",
+    "SourceMismatchError": "preparation",
 }
 
 __all__ = ["DATASET_NAMES", "SPLITS", "LayoutError", "TaskSpec", "dataset_tasks", *_LAZY]

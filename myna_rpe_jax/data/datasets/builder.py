@@ -23,6 +23,7 @@ from myna_rpe_jax.data.datasets.cache import check_unexpected, ensure_mels
 from myna_rpe_jax.data.datasets.common import (
     DatasetSpec,
     Track,
+    listing_fingerprint,
     nothing_prepared_error,
     split_names_in_order,
 )
@@ -34,6 +35,8 @@ DEFAULT_CONFIG = "default"
 DEFAULT_MEL = MelConfig()
 DEFAULT_MIN_SECONDS = 1.0
 SKIPPED_FILE = "skipped.tsv"
+# metadata.json keys beside "source": how many tracks its listing had, and their fingerprint.
+SOURCE_TRACKS_KEY, FINGERPRINT_KEY = "source_tracks", "source_fingerprint"
 CACHE_FOLDER = "_cache"
 _MEL_ABBREVIATIONS = {
     "sample_rate": "sr",
@@ -198,7 +201,12 @@ class MynaBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
             config.min_seconds,
         )
         check_unexpected([track.path for track in listing.tracks], entries)
-        self._source_info = {"source": str(source), **listing.info}
+        self._source_info = {
+            "source": str(source),
+            SOURCE_TRACKS_KEY: len(listing.tracks),
+            FINGERPRINT_KEY: listing_fingerprint(listing.tracks),
+            **listing.info,
+        }
         by_split: dict[str, list[tuple[Track, str]]] = {}
         undecodable = []
         for track, entry in zip(listing.tracks, entries, strict=True):

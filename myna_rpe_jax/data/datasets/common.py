@@ -6,9 +6,12 @@ on the full published annotation files, so they stay plain Python.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import hashlib
+import io
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -112,6 +115,8 @@ class DatasetSpec:
     split_modes: accepted --split-mode values, the first is the default.
     list_tracks(source, split_mode, seed) -> Listing; raises LayoutError before any work
       when the folder does not match `layout`.
+    required_splits: splits a build must give at least one track; a benchmark is probed
+      on train, valid and test, so a build that would leave one empty stops.
     """
 
     name: str
@@ -120,6 +125,7 @@ class DatasetSpec:
     tasks: Mapping[str, TaskSpec]
     split_modes: tuple[str, ...]
     list_tracks: Callable[[Path, str, int], Listing]
+    required_splits: tuple[str, ...] = ()
 
 
 class LayoutError(UserError, ValueError):
@@ -165,16 +171,54 @@ def nothing_prepared_error(
     failed = [*undecodable, *skipped]
     what, example = "it lists no track", ""
     if failed:
-        path, reason = Path(failed[0][0]), " ".join(failed[0][1].split())
-        shown = path.relative_to(source) if path.is_relative_to(source) else path
-        reason = reason if len(reason) <= 160 else reason[:157] + "..."
         what = f"none of its {len(failed)} file(s) could be decoded"
-        example = f" (e.g. {shown}: {reason})"
+        example = f" (e.g. {_first_failure(source, failed)})"
     return NothingPreparedError(
         f"--source {source}: {what}, so nothing was prepared{example}; check that it is the"
         " dataset's folder and that its files play (.m4a/.aac need ffmpeg), then run the build"
         " again"
     )
+
+
+class EmptySplitError(UserError, ValueError):
+    """A build would leave a split the dataset needs (DatasetSpec.required_splits) empty."""
+
+
+def empty_split_error(
+    spec: DatasetSpec,
+    source: Path,
+    counts: Mapping[str, int],
+    dropped: Sequence[tuple[str, str]],
+    what: str,
+) -> EmptySplitError | None:
+    """Why a build of `spec` cannot go on, or None: a split it requires has no track.
+
+    counts: usable tracks per split; dropped: (path, reason) of the tracks left out (the
+    first is shown: most share a cause); what: how the tracks were counted ("listed",
+    "decoded")."""
+    required = spec.required_splits
+    empty = [split for split in required if not counts.get(split)]
+    if not empty:
+        return None
+    found = ", ".join(f"{split} {counts.get(split, 0)}" for split in required)
+    example = ""
+    if dropped:
+        first = _first_failure(source, dropped)
+        example = f"; {len(dropped)} track(s) were left out, e.g. {first}"
+    return EmptySplitError(
+        f"--source {source}: no {' or '.join(empty)} track {what} ({found}){example}. A"
+        f" {spec.name} probe needs tracks in each of {', '.join(required)}, so nothing was"
+        " prepared: check that --source holds the whole dataset (audio and annotation"
+        " files), then run the build again"
+    )
+
+
+def _first_failure(source: Path, failed: Sequence[tuple[str, str]]) -> str:
+    """The first (path, reason) as `path relative to source: reason`, on one line and cut at
+    160 characters; all usually share their cause."""
+    path, reason = Path(failed[0][0]), " ".join(failed[0][1].split())
+    shown = path.relative_to(source) if path.is_relative_to(source) else path
+    return f"{shown}: {reason if len(reason) <= 160 else reason[:157] + '...'}"
 
 
 def _source_name(name: str, article: str = "your") -> str:
@@ -195,25 +239,43 @@ def first_existing(candidates: Iterable[Path]) -> Path | None:
     return next((path for path in candidates if path.exists()), None)
 
 
-def read_table(path: Path, required: Sequence[str], delimiter: str = ",") -> list[dict[str, str]]:
-    """Rows of a CSV/TSV file with a header, keys and values stripped of spaces and tabs.
+class NotUtf8Error(UserError, ValueError):
+    """An annotation or split file is not UTF-8 text (the message names the file and line)."""
 
-    Raises ValueError naming the file when a required column is missing.
+
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 annotation file, without the byte-order mark Excel's "CSV UTF-8"
+    writes (it would stick to the first column's name). Raises NotUtf8Error otherwise."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise NotUtf8Error(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}; Latin-1 from"
+            " an older Excel or editor?): re-save it as UTF-8 (Excel: CSV UTF-8), then run the"
+            " build again"
+        ) from err
+
+
+def read_table(path: Path, required: Sequence[str], delimiter: str = ",") -> list[dict[str, str]]:
+    """Rows of a UTF-8 CSV/TSV file with a header, keys and values stripped of spaces and
+    tabs. Raises ValueError naming the file when a required column is missing, NotUtf8Error
+    when it is not UTF-8.
     """
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = [name.strip() for name in next(reader, [])]
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise ValueError(
-                f"{path}: missing column(s) {missing}; found {header}. "
-                "Is this the published file, unmodified?"
-            )
-        return [
-            {name: value.strip() for name, value in zip(header, row, strict=False)}
-            for row in reader
-            if any(value.strip() for value in row)
-        ]
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    header = [name.strip() for name in next(reader, [])]
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; found {header}. "
+            "Is this the published file, unmodified?"
+        )
+    return [
+        {name: value.strip() for name, value in zip(header, row, strict=False)}
+        for row in reader
+        if any(value.strip() for value in row)
+    ]
 
 
 def multi_hot(names: Iterable[str], vocabulary: Sequence[str], where: str) -> np.ndarray:
@@ -232,6 +294,20 @@ def hash_bucket(text: str, num_buckets: int) -> int:
     return int(hashlib.sha1(text.encode("utf-8")).hexdigest(), 16) % num_buckets
 
 
+def _stratum_bounds(size: int, fractions: Mapping[str, float]) -> np.ndarray:
+    """Where each split ends among a stratum's `size` shuffled keys (cumulative, rounded)."""
+    return np.round(np.cumsum(list(fractions.values())) * size).astype(int)
+
+
+def min_stratum_size(fractions: Mapping[str, float]) -> int:
+    """The fewest keys a stratum needs for stratified_split to give every split one."""
+    return next(
+        size
+        for size in itertools.count(1)
+        if all(np.diff(_stratum_bounds(size, fractions), prepend=0) > 0)
+    )
+
+
 def stratified_split(
     keys: Sequence[str], strata: Sequence[str], fractions: Mapping[str, float], seed: int
 ) -> dict[str, str]:
@@ -239,7 +315,8 @@ def stratified_split(
 
     Within a stratum, keys are sorted then shuffled by `seed`, so the result depends only on
     the set of keys and the seed. Rounding follows the cumulative fractions, so each stratum
-    of n keys gives round(n * cumulative fraction) boundaries.
+    of n keys gives round(n * cumulative fraction) boundaries (a small stratum may leave a
+    split empty: min_stratum_size).
     """
     if abs(sum(fractions.values()) - 1.0) > 1e-9:
         raise ValueError(f"split fractions must sum to 1, got {dict(fractions)}")
@@ -251,13 +328,23 @@ def stratified_split(
     for stratum in sorted(by_stratum):
         members = sorted(by_stratum[stratum])
         order = rng.permutation(len(members))
-        bounds = np.round(np.cumsum(list(fractions.values())) * len(members)).astype(int)
         start = 0
-        for split, stop in zip(fractions, bounds, strict=True):
+        for split, stop in zip(fractions, _stratum_bounds(len(members), fractions), strict=True):
             for i in order[start:stop]:
                 assignment[members[i]] = split
             start = stop
     return assignment
+
+
+def listing_fingerprint(tracks: Iterable[Track]) -> str:
+    """SHA-1 of every track's split, id, file size and labels, in order: recorded with a
+    prepared dataset, it tells whether another source folder holds the same tracks."""
+    digest = hashlib.sha1()
+    for track in tracks:
+        labels = {key: np.asarray(value).tolist() for key, value in sorted(track.labels.items())}
+        line = f"{track.split}\t{track.track_id}\t{track.path.stat().st_size}\t{labels}\n"
+        digest.update(line.encode("utf-8"))
+    return digest.hexdigest()
 
 
 def split_names_in_order(names: Iterable[str]) -> list[str]:

@@ -8,10 +8,14 @@ Processes that share a data_dir build one dataset config one at a time (lock.py,
 <data_dir>/myna_<name>/<config>): a second one waits, then finds it prepared.
 Disk: the cache is about 1.5 times the prepared dataset (which is zstd-compressed), so a
 build needs about 2.5 times the prepared size free.
+A dataset found prepared is only taken for the one asked for when --source is the folder it
+was prepared from, or lists the same tracks (metadata.json keeps the source's path and a
+fingerprint of its listing); otherwise the build stops (SourceMismatchError).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import shutil
@@ -21,23 +25,42 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from myna_rpe_jax import files
 from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.data.datasets.builder import (
     DEFAULT_MEL,
     DEFAULT_MIN_SECONDS,
+    FINGERPRINT_KEY,
     SKIPPED_FILE,
+    SOURCE_TRACKS_KEY,
     cache_dir,
     make_builder,
     make_config,
 )
-from myna_rpe_jax.data.datasets.cache import MEL_SUFFIX, check_unexpected, ensure_mels
+from myna_rpe_jax.data.datasets.cache import (
+    ERROR_SUFFIX,
+    MEL_SUFFIX,
+    check_unexpected,
+    ensure_mels,
+)
 from myna_rpe_jax.data.datasets.common import (
+    SPLITS,
+    DatasetSpec,
+    empty_split_error,
+    listing_fingerprint,
     nothing_prepared_error,
     source_error,
     split_names_in_order,
 )
 from myna_rpe_jax.data.datasets.registry import get_spec
 from myna_rpe_jax.data.lock import build_lock
+from myna_rpe_jax.errors import UserError
+
+
+class SourceMismatchError(UserError, ValueError):
+    """--data-dir holds the dataset prepared from another source folder, with other tracks."""
+
+    exit_code = 2  # --source, --data-dir or --overwrite to correct, like a wrong flag
 
 
 @dataclasses.dataclass
@@ -77,9 +100,13 @@ class PrepareSummary:
         )
 
 
+def _metadata(builder) -> dict:
+    return json.loads((Path(builder.data_dir) / "metadata.json").read_text(encoding="utf-8"))
+
+
 def _summary(builder, already_prepared: bool, start: float, notes: list[str]) -> PrepareSummary:
     dataset_dir = Path(builder.data_dir)
-    metadata = json.loads((dataset_dir / "metadata.json").read_text(encoding="utf-8"))
+    metadata = _metadata(builder)
     splits = builder.info.splits
     return PrepareSummary(
         name=metadata["dataset"],
@@ -124,12 +151,15 @@ def prepare(
 ) -> PrepareSummary:
     """Prepares dataset `name` from the user's folder `source` into `data_dir`.
 
-    Returns at once when it is already prepared with these settings (unless overwrite), and
-    after waiting when another process is preparing it (then already_prepared is True).
+    Returns at once when it is already prepared with these settings from this source
+    (unless overwrite), and after waiting when another process is preparing it (then
+    already_prepared is True); raises SourceMismatchError when it was prepared from
+    another folder holding other tracks.
     workers: processes for decoding and for writing shards. num_shards: per split (at most
     one per example); by default tfds' choice for the split's size (64 MiB to 1 GiB each).
     Raises LayoutError before any work when `source` does not exist or does not match the
-    published layout, and ValueError when `data_dir` lies inside `source`.
+    published layout, ValueError when `data_dir` lies inside `source`, and EmptySplitError
+    when a split the dataset requires (DatasetSpec.required_splits) would have no track.
     Unusable or missing files never stop the build: they are listed in skipped.tsv. A failure
     that is not the file's (cache.UnexpectedDecodeError: out of memory, a library bug) does,
     and so do files none of which decodes (NothingPreparedError, before tfds writes a thing).
@@ -138,25 +168,70 @@ def prepare(
     spec = get_spec(name)
     config = make_config(name, mel, min_seconds, split_mode, seed)
     data_dir = Path(data_dir).expanduser().resolve()
-    builder = make_builder(name, data_dir, config)
-    if _is_prepared(builder) and not overwrite:
-        return _summary(builder, True, start, [])
     source = Path(source).expanduser().resolve()
+    # Before looking for a prepared copy: a mistyped --source must not pass for the folder.
     if problem := source_error(name, source, spec.layout):
         raise problem
     if data_dir.is_relative_to(source):
         # Otherwise a later build would find the prepared files among the user's files.
         raise ValueError(f"--data-dir {data_dir} is inside --source {source}: put it elsewhere")
+    builder = make_builder(name, data_dir, config)
+    if _is_prepared(builder) and not overwrite:
+        return _already_prepared(builder, spec, config, source, start)
     with build_lock(builder.data_path.parent):
         # A new builder sees what a process before us built.
         builder = make_builder(name, data_dir, config, workers=workers, progress=progress)
         if _is_prepared(builder) and not overwrite:
-            return _summary(builder, True, start, [])
+            return _already_prepared(builder, spec, config, source, start)
         options = dict(
             workers=workers, progress=progress, keep_cache=keep_cache, num_shards=num_shards
         )
         builder, notes = _build(builder, name, config, source, data_dir, overwrite, **options)
         return _summary(builder, False, start, notes)
+
+
+def _already_prepared(builder, spec: DatasetSpec, config, source: Path, start) -> PrepareSummary:
+    """The summary of a dataset found prepared, once `source` is known to be its source, with
+    notes on what cannot be told and on splits a probe would miss."""
+    notes = _source_notes(_metadata(builder), spec, config, source, Path(builder.data_dir_root))
+    summary = _summary(builder, True, start, notes)
+    empty = [split for split in SPLITS if not summary.split_sizes.get(split)]
+    if spec.tasks and empty:
+        summary.notes.append(
+            f"it has no {' or '.join(empty)} split, which a probe needs: rebuild it with"
+            " --overwrite from a source that fills every split"
+        )
+    return summary
+
+
+def _source_notes(metadata: dict, spec: DatasetSpec, config, source: Path, data_dir: Path):
+    """Notes on `source` being the folder the dataset (its `metadata`) was prepared from:
+    none when it is that folder; one when it lists the same tracks (a moved copy) or when
+    that cannot be told (nothing recorded by an older build). SourceMismatchError when it
+    lists other tracks, which the user would otherwise take for prepared."""
+    recorded = metadata.get("source")
+    if not recorded:
+        return [
+            "which folder it was prepared from is not recorded (its metadata.json has no"
+            f" source): if not --source {source}, rebuild with --overwrite"
+        ]
+    if files.same_file(recorded, source):
+        return []
+    if FINGERPRINT_KEY not in metadata:
+        return [
+            f"it was prepared from {recorded}, not --source {source}, by an older build that"
+            " kept no fingerprint of the tracks, so whether both hold the same tracks cannot"
+            " be told: if not, rebuild with --overwrite (or use another --data-dir)"
+        ]
+    tracks = spec.list_tracks(source, config.split_mode, config.seed).tracks
+    if listing_fingerprint(tracks) == metadata[FINGERPRINT_KEY]:
+        return [f"prepared from {recorded}; --source {source} lists the same tracks"]
+    raise SourceMismatchError(
+        f"--data-dir {data_dir} already holds {spec.name} (config {config.name})"
+        f" prepared from {recorded} ({metadata.get(SOURCE_TRACKS_KEY, '?')} tracks listed),"
+        f" and --source {source} holds other tracks ({len(tracks)} listed): pass --overwrite"
+        f" to rebuild it from {source}, or another --data-dir to keep both"
+    )
 
 
 def _is_prepared(builder) -> bool:
@@ -168,9 +243,13 @@ def _build(
     builder, name, config, source, data_dir, overwrite, *, workers, progress, keep_cache, num_shards
 ):
     """Stages 1 and 2 of `prepare`, under its build lock: (the builder, the listing's notes)."""
-    listing = get_spec(name).list_tracks(source, config.split_mode, config.seed)
+    spec = get_spec(name)
+    listing = spec.list_tracks(source, config.split_mode, config.seed)
     for note in listing.notes:
         warnings.warn(note, UserWarning, stacklevel=3)
+    counts = collections.Counter(track.split for track in listing.tracks)
+    if problem := empty_split_error(spec, source, counts, listing.skipped, "listed"):
+        raise problem
     work = cache_dir(data_dir, name, config.name)
     paths = [track.path for track in listing.tracks]
     entries = ensure_mels(
@@ -183,10 +262,19 @@ def _build(
         desc=f"{name}: decode + log-mel",
     )
     check_unexpected(paths, entries)
+    undecodable = [(str(p), e.reason) for p, e in zip(paths, entries, strict=True) if not e.ok]
     if not any(entry.ok for entry in entries):
         _drop_cache_without_mels(work)
-        undecodable = [(str(p), e.reason) for p, e in zip(paths, entries, strict=True)]
         raise nothing_prepared_error(source, undecodable, listing.skipped)
+    decoded = collections.Counter(
+        track.split for track, entry in zip(listing.tracks, entries, strict=True) if entry.ok
+    )
+    dropped = [*undecodable, *listing.skipped]
+    if problem := empty_split_error(spec, source, decoded, dropped, "decoded"):
+        # The log-mels stay for the next run; the cached failures go, or they would hide a fix.
+        for failure in work.glob(f"*{ERROR_SUFFIX}"):
+            failure.unlink()
+        raise problem
     for stale in builder.data_path.parent.glob("incomplete.*"):  # from a build killed in tfds
         shutil.rmtree(stale)
     if overwrite and builder.data_path.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from myna_rpe_jax.data.datasets.common import (
@@ -17,7 +18,7 @@ from myna_rpe_jax.data.datasets.common import (
     read_table,
     regression,
 )
-from myna_rpe_jax.data.demo.music import DEMO_GENRES, DEMO_TAGS, METADATA_COLUMNS
+from myna_rpe_jax.data.demo.music import DEMO_GENRES, DEMO_TAGS, METADATA_COLUMNS, track_spec
 from myna_rpe_jax.data.keys import KEY_NAMES, parse_key
 
 LAYOUT = """\
@@ -50,6 +51,28 @@ def _labels(row: dict[str, str], where: str) -> dict:
     }
 
 
+def _min_tracks_for_every_split() -> int:
+    """The fewest generated tracks that hold train, valid and test (track i does not depend
+    on the number generated)."""
+    return next(
+        count
+        for count in itertools.count(1)
+        if {track_spec(i).split for i in range(count)} >= set(SPLITS)
+    )
+
+
+def _missing_splits_note(tracks: list[Track], metadata: Path) -> list[str]:
+    """A warning when a split has no track: training can use the set, a probe cannot."""
+    empty = [split for split in SPLITS if not any(track.split == split for track in tracks)]
+    if not empty:
+        return []
+    return [
+        f"demo: no {' or '.join(empty)} track in {metadata} (or its audio is missing): training"
+        " can use it, but a probe needs train, valid and test; generate at least"
+        f" {_min_tracks_for_every_split()} tracks (python -m data_prep.make_demo --tracks)"
+    ]
+
+
 def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
     metadata = source / "metadata.csv"
     if not metadata.is_file():
@@ -64,7 +87,8 @@ def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
             Track(row["split"], row["track_id"], source / row["path"], _labels(row, where))
         )
     present, missing = present_or_missing(tracks, "metadata.csv")
-    return Listing(present, missing, info={"metadata": str(metadata)})
+    notes = _missing_splits_note(present, metadata)
+    return Listing(present, missing, notes, info={"metadata": str(metadata)})
 
 
 SPEC = DatasetSpec(

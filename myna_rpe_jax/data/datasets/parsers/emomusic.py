@@ -17,6 +17,7 @@ import importlib.resources
 from pathlib import Path
 
 from myna_rpe_jax.data.datasets.common import (
+    SPLITS,
     DatasetSpec,
     Listing,
     Track,
@@ -149,4 +150,5 @@ SPEC = DatasetSpec(
     tasks={"arousal": regression("arousal"), "valence": regression("valence")},
     split_modes=SPLIT_MODES,
     list_tracks=list_tracks,
+    required_splits=SPLITS,
 )

@@ -19,14 +19,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from myna_rpe_jax.data.datasets.common import (
+    SPLITS,
     DatasetSpec,
     Listing,
+    NotUtf8Error,
     Track,
     hash_bucket,
     layout_error,
     multiclass,
     present_or_missing,
     read_table,
+    read_text,
     stratified_split,
 )
 from myna_rpe_jax.data.keys import KEY_NAMES, parse_key
@@ -66,7 +69,11 @@ def read_test_keys(key_dir: Path) -> tuple[list[tuple[str, int]], list[tuple[str
     """(ID, key class) per <ID>.LOFI.key file, and (path, reason) for unreadable labels."""
     keys, skipped = [], []
     for path in sorted(key_dir.glob("*.key")):
-        text = path.read_text(encoding="utf-8").strip()
+        try:
+            text = read_text(path).strip()
+        except NotUtf8Error as err:  # one track's label: skipped, like one that does not parse
+            skipped.append((str(path), str(err).removeprefix(f"{path}, ")))
+            continue
         try:
             keys.append((path.name.split(".")[0], parse_key(text)))
         except ValueError:
@@ -155,4 +162,5 @@ SPEC = DatasetSpec(
     tasks={"key": multiclass("key", KEY_NAMES)},
     split_modes=SPLIT_MODES,
     list_tracks=list_tracks,
+    required_splits=SPLITS,
 )

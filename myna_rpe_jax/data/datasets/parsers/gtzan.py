@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import collections
 import re
 from pathlib import Path
 
 from myna_rpe_jax.data.datasets.common import (
+    SPLITS,
     DatasetSpec,
+    EmptySplitError,
     Listing,
     Track,
     first_existing,
     layout_error,
+    min_stratum_size,
     multiclass,
     present_or_missing,
+    read_text,
     stratified_split,
 )
 
@@ -43,7 +48,7 @@ LAYOUT = """\
 def read_split_list(path: Path) -> list[str]:
     """Track ids ("blues.00012") of a *_filtered.txt list (lines "blues/blues.00012.wav")."""
     track_ids = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_number, line in enumerate(read_text(path).splitlines(), start=1):
         entry = line.strip()
         if not entry:
             continue
@@ -87,6 +92,26 @@ def _all_track_ids(root: Path) -> list[str]:
     return sorted(found)
 
 
+def random_split_error(
+    source: Path, assignment: dict[str, str], genres: list[str], seed: int
+) -> EmptySplitError | None:
+    """Why the random split of a source this small is no benchmark (a split without a
+    track: the probe needs all three), naming the tracks it takes; or None."""
+    counts = collections.Counter(assignment.values())
+    empty = [split for split in RANDOM_FRACTIONS if not counts[split]]
+    if not empty:
+        return None
+    found = ", ".join(f"{split} {counts[split]}" for split in RANDOM_FRACTIONS)
+    largest = max(collections.Counter(genres).values(), default=0)
+    return EmptySplitError(
+        f"--source {source}: the random 70/15/15 split (--seed {seed}) of its {len(genres)}"
+        f" GTZAN tracks puts none in {' or '.join(empty)} ({found}), and a probe needs all"
+        f" three. A genre gives each split a track from {min_stratum_size(RANDOM_FRACTIONS)}"
+        f" tracks on (the largest here has {largest}; GTZAN has 100 per genre): add tracks,"
+        f" or put {', '.join(LIST_FILES.values())} in {source} for the fault-filtered split"
+    )
+
+
 def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
     root = _genre_root(source)
     if root is None:
@@ -108,6 +133,8 @@ def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
     track_ids = _all_track_ids(root)
     genres = [track_id.split(".")[0] for track_id in track_ids]
     assignment = stratified_split(track_ids, genres, RANDOM_FRACTIONS, seed)
+    if problem := random_split_error(source, assignment, genres, seed):
+        raise problem
     tracks = [_track(assignment[track_id], root, track_id) for track_id in track_ids]
     notes = []
     if split_mode == "auto":
@@ -126,4 +153,5 @@ SPEC = DatasetSpec(
     tasks={"genre": multiclass("genre", GENRES)},
     split_modes=SPLIT_MODES,
     list_tracks=list_tracks,
+    required_splits=SPLITS,
 )

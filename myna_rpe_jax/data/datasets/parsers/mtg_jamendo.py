@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from myna_rpe_jax.data.datasets.common import (
+    SPLITS,
     DatasetSpec,
     Listing,
     Track,
@@ -13,6 +15,7 @@ from myna_rpe_jax.data.datasets.common import (
     multi_hot,
     multilabel,
     present_or_missing,
+    read_text,
 )
 
 # The published top-50 tags (data/tags_top50.txt), sorted; the train split file must carry
@@ -90,17 +93,17 @@ LAYOUT = """\
 def read_split_file(path: Path) -> list[tuple[str, str, list[str]]]:
     """(TRACK_ID, PATH, tags) per row of an autotagging TSV (tags are columns 6 onwards)."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if tuple(header[: len(_COLUMNS)]) != _COLUMNS:
-            raise ValueError(f"{path}: header {header} is not {list(_COLUMNS)}")
-        for line_number, line in enumerate(f, start=2):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < len(_COLUMNS):
-                if line.strip():
-                    raise ValueError(f"{path}, line {line_number}: expected >= 6 tab fields")
-                continue
-            rows.append((fields[0], fields[3], fields[5:]))
+    lines = io.StringIO(read_text(path), newline=None)  # newline=None: as open() reads it
+    header = lines.readline().rstrip("\n").split("\t")
+    if tuple(header[: len(_COLUMNS)]) != _COLUMNS:
+        raise ValueError(f"{path}: header {header} is not {list(_COLUMNS)}")
+    for line_number, line in enumerate(lines, start=2):
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) < len(_COLUMNS):
+            if line.strip():
+                raise ValueError(f"{path}, line {line_number}: expected >= 6 tab fields")
+            continue
+        rows.append((fields[0], fields[3], fields[5:]))
     return rows
 
 
@@ -171,4 +174,5 @@ SPEC = DatasetSpec(
     tasks={"tags": multilabel("tags", TOP50_TAGS)},
     split_modes=SPLIT_MODES,
     list_tracks=list_tracks,
+    required_splits=SPLITS,
 )
