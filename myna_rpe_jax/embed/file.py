@@ -63,10 +63,14 @@ _WRITER = "`python -m myna_rpe_jax.embed`"
 
 
 def _field(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
-    """npz[key], or a ValueError naming the file and the field when it holds Python objects
-    (which only pickle, never loaded here, could read)."""
+    """npz[key], or a ValueError naming the file and the field when it is damaged or holds
+    Python objects (which only pickle, never loaded here, could read)."""
     try:
         return npz[key]
+    except (zipfile.BadZipFile, OSError, EOFError) as err:  # a bad CRC shows only on read
+        raise ValueError(
+            f"{path}: field {key!r} cannot be read, the file is damaged ({err}); write it again"
+        ) from err
     except ValueError as err:
         raise ValueError(
             f"{path}: field {key!r} holds Python objects (an array of dtype object), which are"

@@ -136,3 +136,14 @@ def test_save_parquet_replaces_the_file_whole(tmp_path):
         assert pq.read_table(old).column("embedding").to_pylist() == [[1.0] * 4] * 2
     assert pq.read_table(path).column("embedding").to_pylist() == [[2.0] * 4] * 2
     assert [p.name for p in tmp_path.iterdir()] == ["e.parquet"]
+
+
+def test_a_flipped_byte_inside_a_field_is_named_not_a_bare_zip_error(tmp_path):
+    """np.load opens such a file; the CRC check fails only when the field is read."""
+    path = save_npz(tmp_path / "emb.npz", example())
+    data = bytearray(path.read_bytes())
+    where = data.index(b"embeddings.npy") + 200  # inside the stored (uncompressed) array
+    data[where] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"emb.npz: field '\w+' cannot be read, the file is"):
+        load_npz(path)
