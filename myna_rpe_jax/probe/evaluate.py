@@ -61,13 +61,14 @@ BASELINES = ("random", "features")
 SPLITS = ("train", "valid", "test")
 
 
-def build_command(name: str, data_dir: Path) -> str:
+def build_command(name: str, data_dir: Path, flags: str = "") -> str:
     if name == "demo":
         return (
             "python -m data_prep.make_demo --out DEMO_AUDIO && python -m data_prep.build"
-            f" --dataset demo --source DEMO_AUDIO --data-dir {data_dir}"
+            f" --dataset demo --source DEMO_AUDIO --data-dir {data_dir}{' ' if flags else ''}"
+            f"{flags}"
         )
-    return datasets_common.build_command(name, data_dir)
+    return datasets_common.build_command(name, data_dir, flags)
 
 
 def resolve_data_dir(name: str, data_dir: str | None, config: ml_collections.ConfigDict) -> Path:
@@ -293,7 +294,10 @@ def probe_dataset(
     (entry["baselines"]: row label -> the same record), or its "missing" record."""
     reason = missing_reason(name, data_dir)
     if reason is not None:
-        command = build_command(name, data_dir)
+        # Prepared with a split missing: only a rebuild (from a fuller source) replaces it.
+        prepared = data_dir.is_dir() and locations.is_prepared(name, data_dir)
+        flags = "--overwrite" if prepared else ""
+        command = build_command(name, data_dir, flags)
         log.warning("%s: missing (%s). Build it with:\n  %s", name, reason, command)
         return {"status": "missing", "reason": reason, "build_command": command}
     entry = {"status": "ok", "data_dir": str(data_dir.absolute()), "modes": {}, "baselines": {}}

@@ -331,3 +331,21 @@ def test_bad_task_lists_and_outputs_are_usage_errors(tmp_path):
     # A valid command line on a folder that is no run: exit 1, and no --output folder made.
     assert probe_cli.main([*base, "--tasks", "demo", "--output", str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_prepared_without_a_split_is_missing_with_a_rebuild_command(tmp_path):
+    """A plain build command would only answer 'already prepared': --overwrite is needed."""
+    from myna_rpe_jax.data import datasets
+    from myna_rpe_jax.data.demo.music import generate_demo
+
+    generate_demo(tmp_path / "audio", num_tracks=2, seconds=2.0)  # too few for three splits
+    datasets.prepare("demo", tmp_path / "audio", tmp_path / "data", progress=False)
+    entry = evaluate.probe_dataset(
+        None, {}, "demo", tmp_path / "data", ["full"], tmp_path / "out", progress=False
+    )
+    assert entry["status"] == "missing" and "a probe needs" in entry["reason"]
+    assert entry["build_command"].endswith(f"--data-dir {tmp_path / 'data'} --overwrite")
+    entry = evaluate.probe_dataset(
+        None, {}, "demo", tmp_path / "none", ["full"], tmp_path / "out", progress=False
+    )
+    assert not entry["build_command"].endswith("--overwrite")  # nothing there to replace
