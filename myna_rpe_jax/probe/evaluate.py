@@ -3,7 +3,7 @@
 For every dataset and mode (`full`: whole tracks in one pass; `chunks`: Myna's averaged
 training-length chunks) the train, valid and test splits are embedded once and cached in
 OUT/embeddings/<dataset>-step<N>-<mode>.npz (reused only by later runs of the same
-checkpoint's parameters, model settings and prepared data files: `cache.cached`; a damaged
+checkpoint's parameters, model settings and prepared data files: `embed/cache.py`; a damaged
 file is made again), then each of the dataset's tasks gets a linear probe (`tasks`: fit on
 train, regularisation chosen on valid, test scored once). Every test score gets a bootstrap
 95% interval over the test tracks (`bootstrap.bootstrap_intervals` on the fixed
@@ -33,17 +33,12 @@ from myna_rpe_jax.data import locations
 from myna_rpe_jax.data.datasets import common as datasets_common
 from myna_rpe_jax.data.datasets import dataset_tasks
 from myna_rpe_jax.data.lock import build_lock
+from myna_rpe_jax.embed import cache
 from myna_rpe_jax.embed import embedder as embedder_lib
 from myna_rpe_jax.embed.collection import dataset_embeddings, run_meta
 from myna_rpe_jax.embed.file import Embeddings
 from myna_rpe_jax.model import positional
 from myna_rpe_jax.probe import baselines, bootstrap
-from myna_rpe_jax.probe.cache import (
-    cached,
-    embedding_model_fields,
-    params_digest,
-    prepared_files_digest,
-)
 from myna_rpe_jax.probe.report import (
     model_label,
     not_probed,
@@ -108,7 +103,7 @@ def _data_meta(embedder, name: str, data_dir: Path) -> dict:
     return {
         "dataset": name,
         "data_dir": str(data_dir.absolute()),
-        "data_files": prepared_files_digest(name, data_dir),
+        "data_files": cache.prepared_files_digest(name, data_dir),
         "mel": dataclasses.asdict(embedder.mel_config),  # the run's features (checked on data)
     }
 
@@ -146,7 +141,7 @@ def cached_embeddings(
         "workdir": run["workdir"],
         "step": run["step"],
         "params": run["params"],
-        "model": embedding_model_fields(run["config"].model),
+        "model": cache.embedding_model_fields(run["config"].model),
         **mode_meta(embedder, mode),
         **_data_meta(embedder, name, data_dir),
     }
@@ -157,7 +152,7 @@ def cached_embeddings(
         result.meta.update(expected)
         return result
 
-    result, reused = cached(path, expected, compute)
+    result, reused = cache.cached(path, expected, compute)
     return result, reused, path
 
 
@@ -179,7 +174,7 @@ def random_init_embeddings(
         "baseline": baselines.RANDOM_INIT,
         "seed": config.seed,
         **mode_meta(embedder, mode),
-        "model": embedding_model_fields(config.model),
+        "model": cache.embedding_model_fields(config.model),
         **_data_meta(embedder, name, data_dir),
     }
 
@@ -192,7 +187,7 @@ def random_init_embeddings(
         result.meta.update(expected)
         return result
 
-    result, reused = cached(path, expected, compute)
+    result, reused = cache.cached(path, expected, compute)
     return result, reused, path
 
 
@@ -216,7 +211,7 @@ def feature_embeddings(
         result.meta.update(expected)
         return result
 
-    result, reused = cached(path, expected, compute)
+    result, reused = cache.cached(path, expected, compute)
     return result, reused, path
 
 
@@ -378,7 +373,7 @@ def run(
         "workdir": str(Path(workdir).absolute()),
         "step": step,
         "config": config,
-        "params": params_digest(embedder.params),  # keys the cache: 0.13 s for S/16 on a CPU
+        "params": cache.params_digest(embedder.params),  # keys the cache: 0.13 s for S/16 on a CPU
     }
     results = {
         "workdir": run_info["workdir"],

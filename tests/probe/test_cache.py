@@ -56,7 +56,7 @@ def test_speed_only_settings_reuse_the_cache(first_probe, tmp_path, caplog):
     copies = sorted((tmp_path / "embeddings").iterdir())
     before = [path.stat().st_mtime_ns for path in copies]
     settings = dict(attention_kernel="xla", alibi_tile_skip=True, max_tokens=4096)
-    with caplog.at_level("INFO", logger="myna_rpe_jax.probe"):
+    with caplog.at_level("INFO", logger="myna_rpe_jax"):
         again = probe(run.workdir, tmp_path, baseline_kinds=["random"], **settings)
     assert again["config"]["model"]["attention_kernel"] == "xla"
     assert all_cached(again) == [True, True] and RECOMPUTED not in caplog.text
@@ -79,7 +79,7 @@ def test_damaged_cache_is_recomputed_with_a_warning(first_probe, tmp_path, caplo
     ]:
         damaged.write_bytes(content)
         caplog.clear()
-        with caplog.at_level("INFO", logger="myna_rpe_jax.probe"):
+        with caplog.at_level("INFO", logger="myna_rpe_jax"):
             again = probe(run.workdir, tmp_path)
         warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
         assert warnings == [f"recomputing {damaged}: the cached file cannot be read ({why})"]
@@ -110,7 +110,7 @@ def test_retrained_run_or_edited_model_setting_is_recomputed(tiny_config, tmp_pa
     config = json.loads((workdir / "config.json").read_text())
     config["model"]["posemb"] = ["alibi1d"]
     (workdir / "config.json").write_text(json.dumps(config))
-    with caplog.at_level("INFO", logger="myna_rpe_jax.probe"):
+    with caplog.at_level("INFO", logger="myna_rpe_jax"):
         edited, edited_embeddings = probed()
     recomputed = [r.message for r in caplog.records if r.message.startswith(RECOMPUTED)]
     assert len(recomputed) == 1 and all_cached(edited) == [False]
@@ -121,7 +121,7 @@ def test_retrained_run_or_edited_model_setting_is_recomputed(tiny_config, tmp_pa
     shutil.rmtree(workdir)
     tiny_config.seed, tiny_config.model.posemb = 7, ("alibi1d",)
     loop.train(tiny_config, str(workdir))
-    with caplog.at_level("INFO", logger="myna_rpe_jax.probe"):
+    with caplog.at_level("INFO", logger="myna_rpe_jax"):
         retrained, retrained_embeddings = probed()
     assert retrained["step"] == first["step"] == 2 and all_cached(retrained) == [False]
     recomputed = [r.message for r in caplog.records if r.message.startswith(RECOMPUTED)]
@@ -145,7 +145,7 @@ def test_dataset_rebuilt_in_the_same_data_dir_is_recomputed(
     assert all_cached(probe(run.workdir, out, data_dir=str(data_dir))) == [True]
     datasets.prepare("demo", audio, data_dir, overwrite=True, progress=False)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="myna_rpe_jax.probe"):
+    with caplog.at_level(logging.INFO, logger="myna_rpe_jax"):
         again = probe(run.workdir, out, data_dir=str(data_dir))
     assert all_cached(again) == [False] and REUSED not in caplog.text
     recomputed = [r.message for r in caplog.records if r.message.startswith(RECOMPUTED)]

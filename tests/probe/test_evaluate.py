@@ -245,7 +245,7 @@ def test_cached_embeddings_are_reused(demo_probe, caplog):
     demo = first["tasks"]["demo"]
     assert demo["modes"]["full"]["cached"] is False
     assert not any(part["cached"] for part in demo["baselines"].values())
-    with caplog.at_level("INFO", logger="myna_rpe_jax.probe"):
+    with caplog.at_level("INFO", logger="myna_rpe_jax"):
         again = evaluate.run(
             str(run.workdir), ["demo"], out, progress=False, baseline_kinds=evaluate.BASELINES
         )

@@ -1,8 +1,8 @@
-"""The probe's embedding cache: OUT/embeddings/*.npz, reused only by a probe of the same
+"""A cache of embedding files (the probe's OUT/embeddings/*.npz), reused only for the same
 parameters, embedding-deciding model settings and prepared data files (`cached`).
 
 Each file's meta holds what made it; a probe compares that with what it would compute. A file
-that cannot be read is the probe's own cache: it is made again, with a warning, not a dead end.
+that cannot be read is the cache's own: it is made again, with a warning, not a dead end.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from myna_rpe_jax.embed.file import Embeddings, load_npz, save_npz
 from myna_rpe_jax.run.checkpoints import config_changes
 
-log = logging.getLogger("myna_rpe_jax.probe")
+log = logging.getLogger("myna_rpe_jax.embed")
 
 # config.model fields that choose how attention is computed, not what it computes: the same
 # embeddings up to float rounding, at another speed or memory (docs/long_tracks.md), so the
