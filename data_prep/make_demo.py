@@ -13,6 +13,7 @@ import sys
 import time
 
 from myna_rpe_jax import errors, files
+from myna_rpe_jax.data.datasets.builder import DEFAULT_MIN_SECONDS
 from myna_rpe_jax.data.demo import music
 
 # One track is generated in memory whole: an hour at 16 kHz is 230 MB of float32.
@@ -42,8 +43,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.tracks < 1:
         parser.error(f"--tracks must be >= 1, got {args.tracks}")
-    if not 0 < args.seconds <= MAX_SECONDS:  # also NaN; longer ones would not fit in memory
-        parser.error(f"--seconds must be > 0 and at most {MAX_SECONDS}, got {args.seconds}")
+    # Shorter tracks than the build's default --min-seconds would all be skipped there; NaN
+    # fails too; longer ones than MAX_SECONDS would not fit in memory.
+    if not DEFAULT_MIN_SECONDS <= args.seconds <= MAX_SECONDS:
+        parser.error(
+            f"--seconds must be at least {DEFAULT_MIN_SECONDS:g} (data_prep.build skips shorter"
+            f" tracks) and at most {MAX_SECONDS}, got {args.seconds}"
+        )
     if not 8000 <= args.sample_rate <= 192000:  # what audio files are written at
         parser.error(f"--sample-rate must be 8000 to 192000 Hz, got {args.sample_rate}")
     return args

@@ -196,9 +196,10 @@ def test_make_demo_cli(tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
     for flags, message in [
         (["--tracks", "0"], "--tracks must be >= 1, got 0"),
-        (["--seconds", "nan"], "--seconds must be > 0 and at most 3600, got nan"),
-        (["--seconds", "1e9"], "--seconds must be > 0 and at most 3600, got 1000000000.0"),
-        (["--seconds", "-2"], "--seconds must be > 0"),
+        (["--seconds", "nan"], "--seconds must be at least 1 (data_prep.build skips shorter"),
+        (["--seconds", "1e9"], "and at most 3600, got 1000000000.0"),
+        (["--seconds", "-2"], "--seconds must be at least 1"),
+        (["--seconds", "0.001"], "--seconds must be at least 1"),
     ]:
         with pytest.raises(SystemExit) as usage:
             make_demo.main(["--out", str(out), *flags])
