@@ -109,11 +109,10 @@ def output_problem(path: str | Path, kind: str = "file") -> str | None:
     # The folder that would take the first new entry: the output folder itself, else the
     # nearest existing parent.
     host = path if kind == "folder" and path.is_dir() else None
-    for parent in path.parents:
-        if host is None and parent.exists():
-            if not parent.is_dir():
-                return f"cannot write {path}: {parent} is a file, not a folder"
-            host = parent
+    if host is None:
+        host = next((parent for parent in path.parents if parent.exists()), None)
+        if host is not None and not host.is_dir():
+            return f"cannot write {path}: {host} is a file, not a folder"
     if host is not None and (refusal := _refuses_new_files(host)):
         where = f"into {path}" if host == path else f"{path}: {host} takes no new files"
         return f"cannot write {where} ({refusal}); name a place you can write"

@@ -104,9 +104,8 @@ def list_audio(path: str | Path) -> tuple[list[tuple[str, Path]], list[str]]:
     try:
         listing = list_folder(path, "all-train", 0)
     except LayoutError as err:  # its message explains a build's --source layout
-        problem = str(err).split("\n", 1)[0].rsplit(": ", 1)[-1].rstrip(".")
         raise UserError(
-            f"--audio {path}: {problem}; pass an audio file, or a folder with audio files"
+            f"--audio {path}: {err.problem}; pass an audio file, or a folder with audio files"
             f" anywhere under it ({' '.join(sorted(AUDIO_EXTENSIONS))})"
         ) from err
     paths = [track.path for track in listing.tracks]

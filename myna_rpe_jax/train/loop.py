@@ -121,7 +121,7 @@ def train(
             if not isinstance(e, ValueError):
                 raise
             raise ValueError(
-                f"the checkpoint at step {manager.latest_step()} in {workdir}/checkpoints does not"
+                f"the checkpoint at step {step} in {folder} does not"
                 f" fit the train state of this config ({checkpoints.error_gist(e)}). Resume with"
                 f" the config the run started with ({workdir}/{checkpoints.CONFIG_FILE}: same"
                 " config.model and config.loss), or train in a fresh --workdir"

@@ -129,15 +129,21 @@ class DatasetSpec:
 
 
 class LayoutError(UserError, ValueError):
-    """The source folder does not match a dataset's published layout (the message shows it)."""
+    """The source folder does not match a dataset's published layout (the message shows it).
+    `problem`: what is wrong, without the layout, for callers that are not a build."""
 
     exit_code = 2  # a --source to correct, like a wrong flag
+
+    def __init__(self, message: str, problem: str = ""):
+        super().__init__(message)
+        self.problem = problem or message
 
 
 def layout_error(spec_name: str, source: Path, problem: str, layout: str) -> LayoutError:
     return LayoutError(
         f"{source} does not look like {_source_name(spec_name, 'a')}: {problem}.\n"
-        f"Expected layout (the folder to pass is the one shown as <source>):\n{layout}"
+        f"Expected layout (the folder to pass is the one shown as <source>):\n{layout}",
+        problem,
     )
 
 
