@@ -102,10 +102,9 @@ def _interrupt_deferred():
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None):
     """Restores into the structure, shapes and shardings of `abstract_state`."""
     step = manager.latest_step() if step is None else step
-    previous_hook = sys.unraisablehook
-    sys.unraisablehook = _dropping_closed_loop_callbacks(previous_hook)  # as in _read_params
+    read_whole = _quiet_failed_read()  # as in _read_params
     restored = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    sys.unraisablehook = previous_hook
+    read_whole()
     return restored
 
 
@@ -235,9 +234,8 @@ def _read_params(manager: ocp.CheckpointManager, step: int, follow_latest: bool)
     args = ocp.args.StandardRestore(
         fallback_sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     )
-    previous_hook = sys.unraisablehook
     # Before the restore, not after it fails: the first stray callbacks come while orbax unwinds.
-    sys.unraisablehook = _dropping_closed_loop_callbacks(previous_hook)
+    read_whole = _quiet_failed_read()
     for attempt in range(_READ_ATTEMPTS):
         try:
             restored = manager.restore(step, args=args)
@@ -253,7 +251,7 @@ def _read_params(manager: ocp.CheckpointManager, step: int, follow_latest: bool)
                 raise _unreadable(Path(manager.directory), step, now, err) from err
             log.warning("checkpoint step %d went while read; reading step %d", step, max(now))
             step = max(now)
-    sys.unraisablehook = previous_hook  # read whole: nothing is left to call back
+    read_whole()  # nothing is left to call back
     params = restored["params"] if isinstance(restored, dict) else restored.params
     return params, step
 
@@ -284,6 +282,33 @@ def error_gist(error: Exception, limit: int = 300) -> str:
         gist = f"{gist} {lines[1].rstrip(':')}"
     gist = gist.split(". ", 1)[0].rstrip(".")
     return gist if len(gist) <= limit else gist[: limit - 3].rstrip() + "..."
+
+
+# What asyncio logs when a task or future that failed is collected unread: a failed restore
+# leaves one per array tensorstore was still reading, each with the whole tensorstore spec.
+_UNREAD_FAILURES = ("Task exception was never retrieved", "Future exception was never retrieved")
+
+
+class _DropUnreadFailures(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_UNREAD_FAILURES)
+
+
+def _quiet_failed_read() -> Callable[[], None]:
+    """Silences, from now on, what a failed restore leaves behind around its one-line error:
+    tensorstore's reads that call back into the event loop orbax closed (unraisable
+    `Event loop is closed` errors) and the failed reads asyncio reports when it collects them
+    (at any later time, so they stay silenced after a failure). Returns the undo, to call
+    once the restore read whole."""
+    previous_hook, quiet = sys.unraisablehook, _DropUnreadFailures()
+    sys.unraisablehook = _dropping_closed_loop_callbacks(previous_hook)
+    logging.getLogger("asyncio").addFilter(quiet)
+
+    def read_whole() -> None:
+        sys.unraisablehook = previous_hook
+        logging.getLogger("asyncio").removeFilter(quiet)
+
+    return read_whole
 
 
 def _dropping_closed_loop_callbacks(previous: Callable) -> Callable:
