@@ -109,9 +109,8 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
 
 
 def damage(workdir: str | Path, step: int) -> str | None:
-    """Why checkpoint `step` of `workdir` cannot be read at all (its files damaged or
-    incomplete), or None when it reads: told apart from a checkpoint that reads but does
-    not fit a train state (another model), which only a structured restore finds."""
+    """Why checkpoint `step` of `workdir` cannot be read at all (damaged files), or None: not
+    a checkpoint that reads but fits no train state, which only a structured restore finds."""
     manager = checkpoint_manager(workdir, async_save=False)
     try:
         _read_params(manager, step, follow_latest=False)
@@ -284,29 +283,21 @@ def error_gist(error: Exception, limit: int = 300) -> str:
     return gist if len(gist) <= limit else gist[: limit - 3].rstrip() + "..."
 
 
-# What asyncio logs when a task or future that failed is collected unread: a failed restore
-# leaves one per array tensorstore was still reading, each with the whole tensorstore spec.
+# asyncio's report of a failed read collected unread: one per array, with its whole spec.
 _UNREAD_FAILURES = ("Task exception was never retrieved", "Future exception was never retrieved")
 
 
-class _DropUnreadFailures(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(_UNREAD_FAILURES)
-
-
 def _quiet_failed_read() -> Callable[[], None]:
-    """Silences, from now on, what a failed restore leaves behind around its one-line error:
-    tensorstore's reads that call back into the event loop orbax closed (unraisable
-    `Event loop is closed` errors) and the failed reads asyncio reports when it collects them
-    (at any later time, so they stay silenced after a failure). Returns the undo, to call
-    once the restore read whole."""
-    previous_hook, quiet = sys.unraisablehook, _DropUnreadFailures()
+    """Silences a failed restore's `Event loop is closed` callbacks and asyncio's reports of its
+    unread reads (kept: they come when collected). Returns the undo, for a whole read."""
+    previous_hook, asyncio_log = sys.unraisablehook, logging.getLogger("asyncio")
+    quiet = lambda record: not record.getMessage().startswith(_UNREAD_FAILURES)  # noqa: E731
     sys.unraisablehook = _dropping_closed_loop_callbacks(previous_hook)
-    logging.getLogger("asyncio").addFilter(quiet)
+    asyncio_log.addFilter(quiet)
 
     def read_whole() -> None:
         sys.unraisablehook = previous_hook
-        logging.getLogger("asyncio").removeFilter(quiet)
+        asyncio_log.removeFilter(quiet)
 
     return read_whole
 
