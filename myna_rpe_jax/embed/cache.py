@@ -48,6 +48,12 @@ def params_digest(params) -> str:
     return digest.hexdigest()
 
 
+def json_digest(value) -> str:
+    """A digest (8 hex digits) of a JSON value, short enough for a file name."""
+    text = json.dumps(value, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
 def embedding_model_fields(model: ml_collections.ConfigDict) -> dict:
     """config.model as JSON without SPEED_ONLY_FIELDS: the model settings that decide the
     embeddings (with the parameters)."""

@@ -2,14 +2,14 @@
 
 For every dataset and mode (`full`: whole tracks in one pass; `chunks`: Myna's averaged
 training-length chunks) the train, valid and test splits are embedded once and cached in
-OUT/embeddings/<dataset>-step<N>-<mode>.npz (reused only by later runs of the same
+OUT/embeddings/<dataset>-step<N>-<params>-<mode>.npz (reused only by later runs of the same
 checkpoint's parameters, model settings and prepared data files: `embed/cache.py`; a damaged
 file is made again), then each of the dataset's tasks gets a linear probe (`tasks`: fit on
 train, regularisation chosen on valid, test scored once). Every test score gets a bootstrap
 95% interval over the test tracks (`bootstrap.bootstrap_intervals` on the fixed
 predictions). Beside the encoder's rows, `baseline_kinds` adds the same probes on baselines
 (`baselines`): the architecture at random initialisation in every mode
-(OUT/embeddings/<dataset>-random-seed<S>-<mode>.npz) and hand-made features of the log-mels
+(OUT/embeddings/<dataset>-random-seed<S>-<model>-<mode>.npz) and hand-made features of the log-mels
 (OUT/embeddings/<dataset>-features.npz), cached alike. Writes OUT/results.json,
 OUT/results.md (a table like the paper's) and OUT/results.png. A dataset that is not
 prepared is reported with the command that builds it; the others still run. For `demo`
@@ -136,7 +136,9 @@ def cached_embeddings(
     of this checkpoint's parameters (run["params"], `params_digest`), model settings
     (`embedding_model_fields`) and prepared data files, else computed and cached. Returns
     (embeddings, reused, path)."""
-    path = out_dir / "embeddings" / f"{name}-step{run['step']}-{mode_tag(embedder, mode)}.npz"
+    # The parameters' digest in the name: runs probed into one OUT keep a file each.
+    stem = f"{name}-step{run['step']}-{run['params'][:8]}-{mode_tag(embedder, mode)}"
+    path = out_dir / "embeddings" / f"{stem}.npz"
     expected = {
         "workdir": run["workdir"],
         "step": run["step"],
@@ -168,13 +170,16 @@ def random_init_embeddings(
     """As `cached_embeddings`, for the run's architecture at its initial parameters
     (`baselines.random_init_embedder`: `run["random_embedder"]`, made on first use)."""
     config = run["config"]
-    tag = mode_tag(embedder, mode)
-    path = out_dir / "embeddings" / f"{name}-random-seed{config.seed}-{tag}.npz"
+    model = cache.embedding_model_fields(config.model)
+    # The architecture's digest in the name: runs probed into one OUT keep a file each.
+    tag = f"{cache.json_digest(model)}-{mode_tag(embedder, mode)}"
+    stem = f"{name}-random-seed{config.seed}-{tag}"
+    path = out_dir / "embeddings" / f"{stem}.npz"
     expected = {
         "baseline": baselines.RANDOM_INIT,
         "seed": config.seed,
         **mode_meta(embedder, mode),
-        "model": cache.embedding_model_fields(config.model),
+        "model": model,
         **_data_meta(embedder, name, data_dir),
     }
 

@@ -93,43 +93,47 @@ def test_damaged_cache_is_recomputed_with_a_warning(first_probe, tmp_path, caplo
     assert load_npz(damaged).track_ids == original.track_ids
 
 
-def test_retrained_run_or_edited_model_setting_is_recomputed(tiny_config, tmp_path, caplog):
-    """A cache made at one step of a workdir is not reused for another model at that step and
-    workdir: the same parameters with an embedding setting changed (config.json edited), or
-    a run deleted and retrained there with another seed (the model settings unchanged)."""
+def test_edited_model_setting_is_recomputed_and_runs_keep_their_own_files(
+    tiny_config, tmp_path, caplog
+):
+    """A cache made at one step of a workdir is not reused when an embedding setting changed
+    (config.json edited: the same parameters, the same file, made again). Another run (other
+    parameters) probed into the same OUT gets a file of its own, so probing the two in turn
+    reuses both (before, they replaced each other's file every time)."""
     from myna_rpe_jax.train import loop
 
-    def probed() -> tuple[dict, np.ndarray]:
+    def probed(workdir: Path) -> tuple[dict, Path]:
         results = probe(workdir, out)
-        return results, load_npz(cache_files(results)[0]).embeddings  # one file, overwritten
+        return results, cache_files(results)[0]  # one file: the full mode's
 
     tiny_config.total_steps = 2
-    workdir, out = tmp_path / "run", tmp_path / "out"
-    loop.train(tiny_config, str(workdir))
-    first, first_embeddings = probed()
-    config = json.loads((workdir / "config.json").read_text())
+    first_run, other_run, out = tmp_path / "run", tmp_path / "other", tmp_path / "out"
+    loop.train(tiny_config, str(first_run))
+    _, first_file = probed(first_run)
+    first_embeddings = load_npz(first_file).embeddings
+    config = json.loads((first_run / "config.json").read_text())
     config["model"]["posemb"] = ["alibi1d"]
-    (workdir / "config.json").write_text(json.dumps(config))
+    (first_run / "config.json").write_text(json.dumps(config))
     with caplog.at_level("INFO", logger="myna_rpe_jax"):
-        edited, edited_embeddings = probed()
+        edited, edited_file = probed(first_run)
     recomputed = [r.message for r in caplog.records if r.message.startswith(RECOMPUTED)]
-    assert len(recomputed) == 1 and all_cached(edited) == [False]
+    assert len(recomputed) == 1 and all_cached(edited) == [False] and edited_file == first_file
     assert recomputed[0].endswith("other settings: model.posemb ['alibi2d'] -> ['alibi1d']")
+    edited_embeddings = load_npz(edited_file).embeddings
     assert np.abs(edited_embeddings - first_embeddings).max() > 1e-3
     caplog.clear()
 
-    shutil.rmtree(workdir)
     tiny_config.seed, tiny_config.model.posemb = 7, ("alibi1d",)
-    loop.train(tiny_config, str(workdir))
+    loop.train(tiny_config, str(other_run))
     with caplog.at_level("INFO", logger="myna_rpe_jax"):
-        retrained, retrained_embeddings = probed()
-    assert retrained["step"] == first["step"] == 2 and all_cached(retrained) == [False]
-    recomputed = [r.message for r in caplog.records if r.message.startswith(RECOMPUTED)]
-    assert len(recomputed) == 1 and re.search(
-        r"other settings: params '\w+' -> '\w+'$", recomputed[0]
-    )
-    assert np.abs(retrained_embeddings - edited_embeddings).max() > 1e-3
-    assert retrained["table"] != edited["table"]
+        other, other_file = probed(other_run)
+        again, _ = probed(first_run)
+    assert other["step"] == edited["step"] == 2 and all_cached(other) == [False]
+    assert other_file != edited_file and RECOMPUTED not in caplog.text
+    assert all_cached(again) == [True] and again["table"] == edited["table"]
+    assert np.array_equal(load_npz(edited_file).embeddings, edited_embeddings)  # untouched
+    assert np.abs(load_npz(other_file).embeddings - edited_embeddings).max() > 1e-3
+    assert other["table"] != edited["table"]
 
 
 def test_dataset_rebuilt_in_the_same_data_dir_is_recomputed(

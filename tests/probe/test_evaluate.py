@@ -165,8 +165,12 @@ def test_baseline_rows_sit_beside_the_encoder_with_finite_intervals(demo_probe):
     assert demo["baselines"]["log-mel stats"]["dim"] == 2 * 128
     assert demo["baselines"]["MFCC stats"]["dim"] == 40 and demo["baselines"]["chroma"]["dim"] == 12
     seed = results["config"]["seed"]
-    for name in [f"demo-random-seed{seed}-full", f"demo-random-seed{seed}-chunks", "demo-features"]:
-        assert (out / "embeddings" / f"{name}.npz").exists()
+    made = sorted(path.name for path in (out / "embeddings").glob("demo-[rf]*.npz"))
+    assert [re.sub(r"-[0-9a-f]{8}-", "-M-", name) for name in made] == [
+        "demo-features.npz",
+        f"demo-random-seed{seed}-M-chunks.npz",
+        f"demo-random-seed{seed}-M-full.npz",
+    ]
     markdown = (out / "results.md").read_text()
     table = markdown.split("## Not probed")[0]
     for row in rows:
@@ -238,9 +242,11 @@ def test_probe_that_found_nothing_keeps_results_written_while_it_waited(demo_pro
 
 def test_cached_embeddings_are_reused(demo_probe, caplog):
     run, out, first = demo_probe
-    cache = [out / "embeddings" / f"demo-step{first['step']}-{m}.npz" for m in first["modes"]]
-    cache += [out / "embeddings" / "demo-features.npz"]
-    cache += (out / "embeddings").glob("demo-random-*.npz")
+    parts = [
+        *first["tasks"]["demo"]["modes"].values(),
+        *first["tasks"]["demo"]["baselines"].values(),
+    ]
+    cache = {Path(part["embeddings"]) for part in parts}  # 2 modes, 2 random init, features
     before = {path: path.stat().st_mtime_ns for path in cache}
     demo = first["tasks"]["demo"]
     assert demo["modes"]["full"]["cached"] is False
@@ -286,12 +292,15 @@ def test_cli_probes_patchout_mode_with_length_scaling_in_their_own_cache(demo_pr
     assert results["model"].endswith(", length-scaled") and results["modes"] == ["full", "patchout"]
     for mode in ("full", "patchout"):
         path = Path(results["tasks"]["demo"]["modes"][mode]["embeddings"])
-        assert path.name == f"demo-step{results['step']}-{mode}-ls.npz"
+        params = load_npz(path).meta["params"]  # its digest starts the name
+        assert path.name == f"demo-step{results['step']}-{params[:8]}-{mode}-ls.npz"
         meta = load_npz(path).meta
         assert meta["length_scaling"] is True and meta["mode"] == mode
         assert meta.get("patchout_passes") == (8 if mode == "patchout" else None)
-    scaled = load_npz(out / "ls" / "embeddings" / f"demo-step{results['step']}-full-ls.npz")
-    plain = load_npz(out / "embeddings" / f"demo-step{results['step']}-full.npz")
+    scaled = load_npz(
+        out / "ls" / "embeddings" / f"demo-step{results['step']}-{params[:8]}-full-ls.npz"
+    )
+    plain = load_npz(out / "embeddings" / f"demo-step{results['step']}-{params[:8]}-full.npz")
     assert not np.allclose(scaled.embeddings, plain.embeddings, atol=1e-4)
 
 
