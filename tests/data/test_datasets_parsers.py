@@ -489,22 +489,78 @@ def test_the_demo_metadata_and_a_giantsteps_key_file_that_are_not_utf8(tmp_path)
     ]
 
 
+def _empty_split_message(spec, source: Path, listing: common.Listing) -> str | None:
+    """What a build of `listing` says after listing (preparation._build's first check)."""
+    counts = collections.Counter(track.split for track in listing.tracks)
+    dropped = {"": listing.skipped}
+    problem = common.empty_split_error(spec, source, counts, dropped, "listed", listing.split_hints)
+    return problem and str(problem)
+
+
 def test_gtzan_random_split_of_too_few_tracks_says_how_many_it_needs(tmp_path):
     """3 tracks a genre give no test track (2/1/0 each): a probe could not run on it."""
     for genre in gtzan.GENRES:
         for i in range(3):
             _touch(tmp_path / "genres" / genre / f"{genre}.{i:05d}.wav")
-    with pytest.raises(common.EmptySplitError) as error:
-        gtzan.list_tracks(tmp_path, "random", seed=0)
-    assert str(error.value).startswith(
-        f"--source {tmp_path}: the random 70/15/15 split (--seed 0) of its 30 GTZAN tracks puts"
-        " none in test (train 20, valid 10, test 0), and a probe needs all three. A genre gives"
-        " each split a track from 6 tracks on (the largest here has 3"
+    listing = gtzan.list_tracks(tmp_path, "random", seed=0)
+    assert _empty_split_message(gtzan.SPEC, tmp_path, listing) == (
+        f"--source {tmp_path}: no test track listed (train 20, valid 10, test 0). A gtzan probe"
+        " needs tracks in each of train, valid, test, so nothing was prepared: its random"
+        " 70/15/15 split (--seed 0) gives each split a track of a genre from 6 tracks of it on"
+        " (the largest genre here has 3; GTZAN has 100 each): add tracks, or put"
+        f" train_filtered.txt, valid_filtered.txt, test_filtered.txt in {tmp_path} for the"
+        " fault-filtered split"
     )
     for i in range(3, 6):  # one genre of 6 is enough
         _touch(tmp_path / "genres" / "rock" / f"rock.{i:05d}.wav")
-    counts = collections.Counter(t.split for t in gtzan.list_tracks(tmp_path, "auto", 0).tracks)
-    assert counts == {"train": 22, "valid": 10, "test": 1}
+    listing = gtzan.list_tracks(tmp_path, "auto", 0)
+    assert collections.Counter(t.split for t in listing.tracks) == {
+        "train": 22,
+        "valid": 10,
+        "test": 1,
+    }
+    assert _empty_split_message(gtzan.SPEC, tmp_path, listing) is None
+
+
+def test_giantsteps_split_of_a_cut_down_annotations_file_says_what_it_needs(tmp_path):
+    """The published annotations.txt cut to its first usable tracks: too few for valid under
+    either split, and the message says why, in the terms of the split used."""
+    train_root = tmp_path / "giantsteps-mtg-key-dataset"
+    (train_root / "annotations").mkdir(parents=True)
+    (train_root / "audio").mkdir()
+    for path in (MTG_KEY / "annotations.txt", MTG_KEY / "beatport_metadata.txt"):
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        (train_root / "annotations" / path.name).write_text("".join(lines[:3]))  # 2 tracks
+    test_root = tmp_path / "giantsteps-key-dataset"
+    key_file = sorted((SHARED / "giantsteps-key" / "annotations" / "key").glob("*.key"))[0]
+    (test_root / "annotations" / "key").mkdir(parents=True)
+    (test_root / "annotations" / "key" / key_file.name).write_bytes(key_file.read_bytes())
+    _touch(test_root / "audio" / f"{key_file.name.split('.')[0]}.LOFI.mp3")  # one test track
+    ids = [
+        track_id
+        for track_id, _ in giantsteps_key.read_mtg_annotations(
+            train_root / "annotations" / "annotations.txt"
+        )
+    ]
+    for track_id in ids:
+        _touch(train_root / "audio" / f"{track_id}.LOFI.mp3")
+    assert len(ids) == 2
+    random = giantsteps_key.list_tracks(tmp_path, "random", seed=0)
+    message = _empty_split_message(giantsteps_key.SPEC, tmp_path, random)
+    assert message.startswith(f"--source {tmp_path}: no valid track listed (train 2, valid 0")
+    assert message.endswith(
+        "so nothing was prepared: the random 80/20 split (--seed 0) fills both from"
+        f" {common.min_stratum_size(giantsteps_key.RANDOM_FRACTIONS)} usable tracks on, and"
+        " annotations.txt has 2 (the MTG-key set: 1,159): add tracks"
+    )
+    by_artist = giantsteps_key.list_tracks(tmp_path, "artist", seed=0)
+    message = _empty_split_message(giantsteps_key.SPEC, tmp_path, by_artist)
+    assert message.startswith(f"--source {tmp_path}: no valid track listed (train 2, valid 0")
+    assert message.endswith(
+        "the artist split sends each artist to valid with odds of 16 in 116, so the 2 usable"
+        " tracks of annotations.txt (the MTG-key set: 1,159) can fill one split alone: add"
+        " tracks, or pass --split-mode random"
+    )
 
 
 @pytest.mark.parametrize(

@@ -75,12 +75,15 @@ class Listing:
       e.g. files the annotations name but the folder lacks.
     notes: warnings for the user (e.g. "split lists absent: random split").
     info: facts about the source recorded in the prepared dataset's metadata.
+    split_hints: split -> what would give it tracks, for the message of a build that leaves it
+      empty (`empty_split_error`), e.g. how many tracks a random split needs.
     """
 
     tracks: list[Track]
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    split_hints: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         seen: dict[tuple[str, str], Path] = {}
@@ -194,28 +197,35 @@ def empty_split_error(
     spec: DatasetSpec,
     source: Path,
     counts: Mapping[str, int],
-    dropped: Sequence[tuple[str, str]],
+    dropped: Mapping[str, Sequence[tuple[str, str]]],
     what: str,
+    hints: Mapping[str, str] | None = None,
 ) -> EmptySplitError | None:
     """Why a build of `spec` cannot go on, or None: a split it requires has no track.
 
-    counts: usable tracks per split; dropped: (path, reason) of the tracks left out (the
-    first is shown: most share a cause); what: how the tracks were counted ("listed",
-    "decoded")."""
+    counts: usable tracks per split; dropped: split -> (path, reason) of its tracks left out,
+    "" for those left out before they had a split (one is shown, as most share a cause: the
+    first of an empty split, else the first in `dropped`'s order); what: how the tracks were
+    counted ("listed", "decoded"); hints: split -> what would fill it
+    (`Listing.split_hints`), said instead of the general advice when an empty split has one."""
     required = spec.required_splits
     empty = [split for split in required if not counts.get(split)]
     if not empty:
         return None
     found = ", ".join(f"{split} {counts.get(split, 0)}" for split in required)
     example = ""
-    if dropped:
-        first = _first_failure(source, dropped)
-        example = f"; {len(dropped)} track(s) were left out, e.g. {first}"
+    if failed := [drop for split in [*empty, *dropped] for drop in dropped.get(split, ())]:
+        left_out = sum(map(len, dropped.values()))
+        example = f"; {left_out} track(s) were left out, e.g. {_first_failure(source, failed)}"
+    advice = next(
+        (hints[split] for split in empty if split in (hints or {})),
+        "check that --source holds the whole dataset (audio and annotation files), then run"
+        " the build again",
+    )
     return EmptySplitError(
         f"--source {source}: no {' or '.join(empty)} track {what} ({found}){example}. A"
         f" {spec.name} probe needs tracks in each of {', '.join(required)}, so nothing was"
-        " prepared: check that --source holds the whole dataset (audio and annotation"
-        " files), then run the build again"
+        f" prepared: {advice}"
     )
 
 

@@ -104,9 +104,12 @@ def _metadata(builder) -> dict:
     return json.loads((Path(builder.data_dir) / "metadata.json").read_text(encoding="utf-8"))
 
 
-def _summary(builder, already_prepared: bool, start: float, notes: list[str]) -> PrepareSummary:
+def _summary(
+    builder, already_prepared: bool, start: float, notes: list[str], metadata: dict | None = None
+) -> PrepareSummary:
+    """What `prepare` returns; metadata: the dataset's metadata.json, when already read."""
     dataset_dir = Path(builder.data_dir)
-    metadata = _metadata(builder)
+    metadata = metadata or _metadata(builder)
     splits = builder.info.splits
     return PrepareSummary(
         name=metadata["dataset"],
@@ -193,8 +196,11 @@ def prepare(
 def _already_prepared(builder, spec: DatasetSpec, config, source: Path, start) -> PrepareSummary:
     """The summary of a dataset found prepared, once `source` is known to be its source, with
     notes on what cannot be told and on splits a probe would miss."""
-    notes = _source_notes(_metadata(builder), spec, config, source, Path(builder.data_dir_root))
-    summary = _summary(builder, True, start, notes)
+    metadata = _metadata(builder)
+    notes = _source_notes(metadata, spec, config, source, Path(builder.data_dir_root))
+    summary = _summary(builder, True, start, notes, metadata)
+    # Every split, not spec.required_splits: the demo (tasks, nothing required, as training
+    # needs only train) may be built without some; builds of older code may lack any.
     empty = [split for split in SPLITS if not summary.split_sizes.get(split)]
     if spec.tasks and empty:
         summary.notes.append(
@@ -248,7 +254,8 @@ def _build(
     for note in listing.notes:
         warnings.warn(note, UserWarning, stacklevel=3)
     counts = collections.Counter(track.split for track in listing.tracks)
-    if problem := empty_split_error(spec, source, counts, listing.skipped, "listed"):
+    hints = listing.split_hints
+    if problem := empty_split_error(spec, source, counts, {"": listing.skipped}, "listed", hints):
         raise problem
     work = cache_dir(data_dir, name, config.name)
     paths = [track.path for track in listing.tracks]
@@ -266,11 +273,14 @@ def _build(
     if not any(entry.ok for entry in entries):
         _drop_cache_without_mels(work)
         raise nothing_prepared_error(source, undecodable, listing.skipped)
-    decoded = collections.Counter(
-        track.split for track, entry in zip(listing.tracks, entries, strict=True) if entry.ok
-    )
-    dropped = [*undecodable, *listing.skipped]
-    if problem := empty_split_error(spec, source, decoded, dropped, "decoded"):
+    decoded, dropped = collections.Counter(), {}
+    for track, entry in zip(listing.tracks, entries, strict=True):
+        if entry.ok:
+            decoded[track.split] += 1
+        else:
+            dropped.setdefault(track.split, []).append((str(track.path), entry.reason))
+    dropped[""] = listing.skipped  # last: a decoding failure says more than a stray cover.jpg
+    if problem := empty_split_error(spec, source, decoded, dropped, "decoded", hints):
         # The log-mels stay for the next run; the cached failures go, or they would hide a fix.
         for failure in work.glob(f"*{ERROR_SUFFIX}"):
             failure.unlink()

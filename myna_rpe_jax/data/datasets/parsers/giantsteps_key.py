@@ -26,6 +26,7 @@ from myna_rpe_jax.data.datasets.common import (
     Track,
     hash_bucket,
     layout_error,
+    min_stratum_size,
     multiclass,
     present_or_missing,
     read_table,
@@ -132,9 +133,20 @@ def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
     if split_mode != "random" and metadata.is_file():
         assignment = artist_split(track_ids, read_beatport_artists(metadata))
         how = "by artist (beatport_metadata.txt)"
+        hint = (
+            f"the artist split sends each artist to valid with odds of"
+            f" {ARTIST_BUCKETS - TRAIN_BUCKETS} in {ARTIST_BUCKETS}, so the {len(track_ids)}"
+            " usable tracks of annotations.txt (the MTG-key set: 1,159) can fill one split"
+            " alone: add tracks, or pass --split-mode random"
+        )
     else:
         assignment = stratified_split(track_ids, [""] * len(track_ids), RANDOM_FRACTIONS, seed)
         how = f"random 80/20, seed {seed}"
+        hint = (
+            f"the random 80/20 split (--seed {seed}) fills both from"
+            f" {min_stratum_size(RANDOM_FRACTIONS)} usable tracks on, and annotations.txt has"
+            f" {len(track_ids)} (the MTG-key set: 1,159): add tracks"
+        )
         if split_mode == "auto":
             notes.append(
                 f"GiantSteps: {metadata} not found; train/valid split is random (80/20, seed "
@@ -152,7 +164,8 @@ def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
     ]
     present, missing = present_or_missing(tracks, "the key annotations")
     info = {"train_root": str(train_root), "test_root": str(test_root), "train_valid_split": how}
-    return Listing(present, skipped + missing, notes, info)
+    hints = dict.fromkeys(("train", "valid"), hint)
+    return Listing(present, skipped + missing, notes, info, split_hints=hints)
 
 
 SPEC = DatasetSpec(

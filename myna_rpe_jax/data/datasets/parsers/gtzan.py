@@ -9,7 +9,6 @@ from pathlib import Path
 from myna_rpe_jax.data.datasets.common import (
     SPLITS,
     DatasetSpec,
-    EmptySplitError,
     Listing,
     Track,
     first_existing,
@@ -92,23 +91,15 @@ def _all_track_ids(root: Path) -> list[str]:
     return sorted(found)
 
 
-def random_split_error(
-    source: Path, assignment: dict[str, str], genres: list[str], seed: int
-) -> EmptySplitError | None:
-    """Why the random split of a source this small is no benchmark (a split without a
-    track: the probe needs all three), naming the tracks it takes; or None."""
-    counts = collections.Counter(assignment.values())
-    empty = [split for split in RANDOM_FRACTIONS if not counts[split]]
-    if not empty:
-        return None
-    found = ", ".join(f"{split} {counts[split]}" for split in RANDOM_FRACTIONS)
+def random_split_hint(source: Path, genres: list[str], seed: int) -> str:
+    """What fills every split of the random split of a source this small (a probe needs
+    all three): how many tracks a genre needs, how many the largest has."""
     largest = max(collections.Counter(genres).values(), default=0)
-    return EmptySplitError(
-        f"--source {source}: the random 70/15/15 split (--seed {seed}) of its {len(genres)}"
-        f" GTZAN tracks puts none in {' or '.join(empty)} ({found}), and a probe needs all"
-        f" three. A genre gives each split a track from {min_stratum_size(RANDOM_FRACTIONS)}"
-        f" tracks on (the largest here has {largest}; GTZAN has 100 per genre): add tracks,"
-        f" or put {', '.join(LIST_FILES.values())} in {source} for the fault-filtered split"
+    return (
+        f"its random 70/15/15 split (--seed {seed}) gives each split a track of a genre from"
+        f" {min_stratum_size(RANDOM_FRACTIONS)} tracks of it on (the largest genre here has"
+        f" {largest}; GTZAN has 100 each): add tracks, or put {', '.join(LIST_FILES.values())}"
+        f" in {source} for the fault-filtered split"
     )
 
 
@@ -133,8 +124,6 @@ def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
     track_ids = _all_track_ids(root)
     genres = [track_id.split(".")[0] for track_id in track_ids]
     assignment = stratified_split(track_ids, genres, RANDOM_FRACTIONS, seed)
-    if problem := random_split_error(source, assignment, genres, seed):
-        raise problem
     tracks = [_track(assignment[track_id], root, track_id) for track_id in track_ids]
     notes = []
     if split_mode == "auto":
@@ -143,7 +132,10 @@ def list_tracks(source: Path, split_mode: str, seed: int) -> Listing:
             f"random split (70/15/15 per genre, seed {seed}). Results are not comparable with "
             "published fault-filtered numbers: put the three lists in the source folder."
         )
-    return Listing(tracks, notes=notes, info={**info, "split": f"random, seed {seed}"})
+    hints = dict.fromkeys(SPLITS, random_split_hint(source, genres, seed))
+    return Listing(
+        tracks, notes=notes, info={**info, "split": f"random, seed {seed}"}, split_hints=hints
+    )
 
 
 SPEC = DatasetSpec(
