@@ -336,15 +336,16 @@ def load_embedder(
     if (source := checkpoints.config_file(workdir, step)).name != checkpoints.CONFIG_FILE:
         log.info("step %d was trained with %s (the run resumed with another config)", step, source)
         config = checkpoints.read_config(workdir, step)
-    overrides = dict(
+    given = dict(
         length_scaling=length_scaling,
         attention_kernel=attention_kernel,
         alibi_tile_skip=alibi_tile_skip,
     )
+    overrides = {name: value for name, value in given.items() if value is not None}
+    if overrides.get("alibi_tile_skip") == "auto":  # the field unset: resolve_tile_skip decides
+        overrides["alibi_tile_skip"] = None
     with config.unlocked():
-        for name, value in overrides.items():
-            if value is not None:
-                config.model[name] = None if (name, value) == ("alibi_tile_skip", "auto") else value
+        config.model.update(overrides)
     mel_config, mel_source = checkpoints.read_features(workdir)
     encoder = vit.encoder_from_config(config.model)
     chunk_frames = int(max(config.data.chunk_frames))
