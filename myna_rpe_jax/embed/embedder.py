@@ -295,16 +295,20 @@ def patchout_mean(
     encoder's patchout_keep) over spec [B, F, T], pass i with the key fold_in(rng, i).
 
     Each example is masked as if it were embedded alone (vmap over batch-1 calls, one key
-    for all): its embedding does not depend on the batch it is in, its place there or the
-    device count, as in the other modes. Examples of one token count share their masks."""
+    for all) and its patches are chosen among its real ones by their coordinates
+    (`patching.patchout_real`): its embedding does not depend on the batch it is in, its
+    place there, the device count or its padding, as in the other modes. Examples share
+    their masks where they share coordinates."""
+    if lengths is None:  # unpadded: every frame is real, chosen the same way
+        lengths = jnp.full(spec.shape[:1], spec.shape[2], jnp.int32)
 
-    def one_example(x, length):  # x [F, T], length [] or None
+    def one_example(x, length):  # x [F, T], length []
         def one_pass(i):
             cls, _ = encoder.apply(
                 {"params": params},
                 x[None],
                 train=True,
-                lengths=None if length is None else length[None],
+                lengths=length[None],
                 rngs={"patchout": jax.random.fold_in(rng, i)},
             )
             return cls[0]

@@ -82,3 +82,42 @@ def patchout(
     coords = jnp.broadcast_to(coords, (batch, num_tokens, coords.shape[-1]))
     take = lambda a: jnp.take_along_axis(a, keep[..., None], axis=1)
     return take(tokens), take(coords)
+
+
+def coordinate_uniforms(rng: jax.Array, coords: jax.Array) -> jax.Array:
+    """A uniform in [0, 1) per token, keyed by `rng` and the token's (row, col): coords
+    [..., 2] -> [...]. A token draws the same number wherever it sits in the token axis, so
+    on a padded grid too."""
+    keyed = lambda c: jax.random.uniform(jax.random.fold_in(jax.random.fold_in(rng, c[0]), c[1]))
+    return jax.vmap(keyed)(coords.reshape(-1, 2)).reshape(coords.shape[:-1])
+
+
+def patchout_real(
+    rng: jax.Array, tokens: jax.Array, coords: jax.Array, real: jax.Array, keep_fraction: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Patchout of examples padded to a common length (the embedder's length buckets): each
+    keeps round(keep_fraction x its real tokens), at least 1, of its real tokens, a uniformly
+    random subset chosen by `coordinate_uniforms`, so the choice depends on neither how far
+    the example was padded nor where it sits in the batch.
+
+    Args:
+      rng: PRNG key. tokens: [B, N, P]. coords: [N, 2] or [B, N, 2].
+      real: [B, N] bool, False for the padding's tokens.
+      keep_fraction: in (0, 1].
+
+    Returns:
+      tokens [B, K, P], coords [B, K, 2] and kept [B, K] bool, K = num_kept(N, keep_fraction)
+      (static): an example's chosen tokens first, in their original order, then K minus
+      their count other tokens, not kept (to be masked out of attention).
+    """
+    batch, num_tokens, _ = tokens.shape
+    coords = jnp.broadcast_to(coords, (batch, num_tokens, coords.shape[-1]))
+    scores = jnp.where(real, coordinate_uniforms(rng, coords), -1.0)  # padding ranks last
+    _, best = jax.lax.top_k(scores, num_kept(num_tokens, keep_fraction))  # [B, K], best first
+    count = jnp.maximum(1, jnp.round(keep_fraction * real.sum(axis=1)))  # <= K
+    kept = jnp.arange(best.shape[1]) < count[:, None]
+    # The chosen in their original order (tighter ALiBi tiles), the rest after them.
+    order = jnp.argsort(jnp.where(kept, best, best + num_tokens), axis=-1)
+    best, kept = jnp.take_along_axis(best, order, axis=1), jnp.take_along_axis(kept, order, axis=1)
+    take = lambda a: jnp.take_along_axis(a, best[..., None], axis=1)
+    return take(tokens), take(coords), kept & jnp.take_along_axis(real, best, axis=1)

@@ -152,12 +152,14 @@ class Encoder(nn.Module):
     lengths [B] (optional) gives each example's real frame count when a batch of tracks was
     padded to one length: patches past it are no attention key for any token, so the CLS
     output is that of the unpadded track (up to float rounding) for every positional scheme.
+    Patchout (train=True) with lengths keeps its share of each example's real patches,
+    chosen by their coordinates (`patching.patchout_real`: the embedder's patchout mode).
     With `length_scaling`, attention over more tokens than a training chunk keeps after
     patchout (`train_tokens`) has its logits scaled by log N / log N_train (`length_scale`), so
     attention is as peaked over a whole track as over a training chunk; training is unchanged.
     aux holds "tokens" [B, N', D] (the patch tokens' outputs, padding included), "coords"
     [B, N', 2] (the coordinates of the tokens that were kept) and, with lengths, "valid"
-    [B, N'] (which tokens are real).
+    [B, N'] (which tokens are real, and kept by patchout).
     """
 
     width: int
@@ -197,9 +199,19 @@ class Encoder(nn.Module):
         tokens, coords = patching.patchify(x, self.patch_size)
         grid = (num_bins // self.patch_size, spec.shape[2] // self.patch_size)
         coords = jnp.broadcast_to(coords, (batch, *coords.shape))
+        valid = None  # [B, N]: the real tokens, when the batch is padded
+        if lengths is not None:
+            # A patch is real when all its frames are: time column < lengths // patch_size.
+            valid = coords[..., positional.TIME] < (lengths // self.patch_size)[:, None]
         if train and self.patchout_keep < 1.0:
-            keep = patching.num_kept(tokens.shape[1], self.patchout_keep)
-            tokens, coords = patching.patchout(self.make_rng("patchout"), tokens, coords, keep)
+            rng = self.make_rng("patchout")
+            if valid is None:
+                keep = patching.num_kept(tokens.shape[1], self.patchout_keep)
+                tokens, coords = patching.patchout(rng, tokens, coords, keep)
+            else:  # the embedder's patchout mode: chosen among the real tokens alone
+                tokens, coords, valid = patching.patchout_real(
+                    rng, tokens, coords, valid, self.patchout_keep
+                )
 
         # The residual stream is in self.dtype for every scheme: the float32 tables are cast
         # like the activations, or `x + table` would promote a bfloat16 model to float32.
@@ -224,9 +236,7 @@ class Encoder(nn.Module):
 
         aux = {"coords": coords}
         key_mask = None
-        if lengths is not None:
-            # A patch is real when all its frames are: time column < lengths // patch_size.
-            valid = coords[..., positional.TIME] < (lengths // self.patch_size)[:, None]
+        if valid is not None:
             aux["valid"] = valid
             key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
 

@@ -115,6 +115,8 @@ def mode_meta(embedder: embedder_lib.Embedder, mode: str) -> dict:
         meta["chunk_frames"] = embedder.chunk_frames
     if mode == "patchout":
         meta["patchout_passes"] = embedder.patchout_passes
+        # Caches made before the passes drew real patches alone (by coordinates) lack it.
+        meta["patchout_draw"] = "real patches"
     return meta
 
 

@@ -28,12 +28,13 @@ def test_patchout_mode_is_the_mean_of_its_masked_passes_on_each_track_alone():
     tracks = mels()
     got = embedder.embed(tracks, "patchout")
     for row, mel in zip(got, tracks, strict=True):
-        x = mel[None, :, : mel.shape[1] // 16 * 16].astype(np.float32)
+        frames = mel.shape[1] // 16 * 16
         passes = [
             encoder.apply(
                 {"params": params},
-                x,
+                mel[None, :, :frames].astype(np.float32),
                 train=True,
+                lengths=np.array([frames]),  # every frame real: patchout_real's choice
                 rngs={"patchout": jax.random.fold_in(jax.random.key(0), i)},
             )[0][0]
             for i in range(3)
@@ -41,6 +42,22 @@ def test_patchout_mode_is_the_mean_of_its_masked_passes_on_each_track_alone():
         np.testing.assert_allclose(row, np.mean(passes, axis=0), rtol=1e-4, atol=1e-5)
     assert not np.allclose(got, embedder.embed(tracks, "full"), atol=1e-3)
     np.testing.assert_array_equal(got, embedder.embed(tracks, "patchout"))  # reproducible
+
+
+def test_patchout_mode_does_not_depend_on_the_padding():
+    """Tracks padded to their length buckets (max_padding 0.5: 160 frames to 192, 250 to 256;
+    0.25: 250 to 256) or not at all: the same real patches are kept, so the same embeddings
+    (before, patchout drew from the padded grid, padding included)."""
+    encoder, params = encoder_and_params()
+    tracks = mels((160, 250, 96))
+    got = {
+        padding: Embedder(encoder, params, 64, patchout_passes=2, max_padding=padding).embed(
+            tracks, "patchout"
+        )
+        for padding in (0.0, 0.25, 0.5)
+    }
+    np.testing.assert_allclose(got[0.25], got[0.0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[0.5], got[0.0], rtol=1e-4, atol=1e-5)
 
 
 def test_patchout_mode_keeping_every_patch_is_the_full_mode():

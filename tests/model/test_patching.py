@@ -62,6 +62,55 @@ def test_patchout_jits_with_static_num_keep():
     assert traces == [4]
 
 
+def _padded_grid(rows: int, cols: int, padded_cols: int, batch: int = 1):
+    """tokens [B, rows * padded_cols, 1] (each its own index), coords, real [B, N]."""
+    coords = jnp.asarray(patching.grid_coords(rows, padded_cols))
+    tokens = jnp.broadcast_to(
+        jnp.arange(len(coords), dtype=jnp.float32)[:, None], (batch, len(coords), 1)
+    )
+    real = jnp.broadcast_to(coords[:, 1] < cols, (batch, len(coords)))
+    return tokens, coords, real
+
+
+def test_patchout_of_a_padded_grid_keeps_its_share_of_the_real_tokens_whatever_the_padding():
+    """8 x 10 real patches, padded to 12, 16 or not at all: round(0.3 x 80) = 24 real tokens
+    are kept, the same ones in the same order (keyed by their coordinates), then the rest
+    of the K slots, masked; another key chooses others."""
+    chosen = {}
+    for padded_cols in (10, 12, 16):
+        tokens, coords, real = _padded_grid(8, 10, padded_cols)
+        got_tokens, got_coords, kept = patching.patchout_real(
+            jax.random.key(5), tokens, coords, real, 0.3
+        )
+        assert kept.shape == (1, patching.num_kept(8 * padded_cols, 0.3))
+        assert int(kept.sum()) == 24 and bool(kept[0, :24].all())
+        picked = np.asarray(got_coords[0, :24])
+        assert (picked[:, 1] < 10).all() and len({tuple(c) for c in picked}) == 24
+        index = picked[:, 0] * padded_cols + picked[:, 1]  # in the original order
+        assert (np.diff(index) > 0).all()
+        np.testing.assert_array_equal(np.asarray(got_tokens[0, :24, 0]), index)
+        chosen[padded_cols] = picked
+    np.testing.assert_array_equal(chosen[12], chosen[10])
+    np.testing.assert_array_equal(chosen[16], chosen[10])
+    tokens, coords, real = _padded_grid(8, 10, 12)
+    other = patching.patchout_real(jax.random.key(6), tokens, coords, real, 0.3)[1]
+    assert {tuple(c) for c in np.asarray(other[0, :24])} != {tuple(c) for c in chosen[10]}
+
+
+def test_patchout_of_a_padded_grid_is_uniform_over_the_real_tokens():
+    """Each of 10 real tokens (of 16, 6 padding) is kept with probability 3/10 over keys."""
+    tokens, coords, real = _padded_grid(1, 10, 16)
+    keys = jax.random.split(jax.random.key(0), 2000)
+    draw = jax.vmap(lambda key: patching.patchout_real(key, tokens, coords, real, 0.3))
+    _, got_coords, kept = draw(keys)
+    assert (kept.sum(axis=(1, 2)) == 3).all()
+    columns = np.asarray(got_coords[..., 1])[np.asarray(kept)]
+    counts = np.bincount(columns, minlength=16)
+    assert (counts[10:] == 0).all()
+    # 600 +- 3 sigma (sigma ~ 20.5), as for plain patchout.
+    assert np.all(np.abs(counts[:10] - 600) < 62), counts
+
+
 @pytest.mark.parametrize("n,frac,expected", [(128, 0.1, 13), (8, 0.1, 1), (10, 1.0, 10)])
 def test_num_kept(n, frac, expected):
     assert patching.num_kept(n, frac) == expected

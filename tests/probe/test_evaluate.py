@@ -297,6 +297,7 @@ def test_cli_probes_patchout_mode_with_length_scaling_in_their_own_cache(demo_pr
         meta = load_npz(path).meta
         assert meta["length_scaling"] is True and meta["mode"] == mode
         assert meta.get("patchout_passes") == (8 if mode == "patchout" else None)
+        assert meta.get("patchout_draw") == ("real patches" if mode == "patchout" else None)
     scaled = load_npz(
         out / "ls" / "embeddings" / f"demo-step{results['step']}-{params[:8]}-full-ls.npz"
     )
