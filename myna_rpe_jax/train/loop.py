@@ -168,11 +168,12 @@ def train(
     evaluator = evals.evaluator_from_config(config, encoder, state.params, mel)
     evaluated, run_start = evals.logged_steps(workdir), time.perf_counter()
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int) -> float:
+        """Probes the parameters when `step` is an eval step; returns the seconds it took."""
         if evaluator is None or step in evaluated:
-            return
+            return 0.0
         if not evals.is_eval_step(step, config.eval_every, num_steps):
-            return
+            return 0.0
         before = evaluator.seconds
         scores = evaluator(state.params, step)
         seconds = evaluator.seconds - before
@@ -188,6 +189,7 @@ def train(
             100 * share,
             shown,
         )
+        return seconds
 
     evaluate(start)  # step 0 of a fresh run: the random-initialisation row
     last_saved = manager.latest_step()
@@ -199,8 +201,10 @@ def train(
             state, step_metrics = step_fn(state, batch, root_rng)
             accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
             report(step)
-            is_last = step == last_step
-            should_save = step % config.checkpoint_every == 0 or is_last
+            # A preemption save is checked for NaN like any other, or a diverged state could
+            # be saved and later named the last good checkpoint.
+            preempted = manager.reached_preemption(step)
+            should_save = step % config.checkpoint_every == 0 or step == last_step or preempted
             if step % config.log_every == 0 or should_save:
                 summary = {k: float(v) for k, v in accumulated.compute().items()}
                 _check_finite(summary, step, last_saved, workdir)
@@ -210,9 +214,9 @@ def train(
                 writer.write_scalars(step, summary)
                 history.append({"step": step, **summary})
                 accumulated, tick = None, now
-            if should_save or manager.reached_preemption(step):
+            if should_save:
                 checkpoints.save(manager, step, state)
                 last_saved = step
-            evaluate(step)
+            tick += evaluate(step)  # examples/s counts training alone
     writer.flush()
     return history

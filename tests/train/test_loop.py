@@ -177,6 +177,22 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_config, tmp_path
     assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
 
 
+def test_a_preemption_save_of_a_diverged_state_stops_instead(tiny_config, tmp_path, monkeypatch):
+    """A preemption signal at step 3 (orbax's check answers yes there) saves the state at a
+    step that is neither a log nor a checkpoint step: it is checked for NaN first. Before,
+    the inf parameters were saved as step 3 and later named the last good checkpoint."""
+    import orbax.checkpoint as ocp
+
+    tiny_config.checkpoint_every = 1
+    loop.train(tiny_config, str(tmp_path), stop_after=2)
+    tiny_config.update(checkpoint_every=100, log_every=100, total_steps=5)
+    tiny_config.optim.learning_rate = 1e38
+    monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", lambda _, step: step == 3)
+    with pytest.raises(loop.NonFiniteLossError, match="at or before step 3; .*\\(step 2\\)"):
+        loop.train(tiny_config, str(tmp_path))
+    assert checkpoints.load_params(tmp_path)[1] == 2
+
+
 def test_ctrl_c_while_a_checkpoint_is_written_finishes_it_and_says_so_in_two_lines(
     tiny_config, tmp_path
 ):
