@@ -46,7 +46,7 @@ from myna_rpe_jax.probe.report import (
     write_markdown,
     write_plot,
 )
-from myna_rpe_jax.probe.tasks import REG_GRID, run_probe, standardize
+from myna_rpe_jax.probe.tasks import REG_GRID, nonfinite_problem, run_probe, standardize
 
 log = logging.getLogger("myna_rpe_jax.probe")
 
@@ -222,19 +222,6 @@ def feature_embeddings(
     return result, reused, path
 
 
-def score_intervals(probe: dict) -> dict[str, list[float] | None]:
-    """Bootstrap 95% intervals over the test set of every test metric of a probe result (from
-    its "test_outputs": the fixed test labels and predictions); None where no resample could
-    be scored (e.g. a single positive tag in test)."""
-    names = [name for name, value in probe["metrics"].items() if isinstance(value, float)]
-    try:
-        found = bootstrap.bootstrap_intervals(names, *probe["test_outputs"])
-    except ValueError as err:
-        log.warning("no bootstrap interval: %s", err)
-        found = {}
-    return {name: list(found[name]) if name in found else None for name in names}
-
-
 def probe_embeddings(
     name: str,
     result: Embeddings,
@@ -247,14 +234,18 @@ def probe_embeddings(
     False: then "intervals" is {}). label names it in the log."""
     split = np.asarray(result.split)
     embeddings = result.embeddings if columns is None else result.embeddings[:, slice(*columns)]
-    features = standardize({s: embeddings[split == s] for s in SPLITS})
+    raw = {s: embeddings[split == s] for s in SPLITS}
+    if problem := nonfinite_problem(raw):  # before standardising spreads it over every row
+        log.warning("%s (%s): probes failed: %s", name, label, problem)
+        return {task: {"status": "failed", "reason": problem} for task in dataset_tasks(name)}
+    features = standardize(raw)
     probes = {}
     for task, spec in dataset_tasks(name).items():
         labels = result.labels[spec.label_key]
         data = {s: (features[s], labels[split == s]) for s in SPLITS}
         try:
             probe = run_probe(spec, data)
-            found = score_intervals(probe) if intervals else {}
+            found = bootstrap.score_intervals(probe) if intervals else {}
             probes[task] = {"status": "ok", **probe, "intervals": found}
         except ValueError as err:  # e.g. no tag with both positives and negatives in valid
             log.warning("%s/%s: probe failed: %s", name, task, err)
@@ -262,11 +253,10 @@ def probe_embeddings(
             continue
         del probes[task]["test_outputs"]  # arrays: results.json keeps the scores only
         scores = {k: v for k, v in probes[task]["metrics"].items() if isinstance(v, float)}
-        intervals = probes[task]["intervals"]
         shown = ", ".join(
             f"{metric} {value:.4f}" + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else "")
             for metric, value in scores.items()
-            for iv in [intervals.get(metric)]
+            for iv in [found.get(metric)]
         )
         log.info("%s/%s (%s): test %s", name, task, label, shown)
     return probes

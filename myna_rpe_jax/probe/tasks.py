@@ -6,8 +6,10 @@ and the regularisation strength is the grid point with the best *validation* sco
 the stronger regularisation); test is scored once, with that strength.
 
 One relative grid serves every task: for logistic probes it is the l2 of the per-sample mean
-objective; for ridge (whose objective is a sum over samples) alpha = grid value * N_train, the
-same penalty per sample. Solvers are deterministic (L-BFGS from zeros, closed-form ridge).
+objective (mean loss + l2/2 ||w||^2); for ridge (whose objective is a sum over samples) alpha
+= grid value * N_train, so per sample mean squared error + value ||w||^2 (twice the logistic
+weight of the same value: a third of a decade, inside one grid step). Solvers are
+deterministic (L-BFGS from zeros, closed-form ridge).
 """
 
 from __future__ import annotations
@@ -29,9 +31,16 @@ SELECTION_METRIC = {"multiclass": "accuracy", "regression": "r2", "multilabel": 
 Data = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (features [N, D], labels)
 
 
-def _select(valid_scores: np.ndarray, grid: np.ndarray) -> int:
-    """Index of the best validation score; among ties, the strongest regularisation."""
-    best = np.flatnonzero(valid_scores >= np.max(valid_scores) - 1e-12)
+def _select(valid_scores: np.ndarray, grid: np.ndarray, metric: str) -> int:
+    """Index of the best validation score; among ties, the strongest regularisation. A NaN
+    score (e.g. R² of a fit that diverged) is never the best; all NaN is a ValueError."""
+    finite = np.isfinite(valid_scores)
+    if not finite.any():
+        raise ValueError(
+            f"the valid {metric} is NaN or infinite at every regularisation strength"
+            f" ({', '.join(f'{v:g}' for v in valid_scores)}), so none can be chosen"
+        )
+    best = np.flatnonzero(finite & (valid_scores >= np.max(valid_scores[finite]) - 1e-12))
     return int(best[np.argmax(grid[best])])
 
 
@@ -95,6 +104,18 @@ _PROBES: dict[str, Callable] = {
 }
 
 
+def nonfinite_problem(features: dict[str, np.ndarray]) -> str | None:
+    """Which split's embeddings [N, D] hold NaN or inf, as a message; None if none do. Check
+    before `standardize`, which would spread one bad row of train over every split."""
+    for split, x in features.items():
+        if bad := int((~np.isfinite(x)).any(axis=1).sum()):
+            return (
+                f"{bad} of the {len(x)} {split} embeddings hold NaN or inf (a checkpoint whose"
+                " training diverged gives this): probe an earlier step (--step)"
+            )
+    return None
+
+
 def standardize(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every split standardised with the mean and std of features["train"] [N, D]."""
     mean, std = solvers.standardize_fit(features["train"])
@@ -115,9 +136,11 @@ def run_probe(spec: TaskSpec, data: Data, grid=REG_GRID) -> dict:
     missing = [split for split in ("train", "valid", "test") if split not in data]
     if missing:
         raise ValueError(f"a probe needs train, valid and test splits; missing {missing}")
+    if problem := nonfinite_problem({split: x for split, (x, _) in data.items()}):
+        raise ValueError(problem)
     grid = np.asarray(grid, np.float64)
     valid, test = _PROBES[spec.kind](spec, data, grid)
-    chosen = _select(valid, grid)
+    chosen = _select(valid, grid, SELECTION_METRIC[spec.kind])
     param = "alpha" if spec.kind == "regression" else "l2"
     scale = len(data["train"][0]) if spec.kind == "regression" else 1
     metrics, test_outputs = test(chosen)

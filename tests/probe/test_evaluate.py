@@ -54,6 +54,24 @@ def test_regression_probe_matches_sklearn_ridge_selected_on_valid():
     assert result["metrics"]["r2"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
 
 
+def test_nan_embeddings_and_nan_valid_scores_are_said_not_crashed_on():
+    """Embeddings with NaN (a diverged checkpoint's) are refused up front, naming the split;
+    before, R² was NaN at every strength and selection failed on numpy's 'argmax of an empty
+    sequence'. A NaN among finite valid scores is never chosen; all NaN is a message."""
+    data = {s: linear_targets(n, seed) for s, n, seed in [("train", 60, 0), ("test", 50, 2)]}
+    x_valid, y_valid = linear_targets(40, 1)
+    x_valid[[3, 7], 0] = np.nan
+    data["valid"] = (x_valid, y_valid)
+    with pytest.raises(ValueError, match="^2 of the 40 valid embeddings hold NaN or inf"):
+        tasks.run_probe(TaskSpec("regression", "y", 1), data)
+    grid = np.asarray(tasks.REG_GRID)
+    scores = np.linspace(0.1, 0.8, len(grid))
+    scores[-1] = np.nan  # the strongest: it would win every tie
+    assert tasks._select(scores, grid, "r2") == len(grid) - 2
+    with pytest.raises(ValueError, match="valid r2 is NaN or infinite at every regularisation"):
+        tasks._select(np.full(len(grid), np.nan), grid, "r2")
+
+
 def test_selection_never_looks_at_test_labels():
     data = {s: blobs(n, seed) for s, n, seed in [("train", 90, 0), ("valid", 60, 1)]}
     x_test, y_test = blobs(60, 2)
