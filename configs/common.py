@@ -62,7 +62,8 @@ def get_config(posemb: tuple[str, ...] = ("alibi2d",)) -> ml_collections.ConfigD
         )
     )
 
-    # loss = contrastive + kmeans_weight * k-means + hull_weight * convex hull (losses.Objective).
+    # loss = contrastive + kmeans_weight * k-means + hull_weight * convex hull
+    # (objectives/objective.py: Objective).
     config.loss = ml_collections.ConfigDict(
         dict(
             name="info_nce",  # or "sogclr" (Myna's loss, per-example moving averages)

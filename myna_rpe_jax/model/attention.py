@@ -152,9 +152,3 @@ def _cudnn_applies(q: jax.Array) -> bool:
         and head_dim <= 128
         and head_dim % 8 == 0
     )
-
-
-# The flash kernel. Inside it q, k, v are [B, Np, H, Dh] with Np a multiple of `block`, and
-# `key_valid` is None (all keys real) or [B, Np] bool (False: padding or a masked key). Tiles
-# are read with dynamic slices and results written in place, so the only buffers of size N are
-# the inputs, outputs and residuals.

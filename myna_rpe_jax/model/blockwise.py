@@ -4,6 +4,10 @@ The ALiBi bias is evaluated one [block, block] tile at a time with an online sof
 forward and in the backward pass (a custom VJP that recomputes tiles from the saved
 log-sum-exp), so a whole track fits where its [H, N, N] scores would not. With an ALiBi bias
 whose `tile_skip` is on, the tiles it provably makes exactly zero are skipped (`tile_skip`).
+Inside, q, k, v are [B, Np, H, Dh] with Np a multiple of `block`, and `key_valid` is None
+(all keys real) or [B, Np] bool (False: padding or a masked key). Tiles are read with dynamic
+slices and results written in place, so the only buffers of size N are the inputs, outputs
+and residuals.
 """
 
 from __future__ import annotations
@@ -185,8 +189,9 @@ def _f32_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _flash_forward(q, k, v, bias, key_valid, block, skip):
     """Returns out [B, Np, H, Dh], the log-sum-exp of every query's scores [B, H, Np] and the
-    number of tiles skipped (with `skip`: key tiles from the diagonal on, so that the running
-    maximum is high when the far tiles come and `tile_skip.underflows` can drop them)."""
+    number of head tiles skipped (`count_skipped_tiles`). With `skip`, key tiles are visited
+    from the diagonal on, so that the running maximum is high when the far tiles come and
+    `tile_skip.underflows` can drop them."""
     batch, padded, heads, head_dim = q.shape
     num_tiles = padded // block
     if skip:

@@ -39,8 +39,9 @@ class TileBounds:
     """Per-tile summaries of one attention call (B examples, H heads, T tiles of `block`).
 
     Attributes:
-      q_norm: [B, H, Np] |q_r| / sqrt(Dh) of every query.
-      k_norm: [B, H, T] max |k_c| over the valid keys of each key tile (0 if none).
+      q_norm: [B, H, Np] |q_r| of every query.
+      k_norm: [B, H, T] max |k_c| / sqrt(Dh) over the valid keys of each key tile (0 if
+        none), so that q_norm x k_norm bounds the scaled logit q.k / sqrt(Dh).
       distance: [B, T, T] dmin(I, J) of every query tile I and key tile J: a lower bound on
         d(r, c) over the queries r of I and the valid keys c of J.
     """

@@ -178,8 +178,8 @@ class Encoder(nn.Module):
     length_scaling: bool = False  # logits x log N / log N_train past the training token count
     rope_theta: float = 100.0
     dtype: Any = jnp.float32
+    attention_block_size: int = blockwise.DEFAULT_BLOCK_SIZE  # tokens per blockwise tile
     # Attention over more tokens than this (a whole track) runs blockwise, in linear memory.
-    attention_block_size: int = blockwise.DEFAULT_BLOCK_SIZE
     blockwise_threshold: int = attention.DEFAULT_BLOCKWISE_THRESHOLD
     # Past the threshold: "xla" (blockwise), "pallas" (the fused ALiBi GPU kernel) or "auto"
     # (pallas when an ALiBi model embeds on a GPU, else xla: `attention.resolve_kernel`).

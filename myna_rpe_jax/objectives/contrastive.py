@@ -23,7 +23,8 @@ def info_nce_logits(z_a: jax.Array, z_b: jax.Array, temperature: float) -> jax.A
 
 
 def info_nce(z_a: jax.Array, z_b: jax.Array, temperature: float = 0.1) -> jax.Array:
-    """Symmetric InfoNCE (SimCLR / CLIP form).
+    """Symmetric InfoNCE (CLIP form: the negatives of a view are the other view's rows only,
+    B - 1 of them, not SimCLR's 2(B - 1)).
 
     Row i of z_a and row i of z_b are a positive pair; every other row of the other view is a
     negative. The loss is the mean of the cross-entropies a->b and b->a with labels arange(B).

@@ -99,8 +99,8 @@ class SogclrState:
     """Per-example SogCLR moving averages, a pytree to keep in the train state and checkpoint.
 
     log_u: [num_examples, 2] float32, indexed by the dataset example id that the input
-    pipeline provides with every example; ids must lie in [0, num_examples) (others read as
-    unseen and are not written).
+    pipeline provides with every example; ids must lie in [0, num_examples): ids past the end
+    read as unseen and are not written, and negative ids index from the end, as in numpy.
     """
 
     log_u: jax.Array

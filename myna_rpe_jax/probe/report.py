@@ -9,8 +9,8 @@ import ml_collections
 import numpy as np
 
 from myna_rpe_jax import files
-from myna_rpe_jax.data.datasets import TaskSpec, dataset_tasks
-from myna_rpe_jax.data.keys import KEY_NAMES
+from myna_rpe_jax.data.datasets import dataset_tasks
+from myna_rpe_jax.probe.tasks import task_metrics
 
 DATASET_LABELS = {
     "gtzan": "GTZAN",
@@ -35,13 +35,6 @@ METRIC_LABELS = {
     "roc_auc": "ROC-AUC",
     "pr_auc": "PR-AUC",
 }
-
-
-def task_metrics(spec: TaskSpec) -> tuple[str, ...]:
-    """The test metrics a task reports (as keys of run_probe's "metrics")."""
-    if spec.kind == "multiclass":
-        return ("accuracy", "mirex") if spec.class_names == KEY_NAMES else ("accuracy",)
-    return ("r2",) if spec.kind == "regression" else ("roc_auc", "pr_auc")
 
 
 def table_columns(names: list[str]) -> list[tuple[str, str, str, str]]:
