@@ -325,6 +325,13 @@ def absent_field_values() -> dict[str, Any]:
     return json.loads(json.dumps({**values, "variant": "S/16", "dtype": "float32"}))
 
 
+def init_params(encoder: Encoder, rng: jax.Array, sample: jax.Array) -> Any:
+    """`encoder.init` on sample [1, F, T] with `rng` for both streams (params, patchout): the
+    parameters a training run starts from (`train.step.init_state`) and the probe's
+    random-init baseline (`probe.baselines.random_params`)."""
+    return encoder.init({"params": rng, "patchout": rng}, sample, train=True)["params"]
+
+
 def encoder_from_config(model_cfg: ml_collections.ConfigDict) -> Encoder:
     """Builds an `Encoder` from a config's `model` field.
 

@@ -18,6 +18,7 @@ training-length input), embedded by the same `Embedder` in the same modes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -28,6 +29,7 @@ import numpy as np
 
 from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.embed.embedder import Embedder
+from myna_rpe_jax.model import vit
 
 N_MFCC = 20
 FEATURE_SETS = ("log-mel stats", "MFCC stats", "chroma")
@@ -126,12 +128,11 @@ class FeatureExtractor:
 
 
 def random_params(encoder, config: ml_collections.ConfigDict):
-    """The parameters a fresh training run of `config` starts from: `encoder.init` with the
-    key of config.seed for both rng streams, on a [1, n_mels, max(chunk_frames)] input."""
-    rng = jax.random.key(config.seed)
+    """The parameters a fresh training run of `config` starts from (`vit.init_params` with
+    the key of config.seed, on a [1, n_mels, max(chunk_frames)] input, as train/loop.py)."""
     sample = jnp.zeros((1, config.model.n_mels, max(config.data.chunk_frames)), jnp.float32)
-    init = jax.jit(lambda key, x: encoder.init({"params": key, "patchout": key}, x, train=True))
-    return init(rng, sample)["params"]
+    init = jax.jit(functools.partial(vit.init_params, encoder))
+    return init(jax.random.key(config.seed), sample)
 
 
 def random_init_embedder(trained: Embedder, config: ml_collections.ConfigDict) -> Embedder:

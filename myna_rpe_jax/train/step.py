@@ -116,7 +116,7 @@ def init_state(
     num_examples: int = 1,
 ) -> TrainState:
     """A fresh state; `num_examples` (the training-set size) sizes SogCLR's state."""
-    params = encoder.init({"params": rng, "patchout": rng}, sample, train=True)["params"]
+    params = vit.init_params(encoder, rng, sample)
     loss_state = objective.init_state(encoder.width, num_examples) if objective else {}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
