@@ -56,6 +56,56 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return config.total_steps if config.total_steps > 0 else config.epochs * steps_per_epoch
 
 
+def _resumed_state(manager, init, args: tuple, sharding, workdir: str):
+    """The train state of the latest checkpoint, restored into the shapes `init(*args)` gives
+    (placed by `sharding`). A damaged checkpoint, or one of another config's train state, is
+    a ValueError that says which, and what to do."""
+    abstract = jax.eval_shape(init, *args)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
+    )
+    try:
+        return checkpoints.restore(manager, abstract)
+    except Exception as e:  # orbax raises bare Exceptions for damaged files
+        step, folder = manager.latest_step(), Path(workdir) / "checkpoints"
+        if problem := checkpoints.damage(workdir, step):
+            earlier = [n for n in manager.all_steps() if n < step]
+            fix = f"to resume from step {max(earlier)}" if earlier else "to start afresh"
+            raise ValueError(
+                f"the checkpoint at step {step} in {folder} cannot be read, its files are"
+                f" damaged or incomplete ({problem}). Move {folder / str(step)} out of"
+                f" {folder} {fix}, or train in a fresh --workdir"
+            ) from e
+        if not isinstance(e, ValueError):
+            raise
+        raise ValueError(
+            f"the checkpoint at step {step} in {folder} does not"
+            f" fit the train state of this config ({checkpoints.error_gist(e)}). Resume with"
+            f" the config the run started with ({workdir}/{checkpoints.CONFIG_FILE}: same"
+            " config.model and config.loss), or train in a fresh --workdir"
+            " (MYNA_RPE_DEBUG=1 shows orbax's whole message)."
+        ) from e
+
+
+def _record_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
+    """Writes the run's config.json; a resume (step > 0) with a changed config archives the
+    old one and warns with what changed."""
+    # A field added to the code since the run started is no change where it keeps the value
+    # the run had without it.
+    absent = {f"model.{name}": value for name, value in vit.absent_field_values().items()}
+    changes = checkpoints.write_config(workdir, config, step, absent)
+    if changes and step > 0:
+        listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        logging.warning(
+            "resuming at step %d with a changed config (%s); the previous one is kept as"
+            " %s/config.until_step%d.json",
+            step,
+            listed,
+            workdir,
+            step,
+        )
+
+
 def train(
     config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None
 ) -> list[dict]:
@@ -102,49 +152,12 @@ def train(
     )
     manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
     if manager.latest_step() is not None:
-        abstract = jax.eval_shape(init, root_rng, sample)
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract
-        )
-        try:
-            state = checkpoints.restore(manager, abstract)
-        except Exception as e:  # orbax raises bare Exceptions for damaged files
-            step, folder = manager.latest_step(), Path(workdir) / "checkpoints"
-            if problem := checkpoints.damage(workdir, step):
-                earlier = [n for n in manager.all_steps() if n < step]
-                fix = f"to resume from step {max(earlier)}" if earlier else "to start afresh"
-                raise ValueError(
-                    f"the checkpoint at step {step} in {folder} cannot be read, its files are"
-                    f" damaged or incomplete ({problem}). Move {folder / str(step)} out of"
-                    f" {folder} {fix}, or train in a fresh --workdir"
-                ) from e
-            if not isinstance(e, ValueError):
-                raise
-            raise ValueError(
-                f"the checkpoint at step {step} in {folder} does not"
-                f" fit the train state of this config ({checkpoints.error_gist(e)}). Resume with"
-                f" the config the run started with ({workdir}/{checkpoints.CONFIG_FILE}: same"
-                " config.model and config.loss), or train in a fresh --workdir"
-                " (MYNA_RPE_DEBUG=1 shows orbax's whole message)."
-            ) from e
+        state = _resumed_state(manager, init, (root_rng, sample), repl, workdir)
         logging.info("Resumed from step %d", int(state.step))
     else:
         state = init(root_rng, sample)
     if jax.process_index() == 0:
-        # A field added to the code since the run started is no change where it keeps the
-        # value the run had without it.
-        absent = {f"model.{name}": value for name, value in vit.absent_field_values().items()}
-        changes = checkpoints.write_config(workdir, config, int(state.step), absent)
-        if changes and int(state.step) > 0:
-            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
-            logging.warning(
-                "resuming at step %d with a changed config (%s); the previous one is kept as"
-                " %s/config.until_step%d.json",
-                int(state.step),
-                listed,
-                workdir,
-                int(state.step),
-            )
+        _record_config(workdir, config, int(state.step))
 
     step_fn = jax.jit(
         functools.partial(
@@ -168,14 +181,14 @@ def train(
     evaluator = evals.evaluator_from_config(config, encoder, state.params, mel)
     evaluated, run_start = evals.logged_steps(workdir), time.perf_counter()
 
-    def evaluate(step: int) -> float:
-        """Probes the parameters when `step` is an eval step; returns the seconds it took."""
+    def evaluate(step: int, params) -> float:
+        """Probes `params` when `step` is an eval step; returns the seconds it took."""
         if evaluator is None or step in evaluated:
             return 0.0
         if not evals.is_eval_step(step, config.eval_every, num_steps):
             return 0.0
         before = evaluator.seconds
-        scores = evaluator(state.params, step)
+        scores = evaluator(params, step)
         seconds = evaluator.seconds - before
         writer.write_scalars(step, {f"eval/{name}": value for name, value in scores.items()})
         evals.append_record(workdir, {"step": step, "seconds": seconds, "scores": scores})
@@ -191,7 +204,7 @@ def train(
         )
         return seconds
 
-    evaluate(start)  # step 0 of a fresh run: the random-initialisation row
+    evaluate(start, state.params)  # step 0 of a fresh run: the random-initialisation row
     last_saved = manager.latest_step()
     history, accumulated, tick = [], None, time.perf_counter()
     batches = sampler.iterate(start, config.data.prefetch, config.data.read_threads)
@@ -217,6 +230,6 @@ def train(
             if should_save:
                 checkpoints.save(manager, step, state)
                 last_saved = step
-            tick += evaluate(step)  # examples/s counts training alone
+            tick += evaluate(step, state.params)  # examples/s counts training alone
     writer.flush()
     return history
