@@ -35,11 +35,6 @@ def parse_key(text: str) -> int:
     return pitch % 12 + 12 * int(is_minor)
 
 
-def key_name(index: int) -> str:
-    """The canonical name ("Eb minor") of a key class index."""
-    return KEY_NAMES[index]
-
-
 def mirex_weights(allow_descending_fifths: bool = False) -> np.ndarray:
     """The [24, 24] MIREX key score matrix W[reference, estimate].
 

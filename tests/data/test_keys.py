@@ -18,7 +18,7 @@ from tests.conftest import SHARED_DATASETS
     ],
 )
 def test_parse_key_maps_sharps_to_flats(text, name):
-    assert keys.key_name(keys.parse_key(text)) == name
+    assert keys.KEY_NAMES[keys.parse_key(text)] == name
 
 
 @pytest.mark.parametrize("text", ["-", "F minor / G# major", "G minor/major", "", "H major"])
