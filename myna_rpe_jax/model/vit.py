@@ -195,51 +195,20 @@ class Encoder(nn.Module):
             raise ValueError(
                 f"encoder expects {self.n_mels} mel bins, got spec of shape {spec.shape}"
             )
-        x = (spec.astype(jnp.float32) - _DB_CENTER) / _DB_SCALE
-        tokens, coords = patching.patchify(x, self.patch_size)
         grid = (num_bins // self.patch_size, spec.shape[2] // self.patch_size)
-        coords = jnp.broadcast_to(coords, (batch, *coords.shape))
-        valid = None  # [B, N]: the real tokens, when the batch is padded
-        if lengths is not None:
-            # A patch is real when all its frames are: time column < lengths // patch_size.
-            valid = coords[..., positional.TIME] < (lengths // self.patch_size)[:, None]
-        if train and self.patchout_keep < 1.0:
-            rng = self.make_rng("patchout")
-            if valid is None:
-                keep = patching.num_kept(tokens.shape[1], self.patchout_keep)
-                tokens, coords = patching.patchout(rng, tokens, coords, keep)
-            else:  # the embedder's patchout mode: chosen among the real tokens alone
-                tokens, coords, valid = patching.patchout_real(
-                    rng, tokens, coords, valid, self.patchout_keep
-                )
-
-        # The residual stream is in self.dtype for every scheme: the float32 tables are cast
-        # like the activations, or `x + table` would promote a bfloat16 model to float32.
-        x = nn.Dense(self.width, dtype=self.dtype, name="patch_embed")(tokens)
-        if "learned" in self.posemb:
-            table = positional.LearnedAbsoluteEmbedding(
-                grid[0], self.max_time_patches, self.width, name="posemb_learned"
-            )
-            x = x + table(coords, grid).astype(self.dtype)
-        if "sinusoidal" in self.posemb:
-            x = x + positional.sinusoidal_2d(coords, self.width).astype(self.dtype)
-        if "freq" in self.posemb:
-            table = positional.LearnedFrequencyEmbedding(grid[0], self.width, name="posemb_freq")
-            x = x + table(coords).astype(self.dtype)
-
+        tokens, coords, valid = self._patches(spec, train, lengths)
+        x = self._embed(tokens, coords, grid)
         cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, self.width))
         cls = jnp.broadcast_to(cls, (batch, 1, self.width)).astype(self.dtype)
         x = jnp.concatenate([cls, x], axis=1)
         all_coords = jnp.concatenate([jnp.zeros((batch, 1, 2), coords.dtype), coords], axis=1)
-        is_patch = jnp.arange(x.shape[1])[None, :] > 0
-        is_patch = jnp.broadcast_to(is_patch, (batch, x.shape[1]))
+        is_patch = jnp.broadcast_to(jnp.arange(x.shape[1]) > 0, (batch, x.shape[1]))
 
         aux = {"coords": coords}
         key_mask = None
         if valid is not None:
             aux["valid"] = valid
             key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
-
         bias = self._alibi(all_coords, is_patch)
         rope_coords = all_coords if "rope" in self.posemb else None
         kernel = attention.resolve_kernel(
@@ -268,6 +237,47 @@ class Encoder(nn.Module):
             )(x, bias, rope_coords, is_patch, key_mask, logit_scale)
         x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
         return x[:, 0].astype(jnp.float32), {"tokens": x[:, 1:], **aux}
+
+    def _patches(
+        self, spec: jax.Array, train: bool, lengths: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """spec [B, F, T] -> the tokens [B, N', P] that attention sees (all, or patchout's),
+        their coords [B, N', 2] and, with lengths, which are real [B, N'] (else None)."""
+        x = (spec.astype(jnp.float32) - _DB_CENTER) / _DB_SCALE
+        tokens, coords = patching.patchify(x, self.patch_size)
+        coords = jnp.broadcast_to(coords, (spec.shape[0], *coords.shape))
+        valid = None
+        if lengths is not None:
+            # A patch is real when all its frames are: time column < lengths // patch_size.
+            valid = coords[..., positional.TIME] < (lengths // self.patch_size)[:, None]
+        if train and self.patchout_keep < 1.0:
+            rng = self.make_rng("patchout")
+            if valid is None:
+                keep = patching.num_kept(tokens.shape[1], self.patchout_keep)
+                tokens, coords = patching.patchout(rng, tokens, coords, keep)
+            else:  # the embedder's patchout mode: chosen among the real tokens alone
+                tokens, coords, valid = patching.patchout_real(
+                    rng, tokens, coords, valid, self.patchout_keep
+                )
+        return tokens, coords, valid
+
+    def _embed(self, tokens: jax.Array, coords: jax.Array, grid: tuple[int, int]) -> jax.Array:
+        """tokens [B, N', P] -> [B, N', D]: the patch embedding plus the additive positional
+        tables of `posemb` read at coords [B, N', 2] of the (rows, cols) patch grid."""
+        # The residual stream is in self.dtype for every scheme: the float32 tables are cast
+        # like the activations, or `x + table` would promote a bfloat16 model to float32.
+        x = nn.Dense(self.width, dtype=self.dtype, name="patch_embed")(tokens)
+        if "learned" in self.posemb:
+            table = positional.LearnedAbsoluteEmbedding(
+                grid[0], self.max_time_patches, self.width, name="posemb_learned"
+            )
+            x = x + table(coords, grid).astype(self.dtype)
+        if "sinusoidal" in self.posemb:
+            x = x + positional.sinusoidal_2d(coords, self.width).astype(self.dtype)
+        if "freq" in self.posemb:
+            table = positional.LearnedFrequencyEmbedding(grid[0], self.width, name="posemb_freq")
+            x = x + table(coords).astype(self.dtype)
+        return x
 
     def train_tokens(self, freq_patches: int) -> int:
         """Tokens attended over in training: the patches a patchout of the longest training
