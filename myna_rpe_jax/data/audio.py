@@ -219,6 +219,8 @@ def _decode_fallback(path: str) -> tuple[np.ndarray, int]:
             warnings.simplefilter("ignore")  # audioread is deprecated (librosa, Python): known
             with audioread.audio_open(path, _audioread_backends()) as reader:
                 y, sr = librosa.load(reader, sr=None, mono=True, dtype=np.float32)
+    except MemoryError:  # not the file's fault: the build stops (cache.UnexpectedDecodeError)
+        raise
     except Exception as err:  # audioread raises many unrelated types; all mean "cannot decode"
         library = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         extension = os.path.splitext(path)[1] or "this file"

@@ -249,6 +249,23 @@ def test_the_fallback_decoder_never_runs_the_ld_probe(tmp_path, monkeypatch):
     assert calls == []
 
 
+def test_running_out_of_memory_in_the_fallback_decoder_is_not_the_files_fault(
+    tmp_path, monkeypatch
+):
+    """audioread's decoders raise many types, all read as "not decodable audio"; a MemoryError
+    is not the file's fault and must reach the build (which stops) instead of being cached as
+    a bad file. The wav is read by audioread's own raw reader, no ffmpeg needed."""
+    path = tmp_path / "clip.wav"
+    sf.write(path, np.zeros(16000, np.float32), 16000)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 3.1 GiB")
+
+    monkeypatch.setattr(librosa, "load", out_of_memory)
+    with pytest.raises(MemoryError, match="3.1 GiB"):
+        audio._decode_fallback(str(path))
+
+
 def test_good_file_next_to_bad_ones_still_works(tmp_path):
     _bad_files(tmp_path)
     mel, duration = audio.audio_to_mel(tmp_path / "good.wav", CFG, min_seconds=2.5)
