@@ -38,9 +38,6 @@ SILENCE_PEAK = 10 ** (-90 / 20)
 # The STFT runs over blocks of this many frames (~10 s at 100 frames/s): bounded memory on
 # long tracks, and a block's spectrum stays in cache for the mel product.
 _BLOCK_FRAMES = 1024
-# fd 2 is one per process: one decode at a time redirects it (decoding is ~3% of the time of
-# a track's log-mel, so threads that embed in parallel barely wait).
-_FD2_LOCK = threading.Lock()
 _DECODER_TEXT_CHARS = 300  # of captured decoder output kept in a reason
 # (offset, bytes, format) of the headers a file's first bytes are compared with.
 _MAGIC = (
@@ -137,10 +134,15 @@ def _captured_fd2(text: list[str]) -> Iterator[None]:
     """Sends what is written to file descriptor 2 (C libraries' stderr) during the block to a
     temporary file, then restores it and appends the text to `text`.
 
-    One block at a time per process; anything another thread writes to stderr meanwhile is
-    captured too, so a block holds only decoder calls. Without a usable fd 2, does nothing.
+    fd 2 is one per process, so only the main thread captures: the build's decoding
+    processes, or a single-threaded caller. In another thread (embed --audio's decoders) it
+    does nothing, or it would also swallow what the main thread logs meanwhile (a skipped
+    file's warning, the progress bar). Without a usable fd 2, it does nothing either.
     """
-    with _FD2_LOCK, tempfile.TemporaryFile() as sink:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
         if sys.stderr is not None:
             sys.stderr.flush()
         try:

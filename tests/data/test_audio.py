@@ -5,6 +5,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 
 import audioread
 import librosa
@@ -349,3 +350,22 @@ def test_captured_fd2_takes_c_level_writes_and_restores_stderr(capfd):
     os.write(2, b"after\n")
     assert text == ["Duh... from C\n"]
     assert capfd.readouterr().err == "after\n"
+
+
+def test_a_decoding_thread_never_captures_what_the_main_thread_writes(capfd):
+    """embed --audio decodes in threads while the main thread logs (e.g. a skipped file's
+    warning): fd 2 is the process's, so a thread's capture would swallow those lines."""
+    inside, leave, text = threading.Event(), threading.Event(), []
+
+    def decoder_thread():
+        with audio._captured_fd2(text):
+            inside.set()
+            leave.wait(timeout=30)
+
+    thread = threading.Thread(target=decoder_thread)
+    thread.start()
+    assert inside.wait(timeout=30)
+    os.write(2, b"WARNING: skipped other.mp3\n")  # the main thread, meanwhile
+    leave.set()
+    thread.join(timeout=30)
+    assert capfd.readouterr().err == "WARNING: skipped other.mp3\n" and text == []
