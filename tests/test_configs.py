@@ -124,6 +124,8 @@ def _tiny(**changes):
         (dict(data__split="train+train"), r"config.data.split='train\+train'"),
         (dict(data__dataset="gtzam"), r"config.data.dataset='gtzam' is not a dataset"),
         (dict(data__demo_tracks=0), r"config.data.demo_tracks=0 must be positive"),
+        (dict(data__prefetch=0), r"config.data.prefetch=0 must be a whole number >= 1"),
+        (dict(data__read_threads=0), r"config.data.read_threads=0 must be a whole number >= 1"),
         (dict(batch_size=6), r"batch_size=6 is not divisible by the 4 devices"),
         (dict(batch_size=0), r"batch_size=0 must be a positive"),
         (dict(loss__name="simclr"), r"config.loss: "),
@@ -151,7 +153,7 @@ def _tiny(**changes):
         (
             dict(data__chunk_frames=(100000,)),
             r"chunk_frames=\(100000,\): the demo tracks \(config.data.demo_seconds=6.0\) have 601"
-            r" frames each, .* at most 601 frames or --config.data.demo_seconds >= 1000",
+            r" frames each, .* shorter than 601 frames or --config.data.demo_seconds > 1000",
         ),
     ],
 )
@@ -178,16 +180,20 @@ def test_rope_needs_a_head_size_divisible_by_four():
 
 
 def test_the_valid_edges_of_the_checked_ranges_pass(tmp_path):
-    """total_steps 0 trains for config.epochs; None keeps every checkpoint; a chunk up to one
-    demo track long is allowed; on other data the track length is not known."""
+    """total_steps 0 trains for config.epochs; None keeps every checkpoint; a chunk shorter
+    than a demo track is allowed, one as long is not; on other data the track length is not
+    known."""
     config_check.checked_config(_tiny(total_steps=0, epochs=2, keep_checkpoints=None))
     edges = dict(optim__warmup_fraction=0.0, optim__weight_decay=0.0, optim__b1=0.0)
     config_check.checked_config(_tiny(model__patchout_keep=1.0, **edges))
     config_check.checked_config(_tiny(model__attention_kernel="pallas"))  # views: dense
     assert config_check.demo_track_frames(6.0) == 601 and config_check.demo_track_frames(4.0) == 401
-    config_check.checked_config(_tiny(data__chunk_frames=(96, 592)))  # <= 601 frames
+    config_check.checked_config(_tiny(data__chunk_frames=(96, 592)))  # < 601 frames
     with pytest.raises(ConfigError, match=r"chunk_frames=\(96, 608\)"):
         config_check.checked_config(_tiny(data__chunk_frames=(96, 608)))
+    assert config_check.demo_track_frames(5.91) == 592  # a track exactly one chunk long
+    with pytest.raises(ConfigError, match=r"have 592 frames each, .* shorter than 592 frames"):
+        config_check.checked_config(_tiny(data__demo_seconds=5.91, data__chunk_frames=(592,)))
     other = _tiny(data__dataset="folder", data__data_dir=str(tmp_path), data__chunk_frames=(4096,))
     assert config_check.checked_config(other).model.max_time_patches == 256
 

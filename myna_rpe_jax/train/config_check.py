@@ -61,18 +61,19 @@ def demo_track_frames(seconds: float) -> int:
 
 
 def _check_demo_chunks(data: ml_collections.ConfigDict) -> None:
-    # A chunk longer than a track is looped from the track's start (data/chunks.py): both views
-    # of a pair are then the same frames, and a batch of long loops can exhaust memory. On the
-    # demo set, whose track length is known, such chunks are refused.
+    # A chunk as long as a track has one place in it, and a longer one is the track looped
+    # from its start (data/chunks.py): both views of a pair are then the same frames, and a
+    # batch of long loops can exhaust memory. On the demo set, whose track length is known,
+    # such chunks are refused.
     frames = demo_track_frames(data.demo_seconds)
-    if max(data.chunk_frames) > frames:
+    if max(data.chunk_frames) >= frames:
         mel = MelConfig()  # the demo set's (demo_track_frames)
         seconds = max(data.chunk_frames) * mel.hop_length / mel.sample_rate
         raise ConfigError(
             f"config.data.chunk_frames={tuple(data.chunk_frames)!r}: the demo tracks"
             f" (config.data.demo_seconds={data.demo_seconds!r}) have {frames} frames each, and a"
-            f" chunk longer than a track is the track looped (both views the same frames):"
-            f" use chunks of at most {frames} frames or --config.data.demo_seconds >= {seconds:g}"
+            f" chunk as long as a track, or the track looped, gives both views the same frames:"
+            f" use chunks shorter than {frames} frames or --config.data.demo_seconds > {seconds:g}"
         )
 
 
@@ -96,6 +97,10 @@ def _check_data(data: ml_collections.ConfigDict) -> None:
             f" {data.dataset!r} was prepared in, or prepare it there first:"
             f" {build_command(data.dataset, data.data_dir)}"
         )
+    for field in ("prefetch", "read_threads"):  # batches assembled ahead; threads reading them
+        value = getattr(data, field)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config.data.{field}={value!r} must be a whole number >= 1")
     if data.dataset == "demo":
         for field in ("demo_tracks", "demo_seconds"):
             if not getattr(data, field) > 0:
