@@ -5,7 +5,8 @@
         --output gtzan.npz --mode chunks --parquet
 
 `--mode full` (default) embeds each track whole in one forward pass, `--mode chunks` averages
-training-length chunks (see `embedder`). Files that cannot be decoded are reported and
+training-length chunks, `--mode patchout` averages masked passes over the whole track (see
+`embedder`). Files that cannot be decoded are reported and
 skipped. The `.npz` written here is what probe and playlist read (`file`).
 """
 
@@ -17,6 +18,7 @@ import sys
 
 from myna_rpe_jax import errors, files
 from myna_rpe_jax.data.datasets import SPLITS
+from myna_rpe_jax.data.datasets.common import canonical_split
 from myna_rpe_jax.embed.collection import (
     add_embedder_flags,
     audio_embeddings,
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="where prepared datasets live (with --dataset)")
     parser.add_argument("--splits", help=f"comma-separated splits (default: all of {SPLITS})")
     parser.add_argument("--output", required=True, help="the .npz file to write")
-    parser.add_argument("--mode", choices=MODES, default="full", help="full track or chunks")
+    parser.add_argument("--mode", choices=MODES, default="full", help="full, chunks or patchout")
     parser.add_argument("--parquet", action="store_true", help="also write OUTPUT.parquet")
     add_embedder_flags(parser)
     parser.add_argument("--workers", type=int, default=2, help="audio decoding threads")
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dataset needs --data-dir (where it was prepared)")
     if args.audio and args.splits:
         parser.error("--splits selects splits of a --dataset; --audio embeds every file given")
-    if args.splits and len(set(names := args.splits.split(","))) < len(names):
+    names = [canonical_split(name.strip()) for name in (args.splits or "").split(",")]
+    if args.splits and len(set(names)) < len(names):  # "valid,validation" too
         twice = sorted({name for name in names if names.count(name) > 1})
         parser.error(
             f"--splits names {', '.join(twice)} more than once: each track is embedded once"

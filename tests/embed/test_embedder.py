@@ -297,13 +297,15 @@ def test_embed_cli_rejects_bad_flags_and_outputs_before_any_work(tiny_run, tmp_p
 
 
 def test_embed_cli_refuses_a_split_named_twice(tiny_run, tmp_path, capsys):
-    """`--splits valid,valid` used to embed every track of valid twice, under one id."""
+    """`--splits valid,valid` used to embed every track of valid twice, under one id; so did
+    `valid,validation` (one split under two names)."""
     argv = ["--workdir", str(tiny_run.workdir), "--dataset", "demo"]
     argv += ["--data-dir", str(tiny_run.demo_dir), "--output", str(tmp_path / "x.npz")]
-    with pytest.raises(SystemExit) as exit_info:
-        embed_cli.main([*argv, "--splits", "valid,test,valid"])
-    assert exit_info.value.code == 2
-    assert "--splits names valid more than once" in capsys.readouterr().err
+    for splits in ("valid,test,valid", "validation,test,valid"):
+        with pytest.raises(SystemExit) as exit_info:
+            embed_cli.main([*argv, "--splits", splits])
+        assert exit_info.value.code == 2
+        assert "--splits names valid more than once" in capsys.readouterr().err
 
 
 def test_the_fused_kernel_asked_for_off_a_gpu_says_it_is_interpreted(capsys):
