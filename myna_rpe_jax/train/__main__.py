@@ -76,6 +76,7 @@ def main(argv: list[str]) -> None:
             config = config_check.checked_config(config)
             if problem := files.output_problem(_WORKDIR.value, "folder"):
                 raise ConfigError(f"--workdir={_WORKDIR.value}: {problem}")
+        config_check.check_same_everywhere(config)  # hosts: one config, data_dir aside
         from myna_rpe_jax.train import loop  # TensorFlow (clu, tfds) and the data machinery
 
         with _one_trainer(_WORKDIR.value):

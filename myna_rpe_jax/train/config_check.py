@@ -7,17 +7,23 @@ a `ConfigError` naming the field, its value and what is valid, before a demo set
 store is built.
 It returns a copy with `model.max_time_patches` derived from `data.chunk_frames` (the learned
 table's length: the longest training chunk in patches), which config.json records for
-embedding.
+embedding. On several processes, `check_same_everywhere` then stops them all unless they run
+one config (each host may have its own `data.data_dir`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
+from myna_rpe_jax import failures
 from myna_rpe_jax.data.audio import MelConfig
 from myna_rpe_jax.data.datasets import DATASET_NAMES, SPLITS
 from myna_rpe_jax.data.datasets.common import build_command, canonical_split
@@ -283,3 +289,60 @@ def checked_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config.loss: {err}") from err
     return config
+
+
+# Each host may read its own copy of the data; every other field must agree.
+_HOST_FIELDS = ("data.data_dir",)
+
+
+def _flat_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Every leaf field of `config` as dotted name -> its JSON, _HOST_FIELDS left out."""
+    flat, todo = {}, [("", json.loads(config.to_json_best_effort()))]
+    while todo:
+        prefix, node = todo.pop()
+        for key, value in node.items():
+            if isinstance(value, dict):
+                todo.append((f"{prefix}{key}.", value))
+            elif f"{prefix}{key}" not in _HOST_FIELDS:
+                flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return dict(sorted(flat.items()))
+
+
+def _digest(text: str) -> np.ndarray:
+    return np.frombuffer(hashlib.blake2b(text.encode(), digest_size=8).digest(), np.uint8)
+
+
+def config_mismatch(names: list[str], rows: np.ndarray) -> str:
+    """'' when every process's field digests (rows [processes, fields, 8] uint8) equal process
+    0's, else which processes differ, in which of the fields `names`."""
+    return "; ".join(
+        f"process {i} differs from process 0 in "
+        + ", ".join(
+            name for name, a, b in zip(names, rows[i], rows[0], strict=True) if (a != b).any()
+        )
+        for i in range(1, len(rows))
+        if (rows[i] != rows[0]).any()
+    )
+
+
+def check_same_everywhere(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError on every process unless all run the same config, data_dir aside.
+    A host started with another config.seed, say, would draw other batches and initialise
+    other parameters, silently (a collective: every process calls it, after checked_config)."""
+    if jax.process_count() == 1:
+        return
+    fields = _flat_fields(config)
+    gather = lambda row: np.asarray(multihost_utils.process_allgather(row))
+    # The field names first: rows of unequal length could not be gathered.
+    if len({bytes(row) for row in gather(_digest("\n".join(fields)))}) > 1:
+        problem = "the processes' configs have different fields (another version of the code?)"
+    else:
+        rows = gather(np.stack([_digest(value) for value in fields.values()]))
+        problem = config_mismatch(list(fields), rows)
+    if problem:
+        raise failures.raised_everywhere(
+            ConfigError(
+                f"the processes run different configs ({problem}): start every process with"
+                " the same --config and overrides (only config.data.data_dir may differ)"
+            )
+        )

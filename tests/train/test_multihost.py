@@ -12,7 +12,7 @@ import pytest
 
 from myna_rpe_jax import failures
 from myna_rpe_jax.data import datasets, locations
-from myna_rpe_jax.train import frame_store, sources
+from myna_rpe_jax.train import config_check, frame_store, sources
 from tests.conftest import DEMO
 from tests.train.test_loop import overrides, run_train
 
@@ -75,12 +75,22 @@ def data_dir(demo_root):
 
 
 def test_processes_reading_different_tracks_stop_with_one_message(tiny_config, tmp_path, data_dir):
-    results = run_two_processes(tmp_path, tiny_config, ((), ("--config.data.split=train+valid",)))
-    train, valid = (len(datasets.open_split("demo", data_dir, s)) for s in ("train", "valid"))
+    """One config, but process 1's own data_dir holds a demo prepared from 2 tracks fewer (a
+    host's disk prepared differently): caught before the first step."""
+    own = locations.demo_data_dir(tmp_path / "host1_disk", **DEMO)
+    shutil.copytree(data_dir / "audio_source", own / "audio_source")
+    rows = (own / "audio_source" / "metadata.csv").read_text().splitlines(keepends=True)
+    train_rows = [i for i, row in enumerate(rows) if ",train," in row][:2]
+    kept = [row for i, row in enumerate(rows) if i not in train_rows]
+    (own / "audio_source" / "metadata.csv").write_text("".join(kept))
+    datasets.prepare("demo", own / "audio_source", own, progress=False)
+    flags = (f"--config.data.data_dir={tmp_path / 'host1_disk'}",)
+    results = run_two_processes(tmp_path, tiny_config, ((), flags))
+    train = len(datasets.open_split("demo", data_dir, "train"))
     for index, (code, out) in enumerate(results):
         assert code == 1, out
         assert "error: the processes do not read the same training data" in out, out
-        assert f"(process 0: {train} tracks; process 1: {train + valid} tracks)" in out
+        assert f"(process 0: {train} tracks; process 1: {train - 2} tracks)" in out
         assert f"this process ({index}) reads demo train" in out
     assert "[1] contrastive_accuracy=" not in results[0][1]  # no step was taken
 
@@ -137,19 +147,35 @@ def test_a_process_that_fails_in_set_up_stops_the_others_with_its_message(tiny_c
     assert "DEADLINE_EXCEEDED" not in out0 and "JaxRuntimeError" not in out0, out0
 
 
-def test_processes_that_run_different_configs_all_stop_at_the_first_step_that_differs(
-    tiny_config, tmp_path
-):
-    """Process 0 trains on the demo (it builds it first), process 1 on another dataset."""
+def test_processes_that_run_different_configs_all_stop_before_any_data_work(tiny_config, tmp_path):
+    """Process 1 trains on another dataset with another seed (its data_dir, its own, is no
+    difference): both stop after the config check, naming the two fields."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    flags = ("--config.data.dataset=gtzan", f"--config.data.data_dir={empty}")
+    flags = ("--config.data.dataset=gtzan", f"--config.data.data_dir={empty}", "--config.seed=3")
     for code, out in run_two_processes(tmp_path, tiny_config, ((), flags)):
-        assert code == 1, out
+        assert code != 0, out
         assert (
-            "error: the processes reached different set-up steps (process 0: building the demo"
-            " set on process 0; process 1: copying the training split into the frame store)"
+            "error: the processes run different configs (process 1 differs from process 0 in"
+            " data.dataset, seed): start every process with the same --config"
         ) in out, out
+        assert "building the demo set" not in out, out
+
+
+def test_a_config_mismatch_names_each_differing_process_and_field(tiny_config):
+    """config_mismatch on the field digests `check_same_everywhere` gathers; data_dir, which
+    each host may have its own, is not compared."""
+    changed = tiny_config.copy_and_resolve_references()
+    changed.update(seed=3, batch_size=16)
+    changed.data.data_dir = "/host1/disk"
+    same, other = config_check._flat_fields(tiny_config), config_check._flat_fields(changed)
+    assert "data.data_dir" not in same and same.keys() == other.keys()
+    digests = lambda f: np.stack([config_check._digest(value) for value in f.values()])
+    rows = np.stack([digests(same), digests(same), digests(other)])
+    assert config_check.config_mismatch(list(same), rows[:2]) == ""
+    assert config_check.config_mismatch(list(same), rows) == (
+        "process 2 differs from process 0 in batch_size, seed"
+    )
 
 
 def test_the_set_up_verdict_names_the_failed_processes_or_the_steps_that_differ():
