@@ -37,6 +37,7 @@ from myna_rpe_jax.data.datasets.cache import (
     load_mel,
 )
 from myna_rpe_jax.data.datasets.common import EmptySplitError, NothingPreparedError
+from myna_rpe_jax.data.datasets.preparation import SourceMismatchError
 from myna_rpe_jax.data.datasets.registry import get_spec
 from myna_rpe_jax.data.datasets.shards import plan_shards
 from myna_rpe_jax.data.demo.music import DEMO_GENRES, DEMO_TAGS, generate_demo
@@ -391,6 +392,26 @@ def test_a_prepared_dataset_is_only_found_for_its_own_source(tmp_path, capsys):
     rebuilt = prepare("folder", other, data_dir, mel=MEL, overwrite=True, progress=False)
     assert (rebuilt.already_prepared, rebuilt.prepared) == (False, 1)
     assert prepare("folder", other, data_dir, mel=MEL, progress=False).notes == []
+    write_tone(other / "new.wav", freq=700)  # the same folder, changed since
+    with pytest.raises(SourceMismatchError, match=r"from .*other has changed since \(1 tracks"):
+        prepare("folder", other, data_dir, mel=MEL, progress=False)
+
+
+def test_a_gtzan_source_whose_split_lists_changed_is_not_taken_for_prepared(tmp_path):
+    """`auto` uses the split lists when the source has them, else a random split: the same
+    folder with the lists added (as the random split's warning advises) or removed since the
+    build is another split, said in the parser's words, not "already prepared"."""
+    source, data_dir = tmp_path / "gtzan", tmp_path / "data"
+    _gtzan_of_one_track_per_split(source)
+    assert prepare("gtzan", source, data_dir, mel=MEL, progress=False).split_sizes["test"] == 1
+    for split in ("train", "valid", "test"):
+        (source / f"{split}_filtered.txt").unlink()
+    with pytest.raises(SourceMismatchError) as error:
+        prepare("gtzan", source, data_dir, mel=MEL, progress=False)
+    assert "split 'fault-filtered' then, 'random, seed 0' now" in str(error.value)
+    assert str(error.value).endswith(
+        f"pass --overwrite to rebuild it from {source}, or another --data-dir to keep both"
+    )
 
 
 def _gtzan_of_one_track_per_split(source: Path) -> dict[str, Path]:

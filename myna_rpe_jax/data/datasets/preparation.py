@@ -211,32 +211,51 @@ def _already_prepared(builder, spec: DatasetSpec, config, source: Path, start) -
 
 
 def _source_notes(metadata: dict, spec: DatasetSpec, config, source: Path, data_dir: Path):
-    """Notes on `source` being the folder the dataset (its `metadata`) was prepared from:
-    none when it is that folder; one when it lists the same tracks (a moved copy) or when
-    that cannot be told (nothing recorded by an older build). SourceMismatchError when it
-    lists other tracks, which the user would otherwise take for prepared."""
+    """Notes on `source` listing the tracks the dataset (its `metadata`) was prepared from:
+    none when it is that folder and lists them still; one when another folder lists them (a
+    moved copy) or when that cannot be told (nothing recorded by an older build).
+    SourceMismatchError when it lists other tracks or splits, which the user would otherwise
+    take for prepared: another folder, or the same one changed since (files added, or
+    GTZAN's split lists put in, which `auto` then uses in place of a random split)."""
     recorded = metadata.get("source")
     if not recorded:
         return [
             "which folder it was prepared from is not recorded (its metadata.json has no"
             f" source): if not --source {source}, rebuild with --overwrite"
         ]
-    if files.same_file(recorded, source):
-        return []
+    same_folder = files.same_file(recorded, source)
     if FINGERPRINT_KEY not in metadata:
-        return [
-            f"it was prepared from {recorded}, not --source {source}, by an older build that"
-            " kept no fingerprint of the tracks, so whether both hold the same tracks cannot"
-            " be told: if not, rebuild with --overwrite (or use another --data-dir)"
+        return (
+            []
+            if same_folder
+            else [
+                f"it was prepared from {recorded}, not --source {source}, by an older build that"
+                " kept no fingerprint of the tracks, so whether both hold the same tracks cannot"
+                " be told: if not, rebuild with --overwrite (or use another --data-dir)"
+            ]
+        )
+    listing = spec.list_tracks(source, config.split_mode, config.seed)
+    if listing_fingerprint(listing.tracks) == metadata[FINGERPRINT_KEY]:
+        return (
+            []
+            if same_folder
+            else [f"prepared from {recorded}; --source {source} lists the same tracks"]
+        )
+    then = f"{metadata.get(SOURCE_TRACKS_KEY, '?')} tracks listed"
+    now = f"{len(listing.tracks)} listed"
+    if same_folder:  # say what changed in the parser's own terms, e.g. its split
+        changed = [
+            f"{key} {metadata.get(key)!r} then, {value!r} now"
+            for key, value in listing.info.items()
+            if metadata.get(key) != value
         ]
-    tracks = spec.list_tracks(source, config.split_mode, config.seed).tracks
-    if listing_fingerprint(tracks) == metadata[FINGERPRINT_KEY]:
-        return [f"prepared from {recorded}; --source {source} lists the same tracks"]
+        what = f"{source} has changed since ({'; '.join([then + f', {now}', *changed])})"
+    else:
+        what = f"{recorded} ({then}), and --source {source} holds other tracks ({now})"
     raise SourceMismatchError(
-        f"--data-dir {data_dir} already holds {spec.name} (config {config.name})"
-        f" prepared from {recorded} ({metadata.get(SOURCE_TRACKS_KEY, '?')} tracks listed),"
-        f" and --source {source} holds other tracks ({len(tracks)} listed): pass --overwrite"
-        f" to rebuild it from {source}, or another --data-dir to keep both"
+        f"--data-dir {data_dir} already holds {spec.name} (config {config.name}) prepared"
+        f" from {what}: pass --overwrite to rebuild it from {source}, or another --data-dir"
+        " to keep both"
     )
 
 
