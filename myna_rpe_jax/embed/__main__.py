@@ -6,8 +6,8 @@
 
 `--mode full` (default) embeds each track whole in one forward pass, `--mode chunks` averages
 training-length chunks, `--mode patchout` averages masked passes over the whole track (see
-`embedder`). Files that cannot be decoded are reported and
-skipped. The `.npz` written here is what probe and playlist read (`file`).
+`embedder`). Files that cannot be decoded are reported and skipped. The `.npz` written here
+is what probe and playlist read (`file`).
 """
 
 from __future__ import annotations
