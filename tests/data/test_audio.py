@@ -184,6 +184,15 @@ def test_flac_and_mp3_decode_like_wav(tmp_path):
     np.testing.assert_array_equal(audio.load_audio(tmp_path / "x.bin", 44100), wav)
     mp3 = audio.load_audio(tmp_path / "x.mp3", 44100)
     assert abs(len(mp3) - len(wav)) < 0.05 * 44100  # encoder padding
+    # Lossy, so the same signal within the codec's error: aligned at the lag of best match.
+    n = min(len(mp3), len(wav)) - 2048
+    lag = max(
+        range(-1024, 1025), key=lambda k: np.dot(mp3[1024 + k : 1024 + k + n], wav[1024 : 1024 + n])
+    )
+    shifted, reference = mp3[1024 + lag : 1024 + lag + n], wav[1024 : 1024 + n]
+    assert np.corrcoef(shifted, reference)[0, 1] > 0.95
+    snr = 10 * np.log10(np.sum(reference**2) / np.sum((shifted - reference) ** 2))
+    assert snr > 15, snr
 
 
 def _bad_files(tmp_path) -> dict[str, tuple[str, str]]:

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from myna_rpe_jax.objectives import contrastive, sogclr
 from myna_rpe_jax.objectives.sogclr import SogclrState, sogclr_loss
 
 TAU = 0.1
@@ -128,19 +129,21 @@ def test_gradient_is_the_moving_average_estimator():
 
 
 def test_infonce_gradient_is_per_anchor_rescaled_minibatch_gradient():
-    """Documented relation: grad CE_i = (1 - p_ii) grad l_i, cross-view negatives, per anchor."""
+    """Documented relation (docs/losses.md), between the project's own terms: the gradient of
+    InfoNCE's anchor i (contrastive.info_nce_logits, positive in the softmax) is (1 - p_ii)
+    times that of the same anchor's gamma = 1 SogCLR surrogate with cross-view negatives
+    (sogclr._direction, the per-anchor term sogclr_loss averages)."""
     z_a, z_b = _views(6)
     batch = z_a.shape[0]
 
-    def infonce_anchor(z_a, z_b, i):  # one a->b cross-entropy term, positive in the softmax
-        a = z_a / jnp.linalg.norm(z_a, axis=1, keepdims=True)
-        b = z_b / jnp.linalg.norm(z_b, axis=1, keepdims=True)
-        logits = a[i] @ b.T / TAU
+    def infonce_anchor(z_a, z_b, i):  # one a->b cross-entropy term
+        logits = contrastive.info_nce_logits(z_a, z_b, TAU)[i]
         return -logits[i] + jax.scipy.special.logsumexp(logits)
 
-    def minibatch_anchor(z_a, z_b, i):  # the same anchor's term of the gamma = 1 SogCLR loss
-        pos, neg = _ref_directions(z_a, z_b, TAU, False)[0]
-        return -pos[i] + jax.scipy.special.logsumexp(neg[i]) - np.log(batch - 1)
+    def minibatch_anchor(z_a, z_b, i):
+        a, b = contrastive.l2_normalize(z_a), contrastive.l2_normalize(z_b)
+        unseen = jnp.full(batch, -jnp.inf)
+        return sogclr._direction(a, b, unseen, TAU, 1.0, same_view_negatives=False)[0][i]
 
     for i in range(batch):
         p_ii = jnp.exp(-infonce_anchor(z_a, z_b, i))
