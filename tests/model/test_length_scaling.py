@@ -1,6 +1,7 @@
 """Log-length attention scaling (`model.length_scaling`): the formula, the attention it
 scales (against a numpy softmax), and that training and padded tracks are unaffected."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,6 +57,21 @@ def test_scaled_attention_matches_a_numpy_softmax_with_scaled_logits():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def attention_scales(encoder, params, x, **kwargs) -> list[np.ndarray]:
+    """The logit_scale [B] every SelfAttention of `encoder` receives on x (None: unscaled)."""
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, vit.SelfAttention) and context.method_name == "__call__":
+            scale = args[5] if len(args) > 5 else kwargs.get("logit_scale")
+            seen.append(None if scale is None else np.asarray(scale))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        encoder.apply(params, x, train=False, **kwargs)
+    return seen
+
+
 @pytest.mark.parametrize("posemb", [("alibi2d",), ("rope",)])
 def test_training_is_unchanged_and_long_inputs_are_scaled(posemb):
     plain, scaled = tiny_encoder(posemb=posemb), tiny_encoder(posemb=posemb, length_scaling=True)
@@ -72,6 +88,11 @@ def test_training_is_unchanged_and_long_inputs_are_scaled(posemb):
         scaled.apply(params, long, train=False)[0],
         atol=1e-4,
     )
+    # Every layer gets log N / log N_train: N = 8 x 32 patches + CLS, N_train = 16 kept + CLS.
+    scales = attention_scales(scaled, params, long)
+    assert len(scales) == scaled.depth and attention_scales(plain, params, long) == [None] * 2
+    for got in scales:
+        np.testing.assert_allclose(got, [np.log(257) / np.log(17)] * 2, rtol=1e-6)
 
 
 def test_padding_does_not_change_the_scale():
@@ -84,3 +105,5 @@ def test_padding_does_not_change_the_scale():
     alone = encoder.apply(params, x[:, :, :160], train=False)[0]
     padded = encoder.apply(params, x, train=False, lengths=jnp.asarray([160]))[0]
     np.testing.assert_allclose(padded, alone, rtol=1e-4, atol=2e-5)
+    for got in attention_scales(encoder, params, x, lengths=jnp.asarray([160])):
+        np.testing.assert_allclose(got, [np.log(8 * 10 + 1) / np.log(17)], rtol=1e-6)
