@@ -114,15 +114,10 @@ def count_skipped_tiles(
     block, num_tiles = tile_layout(q.shape[1], block_size)
     padded = pad_tokens(q, k, v, bias, key_mask, block * num_tiles)
     _, (q, k, v, bias, key_valid) = skip_order(*padded)
-    _, logsumexp, forward = _flash_forward(q, k, v, bias, key_valid, block, True)
-    bounds = tile_skip.tile_bounds(q, k, bias, key_valid, block)
-    backward = 0
-    for i in range(num_tiles):
-        lse = _tile(logsumexp, i, block, axis=2)
-        for j in range(num_tiles):
-            bound = tile_skip.score_bound(bounds, bias.slopes, i, j, block)
-            backward += int(tile_skip.skipped_heads(bound, lse))
-    return int(forward), backward, q.shape[2] * num_tiles**2
+    out, logsumexp, forward = _flash_forward(q, k, v, bias, key_valid, block, True)
+    residuals = (q, k, v, bias, key_valid, out, logsumexp)  # as the VJP saves them
+    backward = _flash_backward(block, True, residuals, jnp.ones_like(out))[3]  # what it ran
+    return int(forward), int(backward), q.shape[2] * num_tiles**2
 
 
 def pad_tokens(q, k, v, bias: AlibiBias | None, key_mask, padded: int):
@@ -257,9 +252,16 @@ def _flash_fwd(q, k, v, bias, key_valid, block, skip):
 
 
 def _flash_bwd(block, skip, residuals, d_out):
+    """The custom VJP's backward: `_flash_backward`'s cotangents, none for bias and mask."""
+    dq, dk, dv, _ = _flash_backward(block, skip, residuals, d_out)
+    return dq, dk, dv, None, None
+
+
+def _flash_backward(block, skip, residuals, d_out):
     """FlashAttention-2 backward: tiles of the attention weights are recomputed from the
     saved log-sum-exp, so nothing quadratic in N is stored. With `skip`, tiles whose weights
-    exp(score - logsumexp) all underflow contribute exactly 0 and are not computed."""
+    exp(score - logsumexp) all underflow contribute exactly 0 and are not computed. Returns
+    dq, dk, dv (in the inputs' dtypes) and the number of head tiles skipped."""
     q, k, v, bias, key_valid, out, logsumexp = residuals
     scale = q.shape[-1] ** -0.5
     num_tiles, num_heads = q.shape[1] // block, q.shape[2]
@@ -278,11 +280,12 @@ def _flash_bwd(block, skip, residuals, d_out):
             first = tile_skip.skipped_heads(bound, _tile(logsumexp, i, block, axis=2))
             branches = [functools.partial(update, first=h) for h in range(num_heads)]
             branches.append(lambda i, carry: carry)  # every head skips
-            return jax.lax.switch(first, branches, i, carry)
+            *updated, skipped = jax.lax.switch(first, branches, i, carry)
+            return *updated, skipped + first  # heads 0 .. first - 1 skipped
 
         def update(i, carry, first=0):
             """Adds the gradients of query tile i vs key tile j for heads first, first + 1, ..."""
-            dk, dv, dq = carry
+            dk, dv, dq, skipped = carry
             h = slice(first, None)
             q_tile, do_tile = _tile(q, i, block)[:, :, h], _tile(d_out, i, block)[:, :, h]
             head_bias = None if bias is None else bias.replace(slopes=bias.slopes[h])
@@ -297,17 +300,18 @@ def _flash_bwd(block, skip, residuals, d_out):
             dq_tile = _keep_heads(dq_tile, dq_tile[:, :, h] + dq_h, first, 2)
             dk = _keep_heads(dk, dk[:, :, h] + dk_h, first, 2)
             dv = _keep_heads(dv, dv[:, :, h] + dv_h, first, 2)
-            return dk, dv, _put_tile(dq, dq_tile, i, block)
+            return dk, dv, _put_tile(dq, dq_tile, i, block), skipped
 
-        dq, dk, dv = grads
+        dq, dk, dv, skipped = grads
         zeros = jnp.zeros(k_tile.shape, jnp.float32)
-        dk_tile, dv_tile, dq = jax.lax.fori_loop(0, num_tiles, query_tile, (zeros, zeros, dq))
-        return dq, _put_tile(dk, dk_tile, j, block), _put_tile(dv, dv_tile, j, block)
+        carry = (zeros, zeros, dq, skipped)
+        dk_tile, dv_tile, dq, skipped = jax.lax.fori_loop(0, num_tiles, query_tile, carry)
+        return dq, _put_tile(dk, dk_tile, j, block), _put_tile(dv, dv_tile, j, block), skipped
 
-    grads = tuple(jnp.zeros(a.shape, jnp.float32) for a in (q, k, v))
-    dq, dk, dv = jax.lax.fori_loop(0, num_tiles, key_tile, grads)
+    grads = (*(jnp.zeros(a.shape, jnp.float32) for a in (q, k, v)), jnp.int32(0))
+    dq, dk, dv, skipped = jax.lax.fori_loop(0, num_tiles, key_tile, grads)
     # The bias is a function of coordinates, which carry no gradient; the mask is boolean.
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), skipped
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
