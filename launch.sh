@@ -48,9 +48,9 @@ case "${RUNS:-}" in
   /*) ;;
   *) RUNS=$caller/$RUNS ;;
 esac
-export TF_CPP_MIN_LOG_LEVEL=2
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 # TensorFlow only reads and writes the tfds files here: its oneDNN notice is noise.
-export TF_ENABLE_ONEDNN_OPTS=0
+export TF_ENABLE_ONEDNN_OPTS=${TF_ENABLE_ONEDNN_OPTS:-0}
 
 command=${1:-demo}
 [ $# -gt 0 ] && shift
