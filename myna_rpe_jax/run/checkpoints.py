@@ -119,10 +119,11 @@ def damage(workdir: str | Path, step: int) -> str | None:
     return None
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flat_fields(tree: Any, path: str = "") -> dict[str, Any]:
+    """A config as JSON (nested dicts) -> dotted field name ("model.posemb") -> leaf value."""
     if not isinstance(tree, dict):
-        return {prefix: tree}
-    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+        return {path.removesuffix("."): tree}
+    return {k: v for key, sub in tree.items() for k, v in flat_fields(sub, f"{path}{key}.").items()}
 
 
 def config_changes(
@@ -132,8 +133,7 @@ def config_changes(
     `absent` (dotted name -> value) says what the code took for a field missing from `old`
     (a config written before the field existed); where `new` has that value, it is no change.
     """
-    old = {key.rstrip("."): value for key, value in _flatten(old).items()}
-    new = {key.rstrip("."): value for key, value in _flatten(new).items()}
+    old, new = flat_fields(old), flat_fields(new)
     old |= {key: value for key, value in (absent or {}).items() if key in new.keys() - old}
     return {
         key: (old.get(key), new.get(key))

@@ -297,15 +297,14 @@ _HOST_FIELDS = ("data.data_dir",)
 
 def _flat_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
     """Every leaf field of `config` as dotted name -> its JSON, _HOST_FIELDS left out."""
-    flat, todo = {}, [("", json.loads(config.to_json_best_effort()))]
-    while todo:
-        prefix, node = todo.pop()
-        for key, value in node.items():
-            if isinstance(value, dict):
-                todo.append((f"{prefix}{key}.", value))
-            elif f"{prefix}{key}" not in _HOST_FIELDS:
-                flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
-    return dict(sorted(flat.items()))
+    from myna_rpe_jax.run.checkpoints import flat_fields  # orbax: multi-host runs only
+
+    fields = flat_fields(json.loads(config.to_json_best_effort()))
+    return {
+        name: json.dumps(value, sort_keys=True)
+        for name, value in sorted(fields.items())
+        if name not in _HOST_FIELDS
+    }
 
 
 def _digest(text: str) -> np.ndarray:
